@@ -1,0 +1,54 @@
+# The table of contents of what can be run. Every target creates .venv (Python 3.11) and installs the project
+# into it when missing or when pyproject.toml changed.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PROFILE ?= mini
+export HF_HUB_OFFLINE := 1
+
+.PHONY: help venv figures pipeline test unit nbval lab lint format bench data clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)  ## create .venv and install the project (editable) with its test tools
+
+figures: $(STAMP)  ## regenerate every report figure of the embedded default (mini-NSD) into figures/
+	$(BIN)/python -m lib.pipeline --profile mini
+
+pipeline: $(STAMP)  ## run the notebooks on another profile: make pipeline PROFILE=quick|nsd
+	$(BIN)/python -m lib.pipeline --profile $(PROFILE)
+
+test: $(STAMP)  ## the whole suite: unit tests, then every notebook under nbval on the quick profile
+	$(BIN)/python -m lib.pipeline --profile quick --prepare-only
+	$(BIN)/python -m pytest tests build/quick/nbval --nbval-lax -p no:cacheprovider
+
+unit: $(STAMP)  ## unit tests only
+	$(BIN)/python -m pytest tests
+
+lab: $(STAMP)  ## JupyterLab on the project's venv
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,lab]'
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
+
+lint: $(STAMP)  ## ruff check and format check on lib/, tests/, benchmarks/ and the notebooks
+	$(BIN)/ruff check lib tests benchmarks notebooks
+	$(BIN)/ruff format --check lib tests benchmarks notebooks
+
+format: $(STAMP)  ## apply ruff's formatting and safe fixes
+	$(BIN)/ruff check --fix lib tests benchmarks notebooks
+	$(BIN)/ruff format lib tests benchmarks notebooks
+
+bench: $(STAMP)  ## benchmarks (NSD-size session read)
+	$(BIN)/python benchmarks/bench_nsd_read.py
+
+data: $(STAMP)  ## generate mini-NSD for PROFILE under data/PROFILE (the pipeline also does this on first use)
+	$(BIN)/python -m lib.simulate --out data/$(PROFILE) --profile $(PROFILE)
+
+clean:  ## remove build outputs (keeps data/ and .venv/)
+	rm -rf build .pytest_cache

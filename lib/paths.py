@@ -1,0 +1,64 @@
+"""Every path of the project, resolved from one root anchor (never from the working directory)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJ_ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS_DIR = PROJ_ROOT / "notebooks"
+PARAMS_DIR = PROJ_ROOT / "params"
+FIGURES_DIR = PROJ_ROOT / "figures"
+BUILD_DIR = PROJ_ROOT / "build"
+DATA_DIR = PROJ_ROOT / "data"
+
+#: The profile whose figures are committed under figures/ (the "embedded default").
+EMBEDDED_PROFILE = "mini"
+#: Profiles that run on a simulated dataset, generated on first use.
+SIMULATED_PROFILES = ("quick", "mini")
+#: Environment variable naming the data root of a real NSD copy (or any other dataset root).
+ROOT_ENV = "NSD_ROOT"
+
+
+def data_root(profile: str, override: str | os.PathLike | None = None) -> Path:
+    """The dataset root for ``profile``: ``override`` if given, else ``$NSD_ROOT``, else ``data/<profile>``.
+
+    ``$NSD_ROOT`` applies to profiles that are not simulated, so that a shell pointed at a real NSD copy never
+    mixes it with the quick/mini simulations.
+    """
+    if override:
+        return Path(override).expanduser().resolve()
+    if profile not in SIMULATED_PROFILES:
+        env = os.environ.get(ROOT_ENV)
+        if not env:
+            raise ValueError(
+                f"profile {profile!r} reads a real dataset: set ${ROOT_ENV} to the NSD root (or pass data_root)"
+            )
+        return Path(env).expanduser().resolve()
+    return DATA_DIR / profile
+
+
+def output_dir(profile: str) -> Path:
+    """Where a profile's report figures go: figures/ for the embedded default, build/<profile>/figures else."""
+    return FIGURES_DIR if profile == EMBEDDED_PROFILE else BUILD_DIR / profile / "figures"
+
+
+def metrics_dir(profile: str) -> Path:
+    """Where a profile's metrics JSON files go (figures/metrics/ for the embedded default)."""
+    return FIGURES_DIR / "metrics" if profile == EMBEDDED_PROFILE else BUILD_DIR / profile / "metrics"
+
+
+def results_dir(profile: str) -> Path:
+    """Git-ignored folder for a profile's intermediate results (arrays handed from one notebook to the next)."""
+    return BUILD_DIR / profile / "results"
+
+
+def require(path: str | os.PathLike, producer: str, profile: str) -> Path:
+    """``path`` if it exists; else an error saying which notebook makes it and how to run it."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} is missing: it is made by notebooks/{producer}.ipynb "
+            f"(python -m lib.pipeline --profile {profile} --only {producer[:2]})"
+        )
+    return path

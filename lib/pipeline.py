@@ -1,0 +1,214 @@
+"""The notebook pipeline: run the numbered notebooks in order with papermill and a parameter profile.
+
+    python -m lib.pipeline [--profile quick|mini|nsd] [--only 00 [--only 01]] [--set name=value] [--prepare-only]
+
+Profiles live in ``params/<profile>.yaml``: ``defaults`` go to every notebook that declares the name, and
+``notebooks: {"00": {...}}`` to one notebook. Every name is checked against the notebook's ``parameters`` cell
+(papermill only warns about unknown names; here they are errors). Executed copies go to ``build/<profile>/``;
+each notebook's wall time and peak memory (largest resident set of the kernel or runner) are printed and saved
+to ``build/<profile>/pipeline_run.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from . import paths
+from .io import write_json
+from .runtime import progress
+
+
+class PipelineError(ValueError):
+    """A problem with a profile, a parameter or a notebook run; the message names it."""
+
+
+def notebooks() -> list[Path]:
+    """The numbered notebooks, in execution order."""
+    return sorted(paths.NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
+
+
+def select(only: list[str] | None) -> list[Path]:
+    nbs = notebooks()
+    if not only:
+        return nbs
+    chosen = []
+    for key in only:
+        match = [p for p in nbs if p.name[:2] == key.zfill(2)[:2] or p.stem == key]
+        if not match:
+            raise PipelineError(
+                f"--only {key}: no notebook numbered {key!r} (have {[p.name[:2] for p in nbs]})"
+            )
+        chosen += [m for m in match if m not in chosen]
+    return sorted(chosen)
+
+
+def load_profile(profile: str) -> dict:
+    path = paths.PARAMS_DIR / f"{profile}.yaml"
+    if not path.is_file():
+        have = sorted(p.stem for p in paths.PARAMS_DIR.glob("*.yaml"))
+        raise PipelineError(f"profile {profile!r}: no {path} (profiles: {have})")
+    try:
+        cfg = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise PipelineError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    unknown = set(cfg) - {"description", "defaults", "notebooks"}
+    if unknown:
+        raise PipelineError(
+            f"{path}: unknown top-level keys {sorted(unknown)} (expected description, defaults, notebooks)"
+        )
+    cfg.setdefault("defaults", {})
+    cfg["notebooks"] = {str(k).zfill(2): v or {} for k, v in (cfg.get("notebooks") or {}).items()}
+    cfg["path"] = path
+    return cfg
+
+
+def declared_parameters(nb: Path) -> dict:
+    """{name: papermill's description} of the notebook's ``parameters`` cell."""
+    import papermill
+
+    return papermill.inspect_notebook(str(nb))
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["n=3", "roi=V1"]`` -> {"n": 3, "roi": "V1"} (values parsed as YAML scalars)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise PipelineError(f"--set {item!r}: expected name=value")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def resolve_parameters(profile: str, nbs: list[Path], overrides: dict | None = None) -> dict[Path, dict]:
+    """Parameters for each notebook; an unknown name anywhere is an error naming it and where it came from."""
+    cfg = load_profile(profile)
+    overrides = overrides or {}
+    declared = {nb: declared_parameters(nb) for nb in nbs}
+    all_nbs = notebooks()
+    for nb in all_nbs:
+        if nb not in declared:
+            declared[nb] = declared_parameters(nb)
+    every = set().union(*declared.values()) if declared else set()
+    for name in list(cfg["defaults"]) + list(overrides):
+        if name not in every:
+            src = "--set" if name in overrides else cfg["path"]
+            raise PipelineError(
+                f"{src}: unknown parameter {name!r}: no notebook declares it (declared: {sorted(every)})"
+            )
+    numbers = {nb.name[:2]: nb for nb in all_nbs}
+    for key, params in cfg["notebooks"].items():
+        if key not in numbers:
+            raise PipelineError(f"{cfg['path']}: notebooks.{key}: no notebook numbered {key}")
+        bad = set(params) - set(declared[numbers[key]])
+        if bad:
+            raise PipelineError(
+                f"{cfg['path']}: notebooks.{key}: unknown parameter(s) {sorted(bad)} for {numbers[key].name} "
+                f"(declared: {sorted(declared[numbers[key]])})"
+            )
+    out = {}
+    for nb in nbs:
+        names = declared[nb]
+        p = {k: v for k, v in cfg["defaults"].items() if k in names}
+        p.update(cfg["notebooks"].get(nb.name[:2], {}))
+        p.update({k: v for k, v in overrides.items() if k in names})
+        if "profile" in names:
+            p["profile"] = profile
+        out[nb] = p
+    return out
+
+
+def _execute(nb: Path, out: Path, params: dict, log_output: bool) -> tuple[int, float, float]:
+    """Run papermill on one notebook in a child process: (exit code, seconds, peak RSS in MiB)."""
+    cmd = [sys.executable, "-m", "papermill", str(nb), str(out), "-y", yaml.safe_dump(params), "--kernel", "python3",
+           "--cwd", str(out.parent)]  # fmt: skip
+    if not log_output:
+        cmd.append("--no-progress-bar")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        cmd, stdout=None if log_output else subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    err = proc.stderr.read() if proc.stderr else ""
+    _, status, usage = os.wait4(proc.pid, 0)  # resource usage of the child and the kernel it reaped
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode and err:
+        tail = [line for line in err.strip().splitlines() if line.strip()][-1:]
+        print(f"  {nb.name}: {tail[0] if tail else 'failed'}", file=sys.stderr)
+    return proc.returncode, time.perf_counter() - t0, usage.ru_maxrss / 1024
+
+
+def run(profile: str = paths.EMBEDDED_PROFILE, only: list[str] | None = None, overrides: dict | None = None,
+        prepare_only: bool = False) -> list[dict]:  # fmt: skip
+    """Execute (or, with ``prepare_only``, only parameterise) the chosen notebooks; returns one record each."""
+    import papermill
+
+    nbs = select(only)
+    params = resolve_parameters(profile, nbs, overrides)
+    build = paths.BUILD_DIR / profile
+    out_dir = build / "nbval" if prepare_only else build
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = []
+    bar = progress(nbs, desc=f"pipeline ({profile})", unit="notebook", disable=prepare_only or None)
+    for nb in bar:
+        out = out_dir / nb.name
+        if prepare_only:
+            papermill.execute_notebook(
+                str(nb), str(out), parameters=params[nb], prepare_only=True, progress_bar=False
+            )
+            records.append({"notebook": nb.name, "parameters": params[nb], "output": str(out)})
+            continue
+        bar.set_postfix_str(nb.name)
+        code, seconds, peak = _execute(nb, out, params[nb], log_output=False)
+        rec = {"notebook": nb.name, "ok": code == 0, "seconds": round(seconds, 1), "peak_rss_mib": round(peak),
+               "parameters": params[nb], "output": str(out)}  # fmt: skip
+        records.append(rec)
+        bar.write(
+            f"{nb.name:<28} {'ok' if code == 0 else 'FAILED':<6} {seconds:7.1f} s  peak {peak:7.0f} MiB"
+        )
+        if code != 0:
+            write_json(build / "pipeline_run.json", records)
+            raise PipelineError(
+                f"{nb.name} failed (profile {profile}); the executed copy with the error: {out}"
+            )
+    if not prepare_only:
+        write_json(build / "pipeline_run.json", records)
+    return records
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lib.pipeline", description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--profile", default=paths.EMBEDDED_PROFILE, help="params/<profile>.yaml (default: %(default)s)"
+    )
+    ap.add_argument("--only", action="append", help="notebook number to run (repeatable)")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a parameter")
+    ap.add_argument(
+        "--prepare-only", action="store_true", help="write parameterised notebooks to build/<profile>/nbval"
+    )
+    ap.add_argument("--list", action="store_true", help="list notebooks and their parameters, then exit")
+    a = ap.parse_args(argv)
+    try:
+        if a.list:
+            for nb, p in resolve_parameters(a.profile, notebooks()).items():
+                print(f"{nb.name}: {p}")
+            return 0
+        t0 = time.perf_counter()
+        records = run(a.profile, a.only, parse_overrides(a.set), a.prepare_only)
+    except PipelineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not a.prepare_only:
+        print(f"{len(records)} notebook(s), profile {a.profile}, {time.perf_counter() - t0:.1f} s; "
+              f"figures in {paths.output_dir(a.profile)}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Data preparation: per-session z-scoring, repeat averaging, the shared-image train/test split, and its cache."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .io import atomic_path, content_key, file_fingerprint
+from .nsd import NSD, NSDError, parse_subject
+
+PREP_VERSION = 1  # bump when the preparation changes, so old caches are never reused
+
+
+def zscore_sessions(betas: np.ndarray, session_of_trial: np.ndarray) -> np.ndarray:
+    """Z-score each voxel within each session (over that session's trials), in place; returns ``betas``.
+
+    A voxel constant within a session (e.g. invalid there, all zeros in NSD) becomes 0 for that session.
+    """
+    for s in np.unique(session_of_trial):
+        rows = session_of_trial == s
+        block = betas[rows]
+        mu = block.mean(0, dtype=np.float64)
+        sd = block.std(0, dtype=np.float64)
+        betas[rows] = ((block - mu) / np.where(sd > 0, sd, np.inf)).astype(betas.dtype)
+    return betas
+
+
+def average_repeats(x: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean of the rows of ``x`` sharing an id: (means, sorted unique ids, repeats per id)."""
+    uniq, inv, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    sums = np.zeros((len(uniq), x.shape[1]), np.float64)
+    np.add.at(sums, inv, x)
+    return (sums / counts[:, None]).astype(x.dtype), uniq, counts
+
+
+@dataclass
+class Prepared:
+    """The arrays every later notebook starts from (one subject, one ROI)."""
+
+    x_train: np.ndarray  # (n_train, V) float32
+    train_ids: np.ndarray  # (n_train,) 0-based nsdId
+    x_test: np.ndarray  # (n_test, V) float32, repeats averaged
+    test_ids: np.ndarray  # (n_test,) sorted nsdIds
+    test_reps: np.ndarray  # (n_test,) repeats averaged per test image
+    voxel_ijk: np.ndarray  # (V, 3) NIfTI voxel indices
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n_voxels(self) -> int:
+        return self.x_train.shape[1]
+
+    def save(self, path: str | Path) -> Path:
+        """Write as ``.npz`` atomically (the meta dict as JSON)."""
+        with atomic_path(path, suffix=".npz") as tmp:
+            arrays = {k: v for k, v in asdict(self).items() if k != "meta"}
+            np.savez(tmp, meta=np.array(json.dumps(self.meta)), **arrays)
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Prepared:
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                kw = {k: z[k] for k in z.files if k != "meta"}
+                meta = json.loads(str(z["meta"]))
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            raise NSDError(f"{path}: not a prepared-data file ({e})") from None
+        return cls(**kw, meta=meta)
+
+
+def prepare(ds: NSD, subject: int | str, roi="nsdgeneral", sessions=None, *, zscore: bool = True,
+            average_train: bool = False, progress: bool = True) -> Prepared:  # fmt: skip
+    """Betas of ``roi`` -> per-session z-score -> split on the shared images -> average test repeats.
+
+    Training trials stay single (the field's default for deep encoders) unless ``average_train``.
+    """
+    s = parse_subject(subject)
+    sessions = ds.check_sessions(s, sessions)
+    betas = ds.betas(s, roi=roi, sessions=sessions, progress=progress)
+    ids = ds.trial_images(s, sessions)
+    sess = np.repeat(sessions, ds.trials_per_session)
+    if zscore:
+        zscore_sessions(betas, sess)
+    test = np.isin(ids, ds.shared_ids())
+    x_test, test_ids, reps = average_repeats(betas[test], ids[test])
+    x_train, train_ids = betas[~test], ids[~test]
+    if average_train:
+        x_train, train_ids, _ = average_repeats(x_train, train_ids)
+    meta = {
+        "subject": s, "roi": roi, "sessions": sessions, "zscore": zscore, "average_train": average_train,
+        "n_train_trials": int((~test).sum()), "n_test_trials": int(test.sum()), "prep_version": PREP_VERSION,
+    }  # fmt: skip
+    return Prepared(x_train, train_ids, x_test, test_ids, reps, ds.voxel_indices(s, roi), meta)
+
+
+def cache_key(ds: NSD, subject, roi, sessions, **options) -> str:
+    """A key from every input: request, options, code version, and the identity (size, mtime) of each file read."""
+    s = parse_subject(subject)
+    sessions = ds.check_sessions(s, sessions)
+    selections = [roi] if isinstance(roi, str) else list(roi)
+    files = [ds.design_path, *(ds.session_path(s, x) for x in sessions)]
+    files += sorted((ds.func_dir(s) / "roi").glob("*.nii.gz"))
+    return content_key(
+        {
+            "subject": s, "roi": selections, "sessions": sessions, "options": options, "version": PREP_VERSION,
+            "space": ds.space, "betas_version": ds.betas_version, "files": [file_fingerprint(p) for p in files],
+        }
+    )  # fmt: skip
+
+
+def prepare_cached(ds: NSD, subject, roi="nsdgeneral", sessions=None, *, cache_dir: str | Path | None = None,
+                   progress: bool = True, **options) -> tuple[Prepared, Path, bool]:  # fmt: skip
+    """:func:`prepare`, cached under ``cache_dir`` (default ``<root>/derived/prep``) by :func:`cache_key`.
+
+    Returns (data, cache file, whether it came from the cache). The file is written atomically.
+    """
+    s = parse_subject(subject)
+    key = cache_key(ds, s, roi, sessions, **options)
+    name = roi if isinstance(roi, str) else "+".join(roi)
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    path = Path(cache_dir) if cache_dir else ds.root / "derived" / "prep"
+    path = path / f"subj{s:02d}_{safe}_{key}.npz"
+    if path.is_file():
+        return Prepared.load(path), path, True
+    data = prepare(ds, s, roi, sessions, progress=progress, **options)
+    data.meta["cache_key"] = key
+    data.save(path)
+    return data, path, False
+
+
+def voxel_counts(ds: NSD, subject, groups) -> dict[str, int]:
+    """Voxels of each ROI group the subject has (groups whose ROI file is missing are left out)."""
+    out = {}
+    for g in groups:
+        try:
+            out[g] = int(ds.roi_mask(subject, g).sum())
+        except NSDError:
+            continue
+    return out
+
+
+def split_half_reliability(x: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Per-voxel Pearson r, across images shown at least twice, between their first and second presentation."""
+    first, second = {}, {}
+    for row, i in enumerate(ids):
+        if i not in first:
+            first[i] = row
+        elif i not in second:
+            second[i] = row
+    keys = sorted(second)
+    if len(keys) < 3:
+        raise ValueError(f"split-half reliability needs >= 3 images shown twice, got {len(keys)}")
+    a = x[[first[k] for k in keys]].astype(np.float64)
+    b = x[[second[k] for k in keys]].astype(np.float64)
+    a -= a.mean(0)
+    b -= b.mean(0)
+    den = np.sqrt((a * a).sum(0) * (b * b).sum(0))
+    return np.where(den > 0, (a * b).sum(0) / np.where(den > 0, den, 1), 0.0)
+
+
+def zscore_effect(ds: NSD, subject, roi="nsdgeneral", sessions=None) -> dict:
+    """What per-session z-scoring does to the data: raw voxel means per session (sessions x V) and the split-half
+    reliability of test-image responses without and with it."""
+    s = parse_subject(subject)
+    sessions = ds.check_sessions(s, sessions)
+    betas = ds.betas(s, roi=roi, sessions=sessions)
+    ids = ds.trial_images(s, sessions)
+    sess = np.repeat(sessions, ds.trials_per_session)
+    means = np.stack([betas[sess == x].mean(0) for x in sessions])
+    test = np.isin(ids, ds.shared_ids())
+    raw = split_half_reliability(betas[test], ids[test])
+    zscore_sessions(betas, sess)
+    z = split_half_reliability(betas[test], ids[test])
+    return {"session_means": means, "reliability": {"raw": raw, "z-scored per session": z}}
+
+
+def load_prepared(profile: str, subject, roi: str) -> Prepared:
+    """The prepared data notebook 00 recorded for (subject, roi) under ``profile``; says how to make it if absent."""
+    from .paths import require, results_dir
+
+    index = require(results_dir(profile) / "00_prepared.json", "00_data_prep", profile)
+    entries = json.loads(index.read_text())
+    key = f"subj{parse_subject(subject):02d}/{roi}"
+    if key not in entries:
+        raise NSDError(
+            f"{index}: no prepared data for {key} (has {sorted(entries)}); run notebooks/00_data_prep.ipynb with "
+            f"subject={parse_subject(subject)} roi={roi!r}"
+        )
+    return Prepared.load(require(Path(entries[key]), "00_data_prep", profile))
+
+
+def record_prepared(profile: str, data: Prepared, path: Path) -> Path:
+    """Note in ``results/00_prepared.json`` where (subject, roi) was prepared, for later notebooks."""
+    from .io import write_json
+    from .paths import results_dir
+
+    index = results_dir(profile) / "00_prepared.json"
+    entries = json.loads(index.read_text()) if index.is_file() else {}
+    entries[f"subj{data.meta['subject']:02d}/{data.meta['roi']}"] = str(Path(path).resolve())
+    return write_json(index, entries)

@@ -1,0 +1,62 @@
+"""Run-time choices made once per run: compute device, seeds, and progress bars that CI can silence."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+
+import numpy as np
+
+log = logging.getLogger("lib")
+
+#: Set to 1 to silence every progress bar (CI sets CI=true, which does the same).
+QUIET_ENV = "LIB_QUIET"
+
+
+def quiet() -> bool:
+    """True when progress bars should stay silent (``$LIB_QUIET=1`` or ``$CI`` set)."""
+    return os.environ.get(QUIET_ENV, "") not in ("", "0") or os.environ.get("CI", "") not in (
+        "",
+        "0",
+        "false",
+    )
+
+
+def progress(iterable=None, **kwargs):
+    """tqdm progress bar, disabled when :func:`quiet`."""
+    from tqdm.auto import tqdm
+
+    kwargs.setdefault("disable", quiet())
+    kwargs.setdefault("dynamic_ncols", True)
+    return tqdm(iterable, **kwargs)
+
+
+def pick_device(device: str = "auto") -> str:
+    """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; any other value is checked and returned."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"device={device!r} was asked for but torch sees no CUDA device (use 'auto' or 'cpu')"
+        )
+    elif not (device == "cpu" or device.startswith("cuda")):
+        raise ValueError(f"device={device!r}: expected 'auto', 'cpu' or 'cuda[:N]'")
+    log.info("device: %s", device)
+    return device
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    """Seed Python, NumPy and (when imported) torch; return a NumPy Generator for explicit use."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        import torch
+
+        torch.manual_seed(seed)
+    except ImportError:  # pragma: no cover - torch is a dependency, but seeding must not need it
+        pass
+    log.info("seed: %d", seed)
+    return np.random.default_rng(seed)

@@ -1,0 +1,115 @@
+"""Per-session z-scoring, repeat averaging, the split, reliability, noise ceiling and the input-keyed cache."""
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from lib import prep
+from lib.nsd import NSDError, noise_ceiling
+
+
+@pytest.mark.filterwarnings("ignore:Precision loss:RuntimeWarning")
+def test_zscore_sessions_matches_scipy_per_session():
+    rng = np.random.default_rng(0)
+    x = rng.normal(3, 2, (30, 5)).astype(np.float32)
+    x[10:20, 2] = 7.0  # constant within session 2: becomes 0 there
+    sess = np.repeat([1, 2, 3], 10)
+    expected = np.concatenate([stats.zscore(x[sess == s], axis=0) for s in (1, 2, 3)])
+    expected[10:20, 2] = 0
+    got = prep.zscore_sessions(x.copy(), sess)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_average_repeats_matches_pandas_groupby():
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, 6, 40)
+    x = rng.normal(size=(40, 3)).astype(np.float32)
+    means, uniq, counts = prep.average_repeats(x, ids)
+    ref = pd.DataFrame(x).groupby(ids).mean()
+    np.testing.assert_array_equal(uniq, ref.index.to_numpy())
+    np.testing.assert_allclose(means, ref.to_numpy(), rtol=1e-5)
+    np.testing.assert_array_equal(counts, np.bincount(ids)[uniq])
+
+
+def test_split_half_reliability_matches_corrcoef():
+    rng = np.random.default_rng(2)
+    ids = np.array([0, 1, 2, 3, 0, 1, 2, 3, 0, 4])
+    x = rng.normal(size=(10, 4))
+    got = prep.split_half_reliability(x, ids)
+    a, b = x[[0, 1, 2, 3]], x[[4, 5, 6, 7]]  # first and second showing of images 0..3
+    expected = [np.corrcoef(a[:, v], b[:, v])[0, 1] for v in range(4)]
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
+
+
+def test_noise_ceiling_closed_form():
+    assert noise_ceiling(1.0, 3) == pytest.approx(75.0)
+    assert noise_ceiling(0.0, 1) == 0.0
+    # NSD's mix of 3-, 2- and 1-trial images: 1/n becomes (A/3 + B/2 + C/1) / (A + B + C)
+    reps = np.array([3, 3, 2, 1])
+    mix = (2 / 3 + 1 / 2 + 1) / 4
+    assert noise_ceiling(0.5, reps) == pytest.approx(100 * 0.25 / (0.25 + mix))
+
+
+def test_prepare_splits_on_shared_images(tiny):
+    data = prep.prepare(tiny, 1, "V1-hV4", progress=False)
+    shared = tiny.shared_ids()
+    np.testing.assert_array_equal(data.test_ids, shared)
+    assert (data.test_reps == 3).all()
+    assert not np.isin(data.train_ids, shared).any()
+    ids = tiny.trial_images(1)
+    assert len(data.train_ids) == (~np.isin(ids, shared)).sum()
+    # the test rows are the mean of the z-scored single trials, computed here independently
+    raw = tiny.betas(1, "V1-hV4").astype(np.float64)
+    sess = np.repeat(tiny.sessions(1), tiny.trials_per_session)
+    for s in np.unique(sess):
+        raw[sess == s] = stats.zscore(raw[sess == s], axis=0)
+    i = shared[0]
+    np.testing.assert_allclose(data.x_test[0], raw[ids == i].mean(0), atol=1e-5)
+    avg = prep.prepare(tiny, 1, "V1-hV4", average_train=True, progress=False)
+    assert len(avg.train_ids) == len(np.unique(data.train_ids))
+
+
+def test_cache_is_keyed_by_every_input(tiny, tmp_path):
+    d1, p1, hit1 = prep.prepare_cached(tiny, 1, "V1", cache_dir=tmp_path, progress=False)
+    d2, p2, hit2 = prep.prepare_cached(tiny, 1, "V1", cache_dir=tmp_path, progress=False)
+    assert (hit1, hit2) == (False, True) and p1 == p2
+    np.testing.assert_array_equal(d1.x_train, d2.x_train)
+    assert d2.meta["roi"] == "V1" and d2.meta["sessions"] == [1, 2, 3]
+    _, p3, hit3 = prep.prepare_cached(tiny, 1, "V1", sessions=[1, 2], cache_dir=tmp_path, progress=False)
+    _, p4, hit4 = prep.prepare_cached(tiny, 1, "V1", average_train=True, cache_dir=tmp_path, progress=False)
+    assert not hit3 and not hit4 and len({p1, p3, p4}) == 3
+    # a changed input file (new modification time) is a new key, never the stale cache
+    session = tiny.session_path(1, 1)
+    st = session.stat()
+    os.utime(session, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    try:
+        _, p5, hit5 = prep.prepare_cached(tiny, 1, "V1", cache_dir=tmp_path, progress=False)
+        assert not hit5 and p5 != p1
+    finally:
+        os.utime(session, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_interrupted_cache_write_leaves_nothing(tiny, tmp_path, monkeypatch):
+    def broken_savez(file, **arrays):
+        with open(file, "wb") as f:
+            f.write(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", broken_savez)
+    with pytest.raises(KeyboardInterrupt):
+        prep.prepare_cached(tiny, 1, "V2", cache_dir=tmp_path, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_prepared_round_trip_and_damaged_file(tiny, tmp_path):
+    data = prep.prepare(tiny, 2, "hV4", progress=False)
+    path = data.save(tmp_path / "p.npz")
+    back = prep.Prepared.load(path)
+    np.testing.assert_array_equal(back.x_test, data.x_test)
+    assert back.meta == data.meta
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(NSDError, match="p.npz: not a prepared-data file"):
+        prep.Prepared.load(path)

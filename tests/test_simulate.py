@@ -1,0 +1,174 @@
+"""mini-NSD: layout, determinism, design, and that the data carry the ground truth the simulator built in."""
+
+import json
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+
+from lib import scenes as sc
+from lib import simulate as sim
+from tests.conftest import TINY
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path, tiny_root):
+    again = tmp_path / "again"
+    sim.simulate(again, profile="tiny", n_subjects=2, seed=3, config=TINY)
+    assert sim.manifest(again) == sim.manifest(tiny_root)
+    other = tmp_path / "other"
+    sim.simulate(other, profile="tiny", n_subjects=1, seed=4, config=TINY)
+    a, b = sim.manifest(other), sim.manifest(tiny_root)
+    key = "nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5"
+    assert a[key] != b[key]
+
+
+def test_nsd_layout_and_betas_format(tiny, tiny_root):
+    s = tiny.simulation
+    assert s["profile"] == "tiny" and s["subjects"] == 2 and tiny.subjects == [1, 2]
+    assert tiny.sessions(1) == [1, 2, 3]
+    for rel in ("nsddata/experiments/nsd/nsd_stim_info_merged.csv",
+                "nsddata_stimuli/stimuli/nsd/annotations/captions_train2017.json",
+                "nsddata/ppdata/subj02/behav/responses.tsv",
+                "nsddata/ppdata/subj01/func1pt8mm/roi/lh.floc-faces.nii.gz",
+                "nsddata/freesurfer/subj01/label/streams.mgz.ctab",
+                "nsddata_betas/ppdata/subj01/func1pt8mm/betas_fithrf_GLMdenoise_RR/ncsnr.nii.gz"):  # fmt: skip
+        assert (tiny_root / rel).is_file(), rel
+    shape = tiny.roi_volume(1, "nsdgeneral").shape
+    with h5py.File(tiny.session_path(1, 2)) as f:
+        d = f["betas"]
+        assert d.dtype == np.int16 and d.shape == (TINY.trials_per_session, *shape[::-1])
+        assert d.chunks == (TINY.trials_per_session, 1, 1, 1) and d.compression is None
+    with h5py.File(tiny.stimuli_path) as f:
+        assert f["imgBrick"].shape == (TINY.n_shared + 2 * TINY.n_unique, 16, 16, 3)
+        assert f["imgBrick"].dtype == np.uint8
+
+
+def test_design_follows_nsd_scheme(tiny):
+    d = tiny.design
+    assert d["masterordering"].min() == 1 and d["masterordering"].max() == TINY.n_shared + TINY.n_unique
+    np.testing.assert_array_equal(d["subjectim"][:, : TINY.n_shared], np.tile(d["sharedix"], (2, 1)))
+    for s in (1, 2):
+        ids = tiny.trial_images(s)
+        counts = pd.Series(ids).value_counts()
+        shared = set(tiny.shared_ids())
+        assert all(counts[i] == 3 for i in shared)
+        own = counts[[i for i in counts.index if i not in shared]]
+        assert len(own) == TINY.n_unique and own.between(1, 3).all()
+    # the two subjects' own images do not overlap
+    assert not set(d["subjectim"][0, TINY.n_shared :]) & set(d["subjectim"][1, TINY.n_shared :])
+
+
+def test_stim_table_and_responses_agree_with_design(tiny, tiny_root):
+    info = tiny.stim_info
+    for s in (1, 2):
+        ids = tiny.trial_images(s)
+        for r in range(3):
+            col = info[f"subject{s}_rep{r}"].to_numpy()
+            shown = np.flatnonzero(col > 0)
+            # rep r of an image is its (r+1)-th trial, 1-based over all of the subject's trials
+            for i in shown[:25]:
+                assert ids[col[i] - 1] == i
+                assert (ids[: col[i] - 1] == i).sum() == r
+    assert info["shared1000"].sum() == TINY.n_shared
+    assert set(info.index[info["shared1000"]]) == set(tiny.shared_ids())
+    beh = pd.read_csv(tiny_root / "nsddata/ppdata/subj01/behav/responses.tsv", sep="\t")
+    np.testing.assert_array_equal(beh["73KID"].to_numpy() - 1, tiny.trial_images(1))
+    assert beh.groupby("SESSION").size().eq(TINY.trials_per_session).all()
+
+
+def test_captions_name_every_object(tiny, tiny_root):
+    scenes = json.loads((tiny_root / "mininsd/scenes.json").read_text())
+    caps = tiny.captions(range(len(scenes)))
+    for scene, cs in zip(scenes, caps, strict=True):
+        assert len(cs) == TINY.n_captions
+        for c in cs:
+            for o in scene["objects"]:
+                assert o["colour"] in c
+                assert any(w in c for w in sc._SHAPE_WORDS[o["shape"]]), (c, o["shape"])
+
+
+def test_antialiased_circle_area_matches_closed_form():
+    scene = sc.Scene("plain", "grey", [sc.SceneObject("circle", "red", "large", 0.5, 0.5, 0.3, 0.0)])
+    _, cov = sc.render(scene, 128)
+    area = cov.sum()
+    assert area == pytest.approx(np.pi * (0.3 * 128) ** 2, rel=0.01)
+    assert ((cov > 0) & (cov < 1)).any()  # edges are partial: anti-aliased
+
+
+def test_ncsnr_file_is_nsds_formula_and_tracks_the_truth(tiny):
+    """ncsnr.nii.gz equals NSD's formula computed here from the betas; with 12 test images it only roughly
+    follows each voxel's true ncsnr (the notebooks check r > 0.7 on the quick and mini profiles)."""
+    sessions = tiny.sessions(1)
+    b = tiny.betas(1, "nsdgeneral").astype(np.float64)
+    ids = tiny.trial_images(1)
+    for k in range(len(sessions)):
+        rows = slice(k * TINY.trials_per_session, (k + 1) * TINY.trials_per_session)
+        b[rows] = (b[rows] - b[rows].mean(0)) / b[rows].std(0)
+    three = [i for i in np.unique(ids) if (ids == i).sum() == 3]
+    v2 = np.mean([b[ids == i].var(0, ddof=1) for i in three], axis=0)
+    expected = np.sqrt(np.maximum(0, 1 - v2)) / np.sqrt(v2)
+    np.testing.assert_allclose(tiny.ncsnr(1, "nsdgeneral"), expected, rtol=1e-4, atol=1e-5)
+    assert sim.ncsnr_recovery(tiny, 1) > 0.3
+
+
+def test_retinotopy_is_smooth_and_contralateral(tiny):
+    gt = sim.load_ground_truth(tiny.ground_truth_path(1))
+    early = gt["area"] == "early"
+    ijk, x, y = gt["ijk"][early], gt["prf_x"][early], gt["prf_y"][early]
+    xyz = ijk @ tiny.affine(1)[:3, :3].T + tiny.affine(1)[:3, 3]
+    centre = TINY.image_size / 2
+    left = xyz[:, 0] < 0
+    assert (x[left] > centre).mean() > 0.95 and (x[~left] < centre).mean() > 0.95  # contralateral field
+    d_brain = np.linalg.norm(ijk[:, None] - ijk[None], axis=-1)
+    d_field = np.hypot(x[:, None] - x[None], y[:, None] - y[None])
+    same_hemi = left[:, None] == left[None]
+    near = (d_brain == 1) & same_hemi
+    rng = np.random.default_rng(0)
+    pairs = rng.integers(0, len(x), (2000, 2))
+    assert np.median(d_field[near]) < 0.5 * np.median(d_field[pairs[:, 0], pairs[:, 1]])
+    vis = tiny.roi_volume(1, "prf-visualrois")[tuple(ijk.T)]
+    # ventral V1 maps the upper visual field (smaller image rows), dorsal V1 the lower field
+    assert (y[vis == 1] <= centre + 1e-6).all() and (y[vis == 2] >= centre - 1e-6).all()
+
+
+def test_face_area_prefers_round_shapes_in_the_betas(tiny, tiny_root):
+    """From the data alone: floc-faces voxels respond more to images with circles or rings than without."""
+    scenes = json.loads((tiny_root / "mininsd/scenes.json").read_text())
+    round_ = np.array([any(o["shape"] in ("circle", "ring") for o in s["objects"]) for s in scenes])
+    for s in (1, 2):
+        from lib.prep import prepare
+
+        data = prepare(tiny, s, "floc-faces+floc-bodies+floc-places", progress=False)
+        faces = tiny.roi_mask(s, "floc-faces")[tuple(data.voxel_ijk.T)]
+        x = np.concatenate([data.x_train, data.x_test])
+        ids = np.concatenate([data.train_ids, data.test_ids])
+        resp = x[:, faces].mean(1)
+        assert resp[round_[ids]].mean() - resp[~round_[ids]].mean() > 0.2
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="profile='huge'"):
+        sim.simulate(tmp_path / "a", profile="huge")
+    with pytest.raises(ValueError, match="subjects=9"):
+        sim.simulate(tmp_path / "a", profile="quick", n_subjects=9)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(FileExistsError, match="not empty"):
+        sim.simulate(tmp_path / "full", profile="quick")
+    assert sim.main(["--out", str(tmp_path / "full"), "--profile", "quick"]) == 2
+
+
+def test_interrupted_simulation_leaves_nothing(tmp_path, monkeypatch):
+    def boom(*a, **k):
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(sim, "_simulate_subject", boom)
+    with pytest.raises(RuntimeError):
+        sim.simulate(tmp_path / "ds", profile="tiny", config=TINY)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ensure_refuses_a_dataset_of_another_seed(tiny_root):
+    with pytest.raises(ValueError, match="seed 3"):
+        sim.ensure(tiny_root, "quick", seed=0)
