@@ -22,7 +22,7 @@ import yaml
 
 from . import paths
 from .io import write_json
-from .runtime import progress
+from .runtime import progress, quiet
 
 
 class PipelineError(ValueError):
@@ -155,7 +155,7 @@ def run(profile: str = paths.EMBEDDED_PROFILE, only: list[str] | None = None, ov
     out_dir = build / "nbval" if prepare_only else build
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
-    bar = progress(nbs, desc=f"pipeline ({profile})", unit="notebook", disable=prepare_only or None)
+    bar = progress(nbs, desc=f"pipeline ({profile})", unit="notebook", disable=prepare_only or quiet())
     for nb in bar:
         out = out_dir / nb.name
         if prepare_only:

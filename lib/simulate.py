@@ -805,10 +805,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default="mini", choices=sorted(PROFILES))
     ap.add_argument("--subjects", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ncsnr", type=float, help="median noise-ceiling SNR of nsdgeneral voxels (profile default)")
     ap.add_argument("--force", action="store_true", help="replace an existing dataset at --out")
     a = ap.parse_args(argv)
+    config = None if a.ncsnr is None else dataclasses.replace(PROFILES[a.profile], ncsnr=a.ncsnr)
     try:
-        summary = simulate(a.out, a.profile, a.subjects, a.seed, a.force)
+        if config is not None and not 0 < a.ncsnr <= 5:
+            raise ValueError(f"--ncsnr {a.ncsnr}: expected a value in (0, 5] (NSD's voxels: about 0.1-1)")
+        summary = simulate(a.out, a.profile, a.subjects, a.seed, a.force, config=config)
     except (ValueError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

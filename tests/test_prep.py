@@ -113,3 +113,23 @@ def test_prepared_round_trip_and_damaged_file(tiny, tmp_path):
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(NSDError, match="p.npz: not a prepared-data file"):
         prep.Prepared.load(path)
+
+
+def test_missing_upstream_result_names_the_notebook(tmp_path, monkeypatch):
+    from lib import paths
+
+    monkeypatch.setattr(paths, "BUILD_DIR", tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"made by notebooks/00_data_prep.ipynb .*--profile quick --only 00"):
+        prep.load_prepared("quick", 1, "nsdgeneral")
+
+
+def test_recorded_prepared_data_is_found_again(tiny, tmp_path, monkeypatch):
+    from lib import paths
+
+    monkeypatch.setattr(paths, "BUILD_DIR", tmp_path)
+    data, path, _ = prep.prepare_cached(tiny, 2, "V1", cache_dir=tmp_path / "cache", progress=False)
+    prep.record_prepared("quick", data, path)
+    back = prep.load_prepared("quick", "subj02", "V1")
+    np.testing.assert_array_equal(back.x_train, data.x_train)
+    with pytest.raises(NSDError, match="no prepared data for subj02/V2"):
+        prep.load_prepared("quick", 2, "V2")
