@@ -805,7 +805,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default="mini", choices=sorted(PROFILES))
     ap.add_argument("--subjects", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--ncsnr", type=float, help="median noise-ceiling SNR of nsdgeneral voxels (profile default)")
+    ap.add_argument(
+        "--ncsnr", type=float, help="median noise-ceiling SNR of nsdgeneral voxels (profile default)"
+    )
     ap.add_argument("--force", action="store_true", help="replace an existing dataset at --out")
     a = ap.parse_args(argv)
     config = None if a.ncsnr is None else dataclasses.replace(PROFILES[a.profile], ncsnr=a.ncsnr)
