@@ -434,6 +434,10 @@ class Design:
     subjectim: np.ndarray  # (n_subjects, n_shared + n_unique) 1-based 73k-style ids (nsdId + 1)
     sharedix: np.ndarray  # (n_shared,) 1-based ids of the shared images
 
+    def trial_ids(self, subject: int) -> np.ndarray:
+        """1-based 73k-style image id of each of the subject's trials."""
+        return self.subjectim[subject - 1][self.masterordering - 1]
+
 
 def make_design(cfg: SimConfig, n_subjects: int, rng: np.random.Generator) -> Design:
     """NSD's scheme, smaller: shared images 3x, each subject's own images 1-3x, one trial order for all subjects."""
@@ -635,7 +639,7 @@ def _simulate_into(root: Path, cfg: SimConfig, profile: str, n_subjects: int, se
     for s in range(1, 9):
         reps = np.zeros((n_images, 3), int)
         if s <= n_subjects:
-            ids73 = design.subjectim[s - 1][design.masterordering - 1]  # per trial, 1-based
+            ids73 = design.trial_ids(s)
             seen = np.zeros(n_images, int)
             for t, i in enumerate(ids73):
                 reps[i - 1, seen[i - 1]] = t + 1
@@ -669,9 +673,9 @@ def _simulate_subject(root: Path, s: int, cfg: SimConfig, design: Design, low, c
     tuning = make_tuning(cfg, brain, r_tune)
     shape = brain.brainmask.shape
     func = root / f"nsddata/ppdata/{_subj(s)}/{SPACE}"
+    x_mm = np.indices(shape)[0] * cfg.voxel_mm + FOV_MIN[0]
     for name, vol in brain.rois.items():
         _write(func / f"roi/{name}.nii.gz", _nifti_gz(vol, brain.affine))
-        x_mm = np.indices(shape)[0] * cfg.voxel_mm + FOV_MIN[0]
         for hemi, side in (("lh", x_mm < 0), ("rh", x_mm >= 0)):
             _write(
                 func / f"roi/{hemi}.{name}.nii.gz",
@@ -697,7 +701,7 @@ def _simulate_subject(root: Path, s: int, cfg: SimConfig, design: Design, low, c
     noise_sd = np.where(snr > 0, 1 / np.maximum(snr, 1e-6), 1.0).astype(np.float32)
     k_shared = 5
     load = r_noise.normal(0, 1, (k_shared, n_b)).astype(np.float32) / np.sqrt(k_shared)
-    ids73 = design.subjectim[s - 1][design.masterordering - 1]
+    ids73 = design.trial_ids(s)
     nsd_ids = ids73 - 1
     sess_gain = np.exp(r_noise.normal(0, 0.25, (cfg.n_sessions, n_b))).astype(np.float32)
     sess_offset = r_noise.normal(0, 3.0, (cfg.n_sessions, n_b)).astype(np.float32)

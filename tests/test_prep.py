@@ -119,7 +119,9 @@ def test_missing_upstream_result_names_the_notebook(tmp_path, monkeypatch):
     from lib import paths
 
     monkeypatch.setattr(paths, "BUILD_DIR", tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"made by notebooks/00_data_prep.ipynb .*--profile quick --only 00"):
+    with pytest.raises(
+        FileNotFoundError, match=r"made by notebooks/00_data_prep.ipynb .*--profile quick --only 00"
+    ):
         prep.load_prepared("quick", 1, "nsdgeneral")
 
 
