@@ -21,7 +21,6 @@ import pandas as pd
 from . import rois as roi_lib
 
 BETAS_VERSIONS = ("betas_fithrf_GLMdenoise_RR", "betas_fithrf", "betas_assumehrf")
-SESSIONS_PER_SUBJECT = {1: 40, 2: 40, 3: 32, 4: 30, 5: 40, 6: 32, 7: 40, 8: 30}
 #: how many voxels one read gathers before converting to float (bounds the reader's extra memory)
 _BLOCK_VOXELS = 2048
 
@@ -120,8 +119,9 @@ class NSD:
         sessions = [int(x) for x in np.atleast_1d(sessions)]
         bad = [x for x in sessions if x not in have]
         if bad:
+            on_disk = f"{have[0]}..{have[-1]}" if have == list(range(have[0], have[-1] + 1)) else str(have)
             raise NSDError(
-                f"subject {parse_subject(subject)}: sessions {bad} out of range (on disk: {have[0]}..{have[-1]})"
+                f"subject {parse_subject(subject)}: sessions {bad} out of range (on disk: {on_disk})"
             )
         if len(set(sessions)) != len(sessions):
             raise NSDError(f"sessions {sessions}: each session may appear once")

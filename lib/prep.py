@@ -103,7 +103,10 @@ def cache_key(ds: NSD, subject, roi, sessions, **options) -> str:
     sessions = ds.check_sessions(s, sessions)
     selections = [roi] if isinstance(roi, str) else list(roi)
     files = [ds.design_path, *(ds.session_path(s, x) for x in sessions)]
-    files += sorted((ds.func_dir(s) / "roi").glob("*.nii.gz"))
+    files += sorted((ds.func_dir(s) / "roi").glob("*.nii.gz"))  # ROI volumes ...
+    files += sorted((ds.root / f"nsddata/freesurfer/subj{s:02d}/label").glob("*.ctab"))  # ... and label names
+    if (ds.root / "MINI_NSD.json").is_file():
+        files.append(ds.root / "MINI_NSD.json")  # mini-NSD's trials per session
     return content_key(
         {
             "subject": s, "roi": selections, "sessions": sessions, "options": options, "version": PREP_VERSION,
@@ -113,10 +116,11 @@ def cache_key(ds: NSD, subject, roi, sessions, **options) -> str:
 
 
 def prepare_cached(ds: NSD, subject, roi="nsdgeneral", sessions=None, *, cache_dir: str | Path | None = None,
-                   progress: bool = True, **options) -> tuple[Prepared, Path, bool]:  # fmt: skip
+                   progress: bool = True, compute: bool = True, **options) -> tuple[Prepared, Path, bool]:  # fmt: skip
     """:func:`prepare`, cached under ``cache_dir`` (default ``<root>/derived/prep``) by :func:`cache_key`.
 
-    Returns (data, cache file, whether it came from the cache). The file is written atomically.
+    Returns (data, cache file, whether it came from the cache). The file is written atomically. Later notebooks
+    pass ``compute=False``: a missing cache is then an error that names notebook 00, which makes it.
     """
     s = parse_subject(subject)
     key = cache_key(ds, s, roi, sessions, **options)
@@ -126,6 +130,11 @@ def prepare_cached(ds: NSD, subject, roi="nsdgeneral", sessions=None, *, cache_d
     path = path / f"subj{s:02d}_{safe}_{key}.npz"
     if path.is_file():
         return Prepared.load(path), path, True
+    if not compute:
+        raise FileNotFoundError(
+            f"{path} is missing: prepared data for subject {s}, roi {roi!r}, sessions {sessions or 'all'}, "
+            f"options {options} is made by notebooks/00_data_prep.ipynb (python -m lib.pipeline --only 00)"
+        )
     data = prepare(ds, s, roi, sessions, progress=progress, **options)
     data.meta["cache_key"] = key
     data.save(path)
@@ -134,12 +143,16 @@ def prepare_cached(ds: NSD, subject, roi="nsdgeneral", sessions=None, *, cache_d
 
 def voxel_counts(ds: NSD, subject, groups) -> dict[str, int]:
     """Voxels of each ROI group the subject has (groups whose ROI file is missing are left out)."""
+    from .rois import resolve
+
+    available = ds.roi_files(subject)
     out = {}
     for g in groups:
         try:
-            out[g] = int(ds.roi_mask(subject, g).sum())
-        except NSDError:
+            resolve(g, available)
+        except KeyError:  # this subject lacks the ROI file the group needs
             continue
+        out[g] = int(ds.roi_mask(subject, g).sum())
     return out
 
 
@@ -176,29 +189,3 @@ def zscore_effect(ds: NSD, subject, roi="nsdgeneral", sessions=None) -> dict:
     zscore_sessions(betas, sess)
     z = split_half_reliability(betas[test], ids[test])
     return {"session_means": means, "reliability": {"raw": raw, "z-scored per session": z}}
-
-
-def load_prepared(profile: str, subject, roi: str) -> Prepared:
-    """The prepared data notebook 00 recorded for (subject, roi) under ``profile``; says how to make it if absent."""
-    from .paths import require, results_dir
-
-    index = require(results_dir(profile) / "00_prepared.json", "00_data_prep", profile)
-    entries = json.loads(index.read_text())
-    key = f"subj{parse_subject(subject):02d}/{roi}"
-    if key not in entries:
-        raise NSDError(
-            f"{index}: no prepared data for {key} (has {sorted(entries)}); run notebooks/00_data_prep.ipynb with "
-            f"subject={parse_subject(subject)} roi={roi!r}"
-        )
-    return Prepared.load(require(Path(entries[key]), "00_data_prep", profile))
-
-
-def record_prepared(profile: str, data: Prepared, path: Path) -> Path:
-    """Note in ``results/00_prepared.json`` where (subject, roi) was prepared, for later notebooks."""
-    from .io import write_json
-    from .paths import results_dir
-
-    index = results_dir(profile) / "00_prepared.json"
-    entries = json.loads(index.read_text()) if index.is_file() else {}
-    entries[f"subj{data.meta['subject']:02d}/{data.meta['roi']}"] = str(Path(path).resolve())
-    return write_json(index, entries)

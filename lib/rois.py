@@ -106,19 +106,20 @@ def resolve(name: str, available: dict[str, dict[int, str]], hemi: str | None = 
 
     ``available`` maps each ROI file present for the subject to its {label: name} table. A name is, in order:
     a group of :data:`GROUPS`; an ROI file (all labels > 0); ``file:label``; a label name looked up in the files of
-    :data:`ROI_FILES` order (then any other file); or a ``+``-joined union of these.
+    :data:`ROI_FILES` order (then any other file); or a ``+``-joined union of these (a trailing '+' belongs to
+    the label, as in ``ecc4+``).
     """
     if hemi not in (None, "lh", "rh"):
         raise ValueError(f"hemi={hemi!r}: expected None, 'lh' or 'rh'")
     if not isinstance(name, str) or not name:
         raise ValueError(f"ROI name {name!r}: expected a non-empty string")
-    one = _resolve_one(name, available, hemi)
-    if one is not None:
-        return [one]
-    parts = split_union(name)
-    if len(parts) > 1:
-        return [sel for p in parts for sel in resolve(p, available, hemi)]
-    raise KeyError(_unknown(name, available))
+    out = []
+    for part in split_union(name):
+        sel = _resolve_one(part, available, hemi)
+        if sel is None:
+            raise KeyError(_unknown(part, available))
+        out.append(sel)
+    return out
 
 
 def _labels_of(

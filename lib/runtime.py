@@ -25,7 +25,7 @@ def quiet() -> bool:
 
 def progress(iterable=None, **kwargs):
     """tqdm progress bar, disabled when :func:`quiet`."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # text bars: notebooks need no ipywidgets
 
     kwargs.setdefault("disable", quiet())
     kwargs.setdefault("dynamic_ncols", True)

@@ -17,6 +17,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -27,9 +28,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
 from . import rois as roi_lib
 from . import scenes as sc
+from .io import UMASK
 from .runtime import progress
 
 SIM_VERSION = 1
@@ -543,8 +546,11 @@ def simulate(out: str | Path, profile: str = "mini", n_subjects: int = 1, seed: 
             )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp makes 0700; the dataset gets the permissions mkdir would give
     try:
-        summary = _simulate_into(tmp, config, profile, n_subjects, seed)
+        # one BLAS thread: sums in the same order on any machine, so the same seed gives the same bytes
+        with threadpool_limits(1):
+            summary = _simulate_into(tmp, config, profile, n_subjects, seed)
         summary["seconds"] = round(time.perf_counter() - t0, 2)
         _write(tmp / MARKER, json.dumps(summary, indent=2, sort_keys=True) + "\n")
         if out.exists():
@@ -700,7 +706,8 @@ def _simulate_subject(root: Path, s: int, cfg: SimConfig, design: Design, low, c
     baseline = r_noise.uniform(0.0, 2.0, n_b).astype(np.float32)
     noise_sd = np.where(snr > 0, 1 / np.maximum(snr, 1e-6), 1.0).astype(np.float32)
     k_shared = 5
-    load = r_noise.normal(0, 1, (k_shared, n_b)).astype(np.float32) / np.sqrt(k_shared)
+    load = r_noise.normal(0, 1, (k_shared, n_b)).astype(np.float32)
+    load /= np.linalg.norm(load, axis=0)  # unit variance of each voxel's shared noise, so ncsnr stays exact
     ids73 = design.trial_ids(s)
     nsd_ids = ids73 - 1
     sess_gain = np.exp(r_noise.normal(0, 0.25, (cfg.n_sessions, n_b))).astype(np.float32)
@@ -723,9 +730,9 @@ def _simulate_subject(root: Path, s: int, cfg: SimConfig, design: Design, low, c
         z_sessions.append((f - f.mean(0)) / np.where(f.std(0) > 0, f.std(0), 1))
         runs = np.array_split(np.arange(T), cfg.runs_per_session)
         for r, trials in enumerate(runs, 1):
-            for t in trials:
+            for n, t in enumerate(trials, 1):  # NSD numbers trials within each run
                 g = sess * T + t
-                rows.append((s, sess + 1, r, t + 1, ids73[g], design.masterordering[g]))
+                rows.append((s, sess + 1, r, n, ids73[g], design.masterordering[g]))
     # ncsnr as NSD computes it, from the (simulated) data: full volume, 0 outside the signal voxels
     est = _ncsnr_from_betas(z_sessions, nsd_ids)
     vol = np.zeros(shape, np.float32)
@@ -761,12 +768,20 @@ def ensure(root: str | Path, profile: str, seed: int = 0, n_subjects: int = 1) -
     root = Path(root)
     if (root / "nsddata/experiments/nsd/nsd_expdesign.mat").is_file():
         marker = root / MARKER
-        if marker.is_file():
+        if marker.is_file() and profile in PROFILES:
             have = json.loads(marker.read_text())
-            if (have["profile"], have["seed"]) != (profile, seed) and profile in PROFILES:
+            want = {
+                "profile": profile,
+                "seed": seed,
+                "version": SIM_VERSION,
+                "config": dataclasses.asdict(PROFILES[profile]),
+            }
+            diff = sorted(k for k in want if have.get(k) != want[k])
+            if diff:
                 raise ValueError(
-                    f"{marker}: holds mini-NSD profile {have['profile']!r} seed {have['seed']}, but profile "
-                    f"{profile!r} seed {seed} was asked for; delete {root} or choose another data root"
+                    f"{marker}: holds mini-NSD profile {have.get('profile')!r} seed {have.get('seed')} (simulator "
+                    f"v{have.get('version')}), which differs in {diff} from profile {profile!r} seed {seed} "
+                    f"(v{SIM_VERSION}); delete {root} or choose another data root"
                 )
         return root, None
     if profile not in PROFILES:
@@ -819,7 +834,7 @@ def main(argv: list[str] | None = None) -> int:
         if config is not None and not 0 < a.ncsnr <= 5:
             raise ValueError(f"--ncsnr {a.ncsnr}: expected a value in (0, 5] (NSD's voxels: about 0.1-1)")
         summary = simulate(a.out, a.profile, a.subjects, a.seed, a.force, config=config)
-    except (ValueError, FileExistsError) as e:
+    except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"mini-NSD ({a.profile}, seed {a.seed}) written to {a.out} in {summary['seconds']} s")

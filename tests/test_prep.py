@@ -81,7 +81,17 @@ def test_cache_is_keyed_by_every_input(tiny, tmp_path):
     _, p3, hit3 = prep.prepare_cached(tiny, 1, "V1", sessions=[1, 2], cache_dir=tmp_path, progress=False)
     _, p4, hit4 = prep.prepare_cached(tiny, 1, "V1", average_train=True, cache_dir=tmp_path, progress=False)
     assert not hit3 and not hit4 and len({p1, p3, p4}) == 3
-    # a changed input file (new modification time) is a new key, never the stale cache
+    # changed label names (the ctab) and changed input files (new modification time) are new keys
+    ctab = tiny.root / "nsddata/freesurfer/subj01/label/prf-visualrois.mgz.ctab"
+    text = ctab.read_text()
+    try:
+        ctab.write_text(text.replace("V1v", "Vxx").replace("V2v", "V1v").replace("Vxx", "V2v"))
+        tiny._roi_files.cache_clear()
+        d6, p6, hit6 = prep.prepare_cached(tiny, 1, "V1", cache_dir=tmp_path, progress=False)
+        assert not hit6 and p6 != p1 and d6.n_voxels == tiny.roi_mask(1, "V1").sum()
+    finally:
+        ctab.write_text(text)
+        tiny._roi_files.cache_clear()
     session = tiny.session_path(1, 1)
     st = session.stat()
     os.utime(session, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
@@ -115,23 +125,13 @@ def test_prepared_round_trip_and_damaged_file(tiny, tmp_path):
         prep.Prepared.load(path)
 
 
-def test_missing_upstream_result_names_the_notebook(tmp_path, monkeypatch):
+def test_missing_upstream_result_names_the_notebook(tmp_path, monkeypatch, tiny):
     from lib import paths
 
     monkeypatch.setattr(paths, "BUILD_DIR", tmp_path)
-    with pytest.raises(
-        FileNotFoundError, match=r"made by notebooks/00_data_prep.ipynb .*--profile quick --only 00"
-    ):
-        prep.load_prepared("quick", 1, "nsdgeneral")
-
-
-def test_recorded_prepared_data_is_found_again(tiny, tmp_path, monkeypatch):
-    from lib import paths
-
-    monkeypatch.setattr(paths, "BUILD_DIR", tmp_path)
-    data, path, _ = prep.prepare_cached(tiny, 2, "V1", cache_dir=tmp_path / "cache", progress=False)
-    prep.record_prepared("quick", data, path)
-    back = prep.load_prepared("quick", "subj02", "V1")
-    np.testing.assert_array_equal(back.x_train, data.x_train)
-    with pytest.raises(NSDError, match="no prepared data for subj02/V2"):
-        prep.load_prepared("quick", 2, "V2")
+    with pytest.raises(FileNotFoundError, match=r"made by notebooks/02_x.ipynb .*--profile quick --only 02"):
+        paths.require(paths.results_dir("quick") / "encoder.pt", "02_x", "quick")
+    with pytest.raises(FileNotFoundError, match=r"sessions \[1\].* made by notebooks/00_data_prep.ipynb"):
+        prep.prepare_cached(tiny, 1, "V1", sessions=[1], cache_dir=tmp_path, compute=False)
+    prep.prepare_cached(tiny, 1, "V1", sessions=[1], cache_dir=tmp_path, progress=False)
+    assert prep.prepare_cached(tiny, 1, "V1", sessions=[1], cache_dir=tmp_path, compute=False)[2]

@@ -50,6 +50,14 @@ def test_split_union_keeps_labels_with_plus():
         ("Kastner2015:V1v", [rois.Selection("Kastner2015", (1,))]),
         ("ecc4+", [rois.Selection("prf-eccrois", (5,))]),
         ("V1+ecc4+", [rois.Selection("prf-visualrois", (1, 2)), rois.Selection("prf-eccrois", (5,))]),
+        (
+            "V1+floc-faces:FFA-1",
+            [rois.Selection("prf-visualrois", (1, 2)), rois.Selection("floc-faces", (2,))],
+        ),
+        (
+            "prf-visualrois:V1v+hV4",
+            [rois.Selection("prf-visualrois", (1,)), rois.Selection("prf-visualrois", (7,))],
+        ),
     ],
 )
 def test_resolve(name, expected):
@@ -59,6 +67,8 @@ def test_resolve(name, expected):
 def test_resolve_errors_name_the_problem():
     with pytest.raises(KeyError, match="unknown ROI 'V7'"):
         rois.resolve("V7", AVAILABLE)
+    with pytest.raises(KeyError, match="unknown ROI 'V7'"):
+        rois.resolve("V1+V7", AVAILABLE)
     with pytest.raises(KeyError, match="ROI 'nsdgeneral:x': no ROI file 'nsdgeneral'"):
         rois.resolve("nsdgeneral:x", AVAILABLE)
     with pytest.raises(KeyError, match=r"label\(s\) \['FFA-9'\] not in floc-faces"):

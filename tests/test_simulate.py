@@ -1,20 +1,31 @@
 """mini-NSD: layout, determinism, design, and that the data carry the ground truth the simulator built in."""
 
 import json
+import os
+import subprocess
+import sys
 
 import h5py
 import numpy as np
 import pandas as pd
 import pytest
 
+from lib import paths
 from lib import scenes as sc
 from lib import simulate as sim
 from tests.conftest import TINY
 
 
-def test_same_seed_same_bytes_other_seed_differs(tmp_path, tiny_root):
+def test_same_seed_same_bytes_whatever_the_thread_count(tmp_path, tiny_root):
+    """A second run, in another process limited to one BLAS thread, writes the same bytes (MINI_NSD.json aside:
+    it records the generation time)."""
     again = tmp_path / "again"
-    sim.simulate(again, profile="tiny", n_subjects=2, seed=3, config=TINY)
+    code = (
+        "from lib.simulate import simulate; from tests.conftest import TINY; "
+        f"simulate({str(again)!r}, profile='tiny', n_subjects=2, seed=3, config=TINY)"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=paths.PROJ_ROOT)
     assert sim.manifest(again) == sim.manifest(tiny_root)
     other = tmp_path / "other"
     sim.simulate(other, profile="tiny", n_subjects=1, seed=4, config=TINY)
@@ -75,6 +86,10 @@ def test_stim_table_and_responses_agree_with_design(tiny, tiny_root):
     beh = pd.read_csv(tiny_root / "nsddata/ppdata/subj01/behav/responses.tsv", sep="\t")
     np.testing.assert_array_equal(beh["73KID"].to_numpy() - 1, tiny.trial_images(1))
     assert beh.groupby("SESSION").size().eq(TINY.trials_per_session).all()
+    # NSD numbers trials within each run, 1..n
+    for _, run in beh.groupby(["SESSION", "RUN"]):
+        assert run["TRIAL"].tolist() == list(range(1, len(run) + 1))
+    assert beh["ISOLD"].sum() == len(beh) - beh["73KID"].nunique()
 
 
 def test_captions_name_every_object(tiny, tiny_root):
@@ -169,6 +184,21 @@ def test_interrupted_simulation_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_ensure_refuses_a_dataset_of_another_seed(tiny_root):
-    with pytest.raises(ValueError, match="seed 3"):
+def test_ensure_refuses_a_dataset_of_other_settings(tiny_root):
+    with pytest.raises(ValueError, match=r"seed 3 .*differs in \['config', 'profile', 'seed'\]"):
         sim.ensure(tiny_root, "quick", seed=0)
+
+
+def test_shared_noise_keeps_the_true_ncsnr(tiny):
+    """Noise variance is exactly 1/ncsnr^2 in signal units: the noise around each image's mean response, in the
+    betas of one session, over the true signal variance."""
+    gt = sim.load_ground_truth(tiny.ground_truth_path(1))
+    b = tiny.betas(1, "nsdgeneral", sessions=[1]).astype(np.float64)
+    ids = tiny.trial_images(1, sessions=[1])
+    sig = gt["signal"][ids]
+    # b = g (base + amp (signal + noise/ncsnr)) + off: regress signal out per voxel, compare residual / slope
+    sc_ = sig - sig.mean(0)
+    slope = (sc_ * (b - b.mean(0))).sum(0) / (sc_ * sc_).sum(0)
+    resid = (b - b.mean(0)) - slope * sc_
+    est = np.abs(slope) / resid.std(0)
+    assert np.median(est / gt["ncsnr"]) == pytest.approx(1.0, abs=0.1)
