@@ -76,6 +76,8 @@ class SimConfig:
             )
         if self.trials_per_session < self.runs_per_session:
             raise ValueError("trials_per_session must be >= runs_per_session")
+        if not 0 < self.ncsnr <= 5:
+            raise ValueError(f"ncsnr={self.ncsnr}: expected a value in (0, 5] (NSD's voxels: about 0.1-1)")
 
 
 PROFILES = {
@@ -831,8 +833,6 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     config = None if a.ncsnr is None else dataclasses.replace(PROFILES[a.profile], ncsnr=a.ncsnr)
     try:
-        if config is not None and not 0 < a.ncsnr <= 5:
-            raise ValueError(f"--ncsnr {a.ncsnr}: expected a value in (0, 5] (NSD's voxels: about 0.1-1)")
         summary = simulate(a.out, a.profile, a.subjects, a.seed, a.force, config=config)
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -172,6 +172,10 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(FileExistsError, match="not empty"):
         sim.simulate(tmp_path / "full", profile="quick")
     assert sim.main(["--out", str(tmp_path / "full"), "--profile", "quick"]) == 2
+    with pytest.raises(ValueError, match=r"ncsnr=9.0: expected a value in \(0, 5\]"):
+        sim.simulate(tmp_path / "b", profile="quick", config=sim.dataclasses.replace(TINY, ncsnr=9.0))
+    assert sim.main(["--out", str(tmp_path / "c"), "--profile", "quick", "--ncsnr", "0"]) == 2
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
 
 
 def test_interrupted_simulation_leaves_nothing(tmp_path, monkeypatch):
