@@ -171,3 +171,148 @@ def zscore_effect(session_means: np.ndarray, reliability: dict[str, np.ndarray],
     ax.legend(fontsize=8, frameon=False)
     ax.set_title("test-retest reliability", fontsize=10)
     return fig
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 01 joint embedding
+
+
+def _smooth(y: np.ndarray, n: int) -> np.ndarray:
+    if len(y) < 2 * n:
+        return y
+    return np.convolve(y, np.ones(n) / n, mode="valid")
+
+
+def training_curves(clip: dict | None, dino: dict | None, chance: float | None = None) -> plt.Figure:
+    """CLIP loss, temperature and held-out retrieval over steps; DINO loss and teacher entropies over steps."""
+    panels = (3 if clip else 0) + (2 if dino else 0)
+    fig, axes = plt.subplots(1, max(panels, 1), figsize=(3.6 * max(panels, 1), 3.0), squeeze=False)
+    axes = list(axes[0])
+    if clip:
+        loss = np.asarray(clip["loss"])
+        ax = axes.pop(0)
+        ax.plot(loss, color="0.75", lw=0.8, label="per step")
+        s = _smooth(loss, 10)
+        ax.plot(np.arange(len(s)) + (len(loss) - len(s)) // 2, s, color="C0", label="moving mean")
+        ax.set(title="CLIP InfoNCE loss", xlabel="step", ylabel="loss")
+        ax.legend(frameon=False, fontsize=8)
+        ax = axes.pop(0)
+        ax.plot(1 / np.asarray(clip["logit_scale"]), color="C1")
+        ax.set(title="learned temperature", xlabel="step", ylabel="1 / logit scale")
+        ax = axes.pop(0)
+        if clip.get("eval_step"):
+            ax.plot(clip["eval_step"], clip["img2txt_top1"], "o-", label="image → text")
+            ax.plot(clip["eval_step"], clip["txt2img_top1"], "s-", label="text → image")
+        if chance is not None:
+            ax.axhline(chance, color="k", ls=":", lw=1, label="chance")
+        ax.set(title="held-out top-1 retrieval", xlabel="step", ylabel="top-1", ylim=(0, 1))
+        ax.legend(frameon=False, fontsize=8)
+    if dino:
+        ax = axes.pop(0)
+        ax.plot(dino["loss"], color="C2")
+        ax.set(title="DINO loss", xlabel="step", ylabel="cross-entropy")
+        ax = axes.pop(0)
+        ax.plot(dino["teacher_entropy"], label="per sample")
+        ax.plot(dino["batch_entropy"], label="batch mean (0 = collapse)")
+        if "log_k" in dino:
+            ax.axhline(dino["log_k"], color="k", ls=":", lw=1, label="log K (uniform)")
+        ax.set(title="DINO teacher entropy", xlabel="step", ylabel="nats")
+        ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def similarity_matrix(sim: np.ndarray, n_show: int = 60, title: str = "") -> plt.Figure:
+    """Cosine similarity of test images (rows) and their captions (columns): full matrix and a zoom."""
+    n_show = min(n_show, len(sim))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
+    for ax, m, t in (
+        (axes[0], sim, f"all {len(sim)} test images"),
+        (axes[1], sim[:n_show, :n_show], f"first {n_show}"),
+    ):
+        im = ax.imshow(m, cmap="viridis", interpolation="nearest")
+        ax.set(title=t, xlabel="caption of image j", ylabel="image i")
+        fig.colorbar(im, ax=ax, fraction=0.046, label="cosine similarity")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def retrieval_examples(
+    images: np.ndarray, ranked: list[list[tuple[str, bool, float]]], ncols: int = 2
+) -> plt.Figure:
+    """Each image with its top captions: (text, whether it is one of the image's own captions, similarity)."""
+    n = len(images)
+    nrows = int(np.ceil(n / ncols))
+    fig, axes = plt.subplots(nrows, ncols * 2, figsize=(6.8 * ncols, 1.75 * nrows),
+                             gridspec_kw={"width_ratios": [1, 3.2] * ncols}, squeeze=False)  # fmt: skip
+    for i in range(nrows * ncols):
+        ax_img, ax_txt = axes[i // ncols, 2 * (i % ncols)], axes[i // ncols, 2 * (i % ncols) + 1]
+        ax_img.axis("off")
+        ax_txt.axis("off")
+        if i >= n:
+            continue
+        ax_img.imshow(images[i])
+        for r, (text, ok, s) in enumerate(ranked[i]):
+            line = textwrap.shorten(text, 78, placeholder="…")
+            mark = "own caption" if ok else "another image's"
+            ax_txt.text(0.02, 0.95 - 0.33 * r, f"{r + 1}. {line}\n     cos {s:.2f} · {mark}", fontsize=7.5, va="top",
+                        color="C2" if ok else "C3", transform=ax_txt.transAxes)  # fmt: skip
+    fig.suptitle("top-3 captions among all test captions (green: the image's own)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def knn_bars(
+    panels: dict[str, dict[str, dict[str, float]]], chance: dict[str, float], title: str = ""
+) -> plt.Figure:
+    """One panel per probe ({probe: {feature set: {attribute: accuracy}}}): grouped bars per attribute, with the
+    majority-class rate as chance."""
+    attrs = list(chance)
+    fig, axes = plt.subplots(
+        len(panels), 1, figsize=(1.25 * len(attrs) + 2, 3.2 * len(panels)), squeeze=False
+    )
+    for ax, (probe, results) in zip(axes[:, 0], panels.items(), strict=True):
+        w = 0.8 / len(results)
+        for j, (name, acc) in enumerate(results.items()):
+            x = np.arange(len(attrs)) + (j - (len(results) - 1) / 2) * w
+            bars = ax.bar(x, [acc[a] for a in attrs], w, label=name, color=f"C{j}")
+            for b, a in zip(bars, attrs, strict=True):
+                ax.text(
+                    b.get_x() + b.get_width() / 2, acc[a] + 0.01, f"{acc[a]:.2f}", ha="center", fontsize=6.5
+                )
+        for i, a in enumerate(attrs):
+            ax.hlines(
+                chance[a],
+                i - 0.45,
+                i + 0.45,
+                color="k",
+                ls=":",
+                lw=1,
+                label="majority class" if i == 0 else None,
+            )
+        ax.set_xticks(np.arange(len(attrs)), attrs)
+        ax.set(ylabel="accuracy (test images)", ylim=(0, 1.12), title=probe)
+        ax.legend(frameon=False, fontsize=7.5, ncols=len(results) + 1, loc="upper left")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def embedding_2d(xy: np.ndarray, labels: dict[str, np.ndarray], title: str = "") -> plt.Figure:
+    """A 2-D projection of embeddings, one panel per attribute, points coloured by its value."""
+    fig, axes = plt.subplots(1, len(labels), figsize=(3.6 * len(labels), 3.6), squeeze=False)
+    for ax, (name, lab) in zip(axes[0], labels.items(), strict=True):
+        values = list(dict.fromkeys(sorted(map(str, lab))))
+        cmap = plt.get_cmap("tab10" if len(values) <= 10 else "tab20")
+        for k, v in enumerate(values):
+            sel = np.asarray(list(map(str, lab))) == v
+            ax.scatter(xy[sel, 0], xy[sel, 1], s=9, color=cmap(k % cmap.N), label=v, alpha=0.85, lw=0)
+        ax.set(title=name, xticks=[], yticks=[])
+        ax.legend(frameon=False, fontsize=6.5, markerscale=1.5, loc="best", ncols=2 if len(values) > 5 else 1)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -75,3 +75,37 @@ def file_fingerprint(path: str | os.PathLike) -> dict:
 def save_metrics(path: str | os.PathLike, metrics: dict) -> Path:
     """Record a notebook's key numbers; the report and reviewers read these files."""
     return write_json(path, metrics)
+
+
+def torch_bytes(obj: Any) -> bytes:
+    """``obj`` serialised by ``torch.save`` (tensors, dicts, lists, numbers and strings only)."""
+    import io as _io
+
+    import torch
+
+    buf = _io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def training_state(
+    state_dir: str | os.PathLike | None, prefix: str, fmt: str, key: str
+) -> tuple[Path | None, dict | None]:
+    """(path, saved state or None) of a resumable training run: ``<state_dir>/<prefix>-<key>.pt``, read with
+    ``weights_only=True``. A file there that is not a state of format ``fmt`` and this key is an error."""
+    if state_dir is None:
+        return None, None
+    path = Path(state_dir) / f"{prefix}-{key}.pt"
+    if not path.exists():
+        return path, None
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign file is the same user error
+        raise ValueError(
+            f"{path}: unreadable training state ({type(e).__name__}); delete it to retrain"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != fmt or state.get("key") != key:
+        raise ValueError(f"{path}: not a {fmt} training state with key {key}; delete it to retrain")
+    return path, state

@@ -321,6 +321,24 @@ class NSD:
             raise NSDError(f"image ids out of range 0..{len(coco) - 1} of the stimulus table")
         return [list(self._captions.get(int(coco[i]), [])) for i in ids]
 
+    @functools.cached_property
+    def _scenes(self) -> list[dict]:
+        if not self.is_simulated:
+            raise NSDError(f"{self.root}: a real NSD copy has no scene descriptions (mini-NSD only)")
+        path = self.root / "mininsd/scenes.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise NSDError(f"{path}: cannot read the scene descriptions ({e})") from None
+
+    def scenes(self, ids) -> list[dict]:
+        """mini-NSD only: the generating description (background, objects) of each 0-based nsdId."""
+        scenes = self._scenes
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        if len(ids) and (ids.min() < 0 or ids.max() >= len(scenes)):
+            raise NSDError(f"image ids out of range 0..{len(scenes) - 1} of mininsd/scenes.json")
+        return [scenes[i] for i in ids]
+
     def ground_truth_path(self, subject: int | str) -> Path:
         """mini-NSD only: the ground-truth file of the subject (see data_manifests/mini_nsd.md)."""
         if not self.is_simulated:

@@ -60,3 +60,11 @@ def seed_everything(seed: int) -> np.random.Generator:
         pass
     log.info("seed: %d", seed)
     return np.random.default_rng(seed)
+
+
+def adamw(decay: list, no_decay: list, lr: float, weight_decay: float):
+    """AdamW (multi-tensor) with weight decay on ``decay`` only (weights; not biases, norms or temperatures)."""
+    import torch
+
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, foreach=True)

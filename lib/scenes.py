@@ -282,3 +282,47 @@ def global_features(scene: Scene, coverage: np.ndarray) -> np.ndarray:
         f[-2] = 2 * (xx * total).sum() / total.sum() / size - 1
         f[-1] = 2 * (yy * total).sum() / total.sum() / size - 1
     return f
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# categorical attributes of a scene, for probing embeddings (k-NN, colouring of projections)
+
+ATTRIBUTES = ("shape", "colour", "size", "position", "count", "background", "bg_colour")
+POSITIONS = (
+    "top left",
+    "top",
+    "top right",
+    "left",
+    "centre",
+    "right",
+    "bottom left",
+    "bottom",
+    "bottom right",
+)
+
+
+def attributes(scene: dict | Scene) -> dict[str, str | int]:
+    """One label per :data:`ATTRIBUTES` entry: shape, colour, size and 3 x 3 position cell of the largest object;
+    number of objects; background kind and colour. ``scene`` is a :class:`Scene` or its ``to_dict()``."""
+    d = scene.to_dict() if isinstance(scene, Scene) else scene
+    if not d.get("objects"):
+        raise ValueError(f"scene {d.get('nsdId', '?')}: has no objects")
+    o = max(d["objects"], key=lambda o: o["radius"])
+    col = min(int(o["x"] * 3), 2)
+    row = min(int(o["y"] * 3), 2)
+    return {
+        "shape": o["shape"],
+        "colour": o["colour"],
+        "size": o["size"],
+        "position": POSITIONS[3 * row + col],
+        "count": len(d["objects"]),
+        "background": d["background"],
+        "bg_colour": d["bg_colour"],
+    }
+
+
+def attribute_table(scene_list: list[dict]):
+    """A pandas DataFrame of :func:`attributes`, one row per scene (in order)."""
+    import pandas as pd
+
+    return pd.DataFrame([attributes(s) for s in scene_list], columns=list(ATTRIBUTES))

@@ -1,0 +1,165 @@
+"""Contrastive image-text training of an open_clip model on stimuli and their captions, with checkpoint/resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import io, losses, runtime
+from .embedding import Embedder, EmbeddingError
+
+TRAIN_STATE_FORMAT = "lib.contrastive.state/1"
+
+
+@dataclass
+class ClipTrainConfig:
+    steps: int = 300
+    batch_size: int = 128
+    lr: float = 2e-3  # peak AdamW learning rate
+    weight_decay: float = 0.1
+    warmup_frac: float = 0.05  # linear warm-up, then cosine decay to zero
+    max_logit_scale: float = 100.0  # CLIP clamps 1/temperature at 100
+    seed: int = 0
+    checkpoint_every: int = 50
+    eval_every: int = 50  # steps between calls of the monitoring function (0: never)
+
+    def check(self) -> None:
+        for name in ("steps", "batch_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: expected >= 1")
+        if not 0 <= self.warmup_frac < 1:
+            raise ValueError(f"warmup_frac={self.warmup_frac}: expected 0 <= warmup_frac < 1")
+        if self.lr <= 0:
+            raise ValueError(f"lr={self.lr}: expected > 0")
+
+
+def _autocast(device: torch.device):
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def train_clip(
+    emb: Embedder,
+    images: np.ndarray,
+    captions: list[list[str]],
+    cfg: ClipTrainConfig,
+    state_dir: str | Path | None = None,
+    monitor: Callable[[Embedder], dict] | None = None,
+    stop_after: int | None = None,
+) -> dict:
+    """Train ``emb`` in place with CLIP's symmetric InfoNCE (learnable temperature) on image-caption pairs.
+
+    Each step draws ``batch_size`` distinct images and one of each image's captions at random. AdamW with linear
+    warm-up and cosine decay; bfloat16 autocast on CUDA. With ``state_dir``, the full training state (weights,
+    optimiser, step, sampler state, history) is saved every ``checkpoint_every`` steps and at the end to
+    ``clip-state-<key>.pt``, the key covering the initial model, the configuration and the data; an existing
+    state with the same key is resumed (a finished one is simply loaded).
+    ``stop_after`` ends early after that many steps (to test resuming). Returns the history: per step ``loss``
+    and ``logit_scale``; per evaluation ``eval_step`` plus whatever ``monitor(emb)`` returns; ``seconds`` of
+    training (evaluations excluded) summed over all sessions.
+    """
+    cfg.check()
+    if len(images) != len(captions):
+        raise EmbeddingError(f"{len(images)} images but {len(captions)} caption lists")
+    if len(images) < cfg.batch_size:
+        raise ValueError(f"batch_size={cfg.batch_size}: larger than the {len(images)} training images")
+    counts = {len(c) for c in captions}
+    if 0 in counts:
+        raise EmbeddingError("every training image needs at least one caption")
+    model, dev = emb.model, emb.device
+    key = io.content_key(
+        {"model": emb.key, "config": dataclasses.asdict(cfg), "data": _data_key(images, captions)}
+    )
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "logit_scale" in name or "embedding" in name else decay).append(p)
+    opt = runtime.adamw(decay, no_decay, cfg.lr, cfg.weight_decay)
+    rng = np.random.default_rng(cfg.seed)
+    history: dict = {"loss": [], "logit_scale": [], "eval_step": [], "seconds": 0.0}
+    step = 0
+    history["state_key"] = key
+    state_path, state = io.training_state(state_dir, "clip-state", TRAIN_STATE_FORMAT, key)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["rng"]
+        history, step = state["history"], state["step"]
+
+    # the whole training set, preprocessed once; captions tokenised once
+    x_all = torch.cat([emb.preprocess(images[i : i + 512]) for i in range(0, len(images), 512)])
+    n_cap = np.array([len(c) for c in captions])
+    flat = [t for cs in captions for t in cs]
+    tokens = emb.tokenize(flat)
+    first = np.concatenate([[0], np.cumsum(n_cap)[:-1]])
+    warmup = int(round(cfg.warmup_frac * cfg.steps))
+    end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
+
+    def save() -> None:
+        if state_path is None:
+            return
+        state = {"format": TRAIN_STATE_FORMAT, "key": key, "step": step, "model": model.state_dict(),
+                 "optimizer": opt.state_dict(), "rng": rng.bit_generator.state, "history": history}  # fmt: skip
+        io.write_bytes(state_path, io.torch_bytes(state))
+
+    model.train()
+    bar = runtime.progress(total=cfg.steps, initial=step, desc="CLIP training")
+    while step < end:
+        t0 = time.perf_counter()
+        lr = losses.warmup_cosine(step, cfg.steps, warmup, cfg.lr)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        idx = rng.choice(len(images), cfg.batch_size, replace=False)
+        cap = first[idx] + (rng.random(cfg.batch_size) * n_cap[idx]).astype(int)
+        with _autocast(dev):
+            img, txt, scale = model(x_all[idx], tokens[cap])
+            loss = losses.clip_loss(img.float(), txt.float(), scale.float())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, float(np.log(cfg.max_logit_scale)))
+        step += 1
+        history["loss"].append(float(loss.detach()))
+        history["logit_scale"].append(float(scale.detach()))
+        history["seconds"] += time.perf_counter() - t0
+        bar.update(1)
+        bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")
+        if monitor is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+            result = monitor(emb)
+            model.train()
+            history["eval_step"].append(step)
+            for k, v in result.items():
+                history.setdefault(k, []).append(v)
+        if step % cfg.checkpoint_every == 0 or step == end:
+            save()
+    bar.close()
+    model.eval()
+    history["done"] = step >= cfg.steps
+    return history
+
+
+def _data_key(images: np.ndarray, captions: list[list[str]]) -> str:
+    """Key of the training data: a hash of the pixels and the caption text."""
+    h = hashlib.sha256(np.ascontiguousarray(images).tobytes())
+    h.update("\n".join("\t".join(c) for c in captions).encode())
+    return h.hexdigest()[:16]
+
+
+def retrieval_monitor(images: np.ndarray, captions: list[list[str]]) -> Callable[[Embedder], dict]:
+    """A ``monitor`` for :func:`train_clip`: top-1 retrieval both ways between ``images`` and their mean caption
+    embeddings (held-out images; for the training curves only, never for choosing a model)."""
+    from .embedding import retrieval_top1
+
+    def monitor(emb: Embedder) -> dict:
+        img = emb.embed_images(images)
+        txt, _ = emb.embed_captions(captions)
+        i2t, t2i = retrieval_top1(img, txt)
+        return {"img2txt_top1": i2t, "txt2img_top1": t2i}
+
+    return monitor

@@ -1,0 +1,341 @@
+"""DINO self-supervised pretraining (student/teacher, multi-crop, EMA teacher) and k-NN probing of frozen features."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import io, losses, runtime
+
+TRAIN_STATE_FORMAT = "lib.dino.state/1"
+
+
+class ResNetBackbone(nn.Module):
+    """The trunk of open_clip's ModifiedResNet (3-conv stem, anti-aliased bottleneck stages) with global average
+    pooling instead of the attention pool, so that it takes crops of any size, as DINO's ResNet backbone does."""
+
+    def __init__(self, layers=(1, 1, 1, 1), width: int = 16) -> None:
+        super().__init__()
+        from open_clip.modified_resnet import ModifiedResNet
+
+        trunk = ModifiedResNet(layers=list(layers), output_dim=8, heads=1, image_size=32, width=width)
+        del trunk.attnpool
+        self.trunk = trunk
+        self.dim = width * 32
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = self.trunk
+        x = t.stem(x.to(t.conv1.weight.dtype))
+        x = t.layer4(t.layer3(t.layer2(t.layer1(x))))
+        return x.mean((2, 3))
+
+
+class DINOHead(nn.Module):
+    """DINO's projection head: 3-layer MLP to a bottleneck, L2 normalisation, then a weight-normalised linear
+    layer to ``out_dim`` prototypes whose norm is frozen at 1 (``norm_last_layer``)."""
+
+    def __init__(self, in_dim: int, out_dim: int = 1024, hidden: int = 512, bottleneck: int = 128) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, hidden),
+            nn.GELU(),
+            nn.Linear(hidden, bottleneck),
+        )
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        last = nn.utils.parametrizations.weight_norm(nn.Linear(bottleneck, out_dim, bias=False))
+        g = last.parametrizations.weight.original0
+        g.data.fill_(1.0)
+        g.requires_grad = False
+        self.last_layer = last
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last_layer(F.normalize(self.mlp(x), dim=-1))
+
+
+def multicrop(x: torch.Tensor, n: int, size: int, scale: tuple[float, float], generator: torch.Generator,
+              flip: bool = True) -> torch.Tensor:  # fmt: skip
+    """``n`` random resized crops of every image in ``x`` (B, C, H, W), batched with ``roi_align`` (bilinear):
+    area fraction uniform in ``scale``, aspect ratio log-uniform in [3/4, 4/3], random horizontal flips.
+    Returns (n * B, C, size, size), view-major (all images' first crop, then the second...)."""
+    from torchvision.ops import roi_align
+
+    b, _, h, w = x.shape
+    m = n * b
+    area = torch.empty(m).uniform_(scale[0], scale[1], generator=generator) * h * w
+    ratio = torch.empty(m).uniform_(math.log(3 / 4), math.log(4 / 3), generator=generator).exp()
+    cw = (area * ratio).sqrt().clamp(max=w)
+    ch = (area / ratio).sqrt().clamp(max=h)
+    x0 = torch.rand(m, generator=generator) * (w - cw)
+    y0 = torch.rand(m, generator=generator) * (h - ch)
+    boxes = torch.stack([(torch.arange(m) % b).float(), x0, y0, x0 + cw, y0 + ch], 1).to(x.device, x.dtype)
+    out = roi_align(x, boxes, size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    if flip:
+        f = (torch.rand(m, generator=generator) < 0.5).to(x.device)
+        out = torch.where(f[:, None, None, None], out.flip(-1), out)
+    return out.contiguous(memory_format=torch.channels_last)
+
+
+@dataclass
+class DinoConfig:
+    steps: int = 600
+    batch_size: int = 32
+    lr: float = 5e-4  # peak AdamW learning rate (DINO: 5e-4 * batch / 256; small batches here need more)
+    weight_decay: float = 0.04
+    warmup_frac: float = 0.1
+    out_dim: int = 1024  # prototypes K
+    n_global: int = 2
+    n_local: int = 6
+    global_size: int = 64
+    local_size: int = 32
+    global_scale: tuple[float, float] = (0.4, 1.0)
+    local_scale: tuple[float, float] = (0.05, 0.4)
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04
+    teacher_temp_warmup_frac: float = 0.3
+    momentum: float = 0.996  # teacher EMA momentum at step 0, cosine to 1
+    center_momentum: float = 0.9
+    width: int = 16  # ResNet width (as the CLIP image tower)
+    seed: int = 0
+    checkpoint_every: int = 100
+
+    def check(self) -> None:
+        for name in (
+            "steps",
+            "batch_size",
+            "out_dim",
+            "n_global",
+            "global_size",
+            "local_size",
+            "checkpoint_every",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: expected >= 1")
+        for name in ("global_size", "local_size"):
+            if getattr(self, name) < 32:
+                raise ValueError(
+                    f"{name}={getattr(self, name)}: the ResNet trunk downsamples 32x, expected >= 32"
+                )
+        if self.n_global < 2 and self.n_local < 1:
+            raise ValueError("DINO needs at least two views: n_global >= 2 or n_local >= 1")
+        for name in ("global_scale", "local_scale"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo <= hi <= 1:
+                raise ValueError(f"{name}={getattr(self, name)}: expected 0 < low <= high <= 1")
+        if not 0 <= self.momentum <= 1:
+            raise ValueError(f"momentum={self.momentum}: expected 0..1")
+
+
+def build(cfg: DinoConfig) -> tuple[nn.Module, nn.Module]:
+    """(student, teacher): backbone + head each, initialised from ``cfg.seed`` (so a second call gives the
+    random-init baseline of a trained pair); the teacher starts as a copy and is never trained directly."""
+    torch.manual_seed(cfg.seed)
+    student = nn.Sequential(ResNetBackbone(width=cfg.width), None)
+    student[1] = DINOHead(student[0].dim, cfg.out_dim)
+    student = student.to(memory_format=torch.channels_last)
+    teacher = copy.deepcopy(student)
+    for p in teacher.parameters():
+        p.requires_grad = False
+    return student, teacher
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """teacher <- momentum * teacher + (1 - momentum) * student, parameter by parameter."""
+    for pt, ps in zip(teacher.parameters(), student.parameters(), strict=True):
+        pt.mul_(momentum).add_(ps.detach(), alpha=1 - momentum)
+    for bt, bs in zip(teacher.buffers(), student.buffers(), strict=True):
+        bt.copy_(bs)
+
+
+def train_dino(
+    x: torch.Tensor, cfg: DinoConfig, state_dir: str | Path | None = None, device: str = "auto",
+    stop_after: int | None = None,
+) -> tuple[nn.Module, nn.Module, dict]:  # fmt: skip
+    """DINO on normalised images ``x`` (N, 3, H, W): returns (student, teacher, history).
+
+    Each step: ``n_global`` global crops (seen by teacher and student) and ``n_local`` local crops (student only)
+    of ``batch_size`` images; :class:`lib.losses.DINOLoss` with centring and teacher sharpening; AdamW with warm-up
+    and cosine decay; the teacher follows the student by EMA with cosine-scheduled momentum. History per step:
+    ``loss``, ``teacher_entropy`` (mean per-sample entropy of the teacher's output, nats), ``batch_entropy``
+    (entropy of the batch-mean output: near 0 means collapse to one prototype, near log K with a per-sample
+    entropy also near log K means collapse to uniform), ``momentum``, ``teacher_temp``; ``seconds``.
+    Training state is checkpointed to ``state_dir/dino-state-<key>.pt`` and resumed as in
+    :func:`lib.contrastive.train_clip`.
+    """
+    cfg.check()
+    dev = torch.device(runtime.pick_device(device))
+    if len(x) < cfg.batch_size:
+        raise ValueError(f"batch_size={cfg.batch_size}: larger than the {len(x)} training images")
+    student, teacher = build(cfg)
+    student, teacher = student.to(dev), teacher.to(dev)
+    crit = losses.DINOLoss(
+        cfg.out_dim, cfg.n_global, cfg.student_temp, cfg.teacher_temp, cfg.warmup_teacher_temp,
+        int(round(cfg.teacher_temp_warmup_frac * cfg.steps)), cfg.center_momentum,
+    ).to(dev)  # fmt: skip
+    params = [p for p in student.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = runtime.adamw(decay, no_decay, cfg.lr, cfg.weight_decay)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    h = hashlib.sha256(x.detach().cpu().numpy().tobytes()).hexdigest()[:16]
+    key = io.content_key({"config": dataclasses.asdict(cfg), "data": h, "device": dev.type})
+    history: dict = {k: [] for k in ("loss", "teacher_entropy", "batch_entropy", "momentum", "teacher_temp")}
+    history["seconds"] = 0.0
+    step = 0
+    history["state_key"] = key
+    state_path, state = io.training_state(state_dir, "dino-state", TRAIN_STATE_FORMAT, key)
+    if state is not None:
+        student.load_state_dict(state["student"])
+        teacher.load_state_dict(state["teacher"])
+        crit.load_state_dict(state["loss"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["torch_rng"])
+        rng.bit_generator.state = state["rng"]
+        history, step = state["history"], state["step"]
+
+    def save() -> None:
+        if state_path is None:
+            return
+        state = {"format": TRAIN_STATE_FORMAT, "key": key, "step": step, "student": student.state_dict(),
+                 "teacher": teacher.state_dict(), "loss": crit.state_dict(), "optimizer": opt.state_dict(),
+                 "torch_rng": gen.get_state(), "rng": rng.bit_generator.state, "history": history}  # fmt: skip
+        io.write_bytes(state_path, io.torch_bytes(state))
+
+    warmup = int(round(cfg.warmup_frac * cfg.steps))
+    end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
+    student.train()
+    teacher.train()
+    bar = runtime.progress(total=cfg.steps, initial=step, desc="DINO training")
+    while step < end:
+        t0 = time.perf_counter()
+        for g in opt.param_groups:
+            g["lr"] = losses.warmup_cosine(step, cfg.steps, warmup, cfg.lr)
+        batch = x[torch.as_tensor(rng.choice(len(x), cfg.batch_size, replace=False))].to(dev)
+        glob = multicrop(batch, cfg.n_global, cfg.global_size, cfg.global_scale, gen)
+        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            with torch.no_grad():
+                t_out = teacher(glob)
+            s_out = [student(glob)]
+            if cfg.n_local:
+                s_out.append(student(multicrop(batch, cfg.n_local, cfg.local_size, cfg.local_scale, gen)))
+        with torch.no_grad():
+            probs = crit.teacher_probs(t_out, step)
+            history["teacher_entropy"].append(float(losses.entropy(probs).mean()))
+            history["batch_entropy"].append(float(losses.entropy(probs.mean(0))))
+            history["teacher_temp"].append(crit.teacher_temperature(step))
+        loss = crit(torch.cat(s_out), t_out, step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        m = losses.cosine_momentum(step, cfg.steps, cfg.momentum)
+        ema_update(teacher, student, m)
+        step += 1
+        history["loss"].append(float(loss.detach()))
+        history["momentum"].append(m)
+        history["seconds"] += time.perf_counter() - t0
+        bar.update(1)
+        bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")
+        if step % cfg.checkpoint_every == 0 or step == end:
+            save()
+    bar.close()
+    student.eval()
+    teacher.eval()
+    history["done"] = step >= cfg.steps
+    return student, teacher, history
+
+
+def normalise(images: np.ndarray, ids_fit: np.ndarray | None = None) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) standardised per channel with the mean and standard deviation
+    of the rows ``ids_fit`` (the training images; default all)."""
+    x = torch.as_tensor(np.asarray(images)).permute(0, 3, 1, 2).float() / 255
+    fit = x if ids_fit is None else x[torch.as_tensor(ids_fit)]
+    mean, std = fit.mean((0, 2, 3), keepdim=True), fit.std((0, 2, 3), keepdim=True).clamp_min(1e-6)
+    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+
+@torch.no_grad()
+def features(backbone: nn.Module, x: torch.Tensor, batch_size: int = 256) -> np.ndarray:
+    """Frozen backbone features (N, D) of normalised images, computed in eval mode on the backbone's device."""
+    was = backbone.training
+    backbone.eval()
+    dev = next(backbone.parameters()).device
+    out = [
+        backbone(x[i : i + batch_size].to(dev).contiguous(memory_format=torch.channels_last)).float().cpu()
+        for i in range(0, len(x), batch_size)
+    ]
+    backbone.train(was)
+    return torch.cat(out).numpy()
+
+
+def knn_predict(
+    train: np.ndarray, labels: np.ndarray, test: np.ndarray, k: int = 20, temperature: float = 0.07
+):
+    """DINO's weighted k-NN classifier: the ``k`` training rows most cosine-similar to each test row vote for
+    their label with weight exp(similarity / temperature); returns the label with the most weight."""
+    if len(train) != len(labels):
+        raise ValueError(f"{len(train)} training features but {len(labels)} labels")
+    k = min(k, len(train))
+    a = torch.as_tensor(train, dtype=torch.float64)
+    b = torch.as_tensor(test, dtype=torch.float64)
+    sim = F.normalize(b, dim=1) @ F.normalize(a, dim=1).T
+    classes, y = np.unique(np.asarray(labels), return_inverse=True)
+    top, idx = sim.topk(k, dim=1)
+    votes = torch.zeros(len(b), len(classes), dtype=torch.float64)
+    votes.scatter_add_(1, torch.as_tensor(y)[idx], (top / temperature).exp())
+    return classes[votes.argmax(1).numpy()]
+
+
+def knn_accuracy(train: np.ndarray, test: np.ndarray, attributes_train, attributes_test, k: int = 20) -> dict:
+    """{attribute: k-NN accuracy on the test rows} for every column of the two attribute tables."""
+    return {
+        a: float(
+            (
+                knn_predict(train, attributes_train[a].to_numpy(), test, k) == attributes_test[a].to_numpy()
+            ).mean()
+        )
+        for a in attributes_train.columns
+    }
+
+
+def knn_table(results: dict[str, dict[str, float]], chance: dict[str, float]) -> str:
+    """The k-NN accuracies as a plain-text table: one row per attribute, one column per feature set."""
+    names = list(results)
+    head = f"{'attribute':<12}" + "".join(f"{n:>24}" for n in names) + f"{'majority class':>16}"
+    rows = [
+        f"{a:<12}" + "".join(f"{results[n][a]:>24.3f}" for n in names) + f"{chance[a]:>16.3f}" for a in chance
+    ]
+    return "\n".join([head, *rows])
+
+
+def linear_probe_accuracy(train: np.ndarray, test: np.ndarray, attributes_train, attributes_test,
+                          alpha: float = 100.0) -> dict:  # fmt: skip
+    """{attribute: test accuracy} of a linear probe (scikit-learn's one-vs-rest ridge classifier on standardised
+    features, penalty ``alpha``) fitted on the training rows: what the features hold linearly, where k-NN shows
+    what dominates their similarity."""
+    from sklearn.linear_model import RidgeClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    out = {}
+    for a in attributes_train.columns:
+        clf = make_pipeline(StandardScaler(), RidgeClassifier(alpha=alpha))
+        clf.fit(train, attributes_train[a].astype(str).to_numpy())
+        out[a] = float(clf.score(test, attributes_test[a].astype(str).to_numpy()))
+    return out

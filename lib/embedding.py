@@ -1,0 +1,334 @@
+"""The joint image-text embedding every later notebook decodes into: open_clip models from a local checkpoint, a
+pretrained tag or this repo's small configs, their preprocessing, batched embedding, and saved embeddings."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import io, runtime
+
+CONFIG_DIR = Path(__file__).with_name("model_configs")
+CHECKPOINT_FORMAT = "lib.embedding/1"
+EMBEDDINGS_FORMAT = "lib.embedding.embeddings/1"
+
+
+class EmbeddingError(ValueError):
+    """A checkpoint, architecture or embedding file that cannot be used as asked."""
+
+
+@functools.cache
+def _open_clip():
+    """open_clip with this repo's model configs registered (once per process)."""
+    import open_clip
+
+    open_clip.add_model_config(CONFIG_DIR)
+    return open_clip
+
+
+def architectures() -> list[str]:
+    """Every architecture name open_clip knows, including this repo's ``mini-*`` configs."""
+    return _open_clip().list_models()
+
+
+def _check_arch(arch: str) -> None:
+    if arch not in architectures():
+        local = sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+        raise EmbeddingError(
+            f"arch={arch!r}: not an open_clip architecture (this repo's: {local}; see open_clip.list_models())"
+        )
+
+
+@contextlib.contextmanager
+def _quiet_open_clip():
+    """open_clip logs a warning for every randomly initialised model; that is the point here."""
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+@dataclass
+class Embedder:
+    """An open_clip model with its tokenizer and preprocessing, on one device.
+
+    ``key`` identifies the weights (architecture, image size and the checkpoint file or pretrained tag), so that
+    embeddings saved with it can be checked against the model that later code loads.
+    """
+
+    model: torch.nn.Module
+    tokenizer: object
+    arch: str
+    device: torch.device
+    key: str
+    source: str  # "random init", a checkpoint path or a pretrained tag
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.visual.output_dim)
+
+    @property
+    def image_size(self) -> int:
+        size = self.model.visual.image_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
+    @property
+    def context_length(self) -> int:
+        return int(self.model.context_length)
+
+    @property
+    def mean_std(self) -> tuple[torch.Tensor, torch.Tensor]:
+        cfg = getattr(self.model.visual, "preprocess_cfg", {}) or {}
+        mean = torch.tensor(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073)), dtype=torch.float32)
+        std = torch.tensor(cfg.get("std", (0.26862954, 0.26130258, 0.27577711)), dtype=torch.float32)
+        return mean.view(1, 3, 1, 1).to(self.device), std.view(1, 3, 1, 1).to(self.device)
+
+    def preprocess(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """uint8 (N, H, W, 3) -> normalised float (N, 3, S, S) on the device: shortest side resized to the
+        model's size S (bicubic, antialiased), centre crop, CLIP mean and std (as open_clip's transform)."""
+        x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+        if x.dim() != 4 or x.shape[-1] != 3 or x.dtype != torch.uint8:
+            raise EmbeddingError(f"images: expected uint8 (N, H, W, 3), got {tuple(x.shape)} {x.dtype}")
+        x = x.to(self.device).permute(0, 3, 1, 2).float() / 255
+        s = self.image_size
+        h, w = x.shape[-2:]
+        if (h, w) != (s, s):
+            scale = s / min(h, w)
+            nh, nw = max(s, round(h * scale)), max(s, round(w * scale))
+            x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False).clamp(
+                0, 1
+            )
+            top, left = int(round((nh - s) / 2)), int(round((nw - s) / 2))  # as torchvision center_crop
+            x = x[..., top : top + s, left : left + s]
+        mean, std = self.mean_std
+        return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+
+    def tokenize(self, texts: list[str]) -> torch.Tensor:
+        return self.tokenizer(list(texts)).to(self.device)
+
+    @torch.no_grad()
+    def embed_images(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """L2-normalised image embeddings, float32 (N, dim)."""
+        self.model.eval()
+        out = [
+            F.normalize(self.model.encode_image(self.preprocess(images[i : i + batch_size])).float(), dim=-1)
+            for i in range(0, len(images), batch_size)
+        ]
+        return torch.cat(out).cpu().numpy() if out else np.zeros((0, self.dim), np.float32)
+
+    @torch.no_grad()
+    def embed_texts(self, texts: list[str], batch_size: int = 512) -> np.ndarray:
+        """L2-normalised text embeddings, float32 (N, dim)."""
+        self.model.eval()
+        out = [
+            F.normalize(self.model.encode_text(self.tokenize(texts[i : i + batch_size])).float(), dim=-1)
+            for i in range(0, len(texts), batch_size)
+        ]
+        return torch.cat(out).cpu().numpy() if out else np.zeros((0, self.dim), np.float32)
+
+    def embed_captions(
+        self, captions: list[list[str]], batch_size: int = 512
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per image: (mean of its captions' normalised embeddings, renormalised, (N, dim); every caption's
+        embedding (N, C, dim) for C captions per image). Images must all have the same number of captions."""
+        counts = {len(c) for c in captions}
+        if len(counts) > 1 or 0 in counts:
+            raise EmbeddingError(
+                f"captions: expected the same non-zero number per image, got counts {sorted(counts)}"
+            )
+        c = counts.pop() if counts else 1
+        each = self.embed_texts([t for cs in captions for t in cs], batch_size).reshape(len(captions), c, -1)
+        mean = each.mean(1)
+        return mean / np.linalg.norm(mean, axis=1, keepdims=True).clip(1e-12), each
+
+
+def create(
+    arch: str, image_size: int | None = None, device: str = "auto", seed: int | None = None
+) -> Embedder:
+    """A randomly initialised open_clip model of ``arch`` (to train), optionally at another ``image_size``."""
+    _check_arch(arch)
+    oc = _open_clip()
+    dev = torch.device(runtime.pick_device(device))
+    if seed is not None:
+        torch.manual_seed(seed)
+    with _quiet_open_clip():
+        model = oc.create_model(arch, pretrained=None, force_image_size=image_size, device=dev)
+    model.visual.to(memory_format=torch.channels_last)
+    key = io.content_key({"arch": arch, "image_size": image_size, "seed": seed, "weights": "random"})
+    return Embedder(model, oc.get_tokenizer(arch), arch, dev, key, "random init")
+
+
+def load(arch: str | None = None, checkpoint: str | Path | None = None, pretrained: str | None = None,
+         image_size: int | None = None, device: str = "auto") -> Embedder:  # fmt: skip
+    """An embedding model from a local ``checkpoint`` file or open_clip's ``pretrained`` tag (downloads).
+
+    ``checkpoint`` may be a file written by :func:`save_checkpoint` (``arch`` and image size are read from it) or
+    any open_clip state dict, e.g. OpenAI's ViT-B/32 weights saved as a local file (``arch`` then required). Files
+    are read with ``torch.load(weights_only=True)``: no pickled code runs.
+    """
+    oc = _open_clip()
+    dev = torch.device(runtime.pick_device(device))
+    if checkpoint is not None:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise EmbeddingError(
+                f"checkpoint={str(path)!r}: no such file (a local open_clip or lib checkpoint)"
+            )
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+            raise EmbeddingError(
+                f"{path}: not a torch checkpoint readable with weights_only=True ({e})"
+            ) from None
+        if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT:
+            arch = state["arch"]
+            image_size = state.get("image_size")
+            _check_arch(arch)
+            with _quiet_open_clip():
+                model = oc.create_model(arch, pretrained=None, force_image_size=image_size, device="cpu")
+            model.load_state_dict(state["state_dict"])
+        else:
+            if arch is None:
+                raise EmbeddingError(f"checkpoint={str(path)!r}: a plain open_clip state dict needs arch=")
+            _check_arch(arch)
+            model = oc.create_model(arch, pretrained=str(path), force_image_size=image_size, device="cpu")
+        source = str(path)
+        weights = io.file_fingerprint(path)
+    elif pretrained is not None:
+        if arch is None:
+            raise EmbeddingError(f"pretrained={pretrained!r}: needs arch= (e.g. ViT-B-32)")
+        _check_arch(arch)
+        try:
+            model = oc.create_model(arch, pretrained=pretrained, force_image_size=image_size, device="cpu")
+        except Exception as e:  # noqa: BLE001 - network, hub or tag errors all mean the same here
+            raise EmbeddingError(
+                f"pretrained={pretrained!r} for arch={arch!r} could not be loaded ({type(e).__name__}: {e}); "
+                "offline, pass a local checkpoint= file instead"
+            ) from None
+        source = f"open_clip:{arch}:{pretrained}"
+        weights = source
+    else:
+        raise EmbeddingError("load(): give checkpoint= (a local file) or pretrained= (an open_clip tag)")
+    model = model.to(dev).eval()
+    model.visual.to(memory_format=torch.channels_last)
+    key = io.content_key({"arch": arch, "image_size": image_size, "weights": weights})
+    return Embedder(model, oc.get_tokenizer(arch), arch, dev, key, source)
+
+
+def save_checkpoint(path: str | Path, embedder: Embedder, meta: dict | None = None) -> Path:
+    """Write the model's weights with its architecture and image size (atomically), loadable by :func:`load`."""
+    size = embedder.image_size
+    default = _open_clip().get_model_config(embedder.arch)["vision_cfg"].get("image_size")
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "arch": embedder.arch,
+        "image_size": None if size == default else size,
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in embedder.model.state_dict().items()},
+        "meta": meta or {},
+    }
+    return io.write_bytes(path, io.torch_bytes(state))
+
+
+def save_embeddings(path: str | Path, ids: np.ndarray, image: np.ndarray, text: np.ndarray, model_key: str,
+                    text_each: np.ndarray | None = None, **extra: np.ndarray) -> Path:  # fmt: skip
+    """Save image and caption embeddings of stimuli ``ids`` (0-based nsdId) with the key of the model."""
+    ids = np.asarray(ids)
+    if not (len(ids) == len(image) == len(text)):
+        raise EmbeddingError(
+            f"ids, image and text embeddings differ in length: {len(ids)}, {len(image)}, {len(text)}"
+        )
+    arrays = {"ids": ids, "image": image.astype(np.float32), "text": text.astype(np.float32), **extra}
+    if text_each is not None:
+        arrays["text_each"] = text_each.astype(np.float32)
+    with io.atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, format=np.array(EMBEDDINGS_FORMAT), model_key=np.array(model_key), **arrays)
+    return Path(path)
+
+
+def load_embeddings(path: str | Path, model_key: str | None = None) -> dict[str, np.ndarray]:
+    """Arrays written by :func:`save_embeddings`; with ``model_key``, refuse embeddings made by another model."""
+    path = Path(path)
+    with np.load(path) as f:
+        if "format" not in f or str(f["format"]) != EMBEDDINGS_FORMAT:
+            raise EmbeddingError(f"{path}: not an embeddings file written by lib.embedding.save_embeddings")
+        out = {k: f[k] for k in f.files if k != "format"}
+    out["model_key"] = str(out["model_key"])
+    if model_key is not None and out["model_key"] != model_key:
+        raise EmbeddingError(
+            f"{path}: made by model {out['model_key']}, expected {model_key}; rerun notebook 01"
+        )
+    return out
+
+
+def retrieval_top1(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Top-1 retrieval between paired rows of ``a`` and ``b`` (L2-normalised) by cosine similarity:
+    (fraction of rows of a whose nearest b is its pair, fraction of rows of b whose nearest a is its pair)."""
+    s = a @ b.T
+    idx = np.arange(len(a))
+    return float((s.argmax(1) == idx).mean()), float((s.argmax(0) == idx).mean())
+
+
+def retrieval_topk(query: np.ndarray, gallery: np.ndarray, truth: np.ndarray, k: int = 1) -> float:
+    """Fraction of queries whose true gallery row ``truth[i]`` is among their ``k`` most similar rows."""
+    s = query @ gallery.T
+    true = s[np.arange(len(query)), truth]
+    rank = (s > true[:, None]).sum(1)
+    return float((rank < k).mean())
+
+
+def stimulus_split(ds, subject: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training ids, test ids) among the images ``subject`` saw: the test images are NSD's shared images,
+    training is everything else (0-based nsdIds, sorted). Embedding models train on the first set only."""
+    seen = np.unique(ds.trial_images(subject))
+    shared = np.intersect1d(seen, ds.shared_ids())
+    return np.setdiff1d(seen, shared), shared
+
+
+def embed_stimuli(emb: Embedder, ds, ids: np.ndarray, chunk: int = 1024) -> dict[str, np.ndarray]:
+    """Image embeddings and caption embeddings (mean over each image's captions, and each caption) of stimuli
+    ``ids``, reading the images from NSD's brick in chunks (real NSD's 425 px images do not fit at once)."""
+    image, text, each = [], [], []
+    for i in runtime.progress(range(0, len(ids), chunk), desc="embed stimuli"):
+        sel = ids[i : i + chunk]
+        image.append(emb.embed_images(ds.images(sel)))
+        caps = ds.captions(sel)
+        n = min(len(c) for c in caps)
+        if n == 0:
+            raise EmbeddingError(f"stimuli {sel[[len(c) == 0 for c in caps]][:5]}: no captions")
+        m, e = emb.embed_captions([c[:n] for c in caps])
+        text.append(m)
+        each.append(e)
+    if len({e.shape[1] for e in each}) > 1:
+        n = min(e.shape[1] for e in each)
+        each = [e[:, :n] for e in each]
+    return {"image": np.concatenate(image), "text": np.concatenate(text), "text_each": np.concatenate(each)}
+
+
+def top_captions(image: np.ndarray, captions_emb: np.ndarray, captions: list[str], owner: np.ndarray,
+                 rows: np.ndarray, k: int = 3) -> list[list[tuple[str, bool, float]]]:  # fmt: skip
+    """For each image embedding, its ``k`` most similar captions: (text, whether ``owner`` of the caption is the
+    image's row ``rows[i]``, cosine similarity)."""
+    sim = image @ captions_emb.T
+    out = []
+    for i, s in enumerate(sim):
+        top = np.argsort(-s)[:k]
+        out.append([(captions[j], bool(owner[j] == rows[i]), float(s[j])) for j in top])
+    return out
+
+
+def project_2d(x: np.ndarray, seed: int = 0) -> np.ndarray:
+    """t-SNE of the rows of ``x`` (cosine distance, perplexity up to 30) for plotting."""
+    from sklearn.manifold import TSNE
+
+    perplexity = float(min(30, max(2, (len(x) - 1) / 3)))
+    return TSNE(2, perplexity=perplexity, metric="cosine", init="pca", random_state=seed).fit_transform(x)

@@ -1,0 +1,136 @@
+"""Contrastive and self-distillation losses: CLIP InfoNCE, SoftCLIP, BiMixCo (MindEye) and DINO."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def clip_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor | float) -> torch.Tensor:
+    """Symmetric InfoNCE of CLIP: row i of ``image`` and of ``text`` are a true pair, every other row a negative.
+
+    ``image`` and ``text`` are (B, D) and L2-normalised; ``logit_scale`` is the multiplier 1/temperature (CLIP
+    learns its logarithm). Returns the mean of the image->text and text->image cross-entropies.
+    """
+    logits = logit_scale * image @ text.T
+    labels = torch.arange(len(image), device=image.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def soft_clip_loss(pred: torch.Tensor, target: torch.Tensor, temperature: float = 0.005) -> torch.Tensor:
+    """MindEye's SoftCLIP: cross-entropy of pred->target similarities against soft labels softmax(target->target).
+
+    Both inputs are (B, D) and L2-normalised. Symmetric: the mean over the two directions.
+    """
+    soft = F.softmax(target @ target.T / temperature, dim=-1)
+    logits = pred @ target.T / temperature
+    forward = -(soft * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+    backward = -(soft * F.log_softmax(logits.T, dim=-1)).sum(-1).mean()
+    return (forward + backward) / 2
+
+
+def mixco(
+    x: torch.Tensor, rng: np.random.Generator, beta: float = 0.15, select_prob: float = 0.5
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Mix each input with a random partner: x_mix = b * x + (1 - b) * x[perm], b ~ Beta(beta, beta).
+
+    Only a ``select_prob`` fraction of the rows is mixed (b = 1 for the others). Returns (x_mix, perm, b); pass
+    perm and b to :func:`bimixco_loss`.
+    """
+    n = len(x)
+    perm = rng.permutation(n)
+    b = np.where(rng.random(n) <= select_prob, rng.beta(beta, beta, size=n), 1.0)
+    perm_t = torch.as_tensor(perm, device=x.device)
+    b_t = torch.as_tensor(b, device=x.device, dtype=x.dtype)
+    shape = (n,) + (1,) * (x.dim() - 1)
+    return x * b_t.view(shape) + x[perm_t] * (1 - b_t.view(shape)), perm_t, b_t
+
+
+def bimixco_loss(
+    pred: torch.Tensor, target: torch.Tensor, perm: torch.Tensor, b: torch.Tensor, temperature: float = 0.006
+) -> torch.Tensor:
+    """MindEye's BiMixCo: InfoNCE in both directions whose label of a mixed row i is b_i on target i and
+    1 - b_i on target perm[i] (the mixing partner). ``pred`` comes from mixed inputs, ``target`` is unmixed."""
+    n = len(pred)
+    idx = torch.arange(n, device=pred.device)
+    labels = torch.zeros(n, n, device=pred.device, dtype=pred.dtype)
+    labels[idx, idx] = b.to(pred.dtype)
+    labels[idx, perm] += 1 - b.to(pred.dtype)
+    logits = pred @ target.T / temperature
+    forward = -(labels * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+    backward = -(labels.T * F.log_softmax(logits.T, dim=-1)).sum(-1).mean()
+    return (forward + backward) / 2
+
+
+class DINOLoss(torch.nn.Module):
+    """DINO's self-distillation loss with a centred, sharpened teacher.
+
+    The teacher's outputs (global views only) are centred by a running mean c (c <- m c + (1 - m) batch mean) and
+    sharpened with a temperature that warms up linearly from ``warmup_teacher_temp`` to ``teacher_temp`` over
+    ``warmup_steps``; the student's outputs (all views) use ``student_temp``. The loss is the mean cross-entropy
+    teacher -> student over every (teacher view, student view) pair except a view with itself.
+    """
+
+    def __init__(self, out_dim: int, n_global: int = 2, student_temp: float = 0.1, teacher_temp: float = 0.04,
+                 warmup_teacher_temp: float = 0.04, warmup_steps: int = 0, center_momentum: float = 0.9) -> None:  # fmt: skip
+        super().__init__()
+        if n_global < 1:
+            raise ValueError(f"n_global={n_global}: expected at least 1 global view")
+        self.n_global = n_global
+        self.student_temp = student_temp
+        self.teacher_temp = teacher_temp
+        self.warmup_teacher_temp = warmup_teacher_temp
+        self.warmup_steps = warmup_steps
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(1, out_dim))
+
+    def teacher_temperature(self, step: int) -> float:
+        if step >= self.warmup_steps:
+            return self.teacher_temp
+        t = step / max(self.warmup_steps, 1)
+        return self.warmup_teacher_temp + t * (self.teacher_temp - self.warmup_teacher_temp)
+
+    def teacher_probs(self, teacher_out: torch.Tensor, step: int) -> torch.Tensor:
+        return F.softmax((teacher_out.float() - self.center) / self.teacher_temperature(step), dim=-1)
+
+    def forward(self, student_out: torch.Tensor, teacher_out: torch.Tensor, step: int) -> torch.Tensor:
+        """``student_out`` (V * B, K) for V views, the first ``n_global`` being the global ones;
+        ``teacher_out`` (n_global * B, K). Updates the centre after computing the loss."""
+        n_views = len(student_out) // (len(teacher_out) // self.n_global)
+        student = F.log_softmax(student_out.float() / self.student_temp, dim=-1).chunk(n_views)
+        teacher = self.teacher_probs(teacher_out, step).detach().chunk(self.n_global)
+        total, pairs = 0.0, 0
+        for iq, q in enumerate(teacher):
+            for iv, logp in enumerate(student):
+                if iv == iq:
+                    continue
+                total = total + (-q * logp).sum(-1).mean()
+                pairs += 1
+        self.update_center(teacher_out)
+        return total / pairs
+
+    @torch.no_grad()
+    def update_center(self, teacher_out: torch.Tensor) -> None:
+        batch_center = teacher_out.float().mean(0, keepdim=True)
+        self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
+
+
+def cosine_momentum(step: int, total: int, base: float = 0.996, final: float = 1.0) -> float:
+    """DINO's teacher EMA momentum: cosine schedule from ``base`` at step 0 to ``final`` at ``total``."""
+    return final - (final - base) * (math.cos(math.pi * min(step, total) / max(total, 1)) + 1) / 2
+
+
+def warmup_cosine(step: int, total: int, warmup: int, peak: float, floor: float = 0.0) -> float:
+    """Learning rate: linear warm-up to ``peak`` over ``warmup`` steps, then cosine decay to ``floor``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    t = (step - warmup) / max(total - warmup, 1)
+    return floor + (peak - floor) * (1 + math.cos(math.pi * min(t, 1.0))) / 2
+
+
+def entropy(p: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Shannon entropy (nats) of probability vectors along ``dim``."""
+    return -(p * p.clamp_min(1e-12).log()).sum(dim)

@@ -1,0 +1,201 @@
+"""The embedding interface: preprocessing, checkpoints (ours, plain open_clip, refused pickles), saved embeddings,
+retrieval, and training that resumes exactly where it stopped."""
+
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from lib import contrastive, dino, embedding, scenes
+from lib.embedding import EmbeddingError
+
+
+@pytest.fixture(scope="module")
+def emb():
+    return embedding.create("mini-rn16", image_size=32, device="cpu", seed=0)
+
+
+def _images(n, size=32, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
+
+
+def test_repo_config_is_registered_with_open_clip():
+    assert "mini-rn16" in embedding.architectures()
+    with pytest.raises(EmbeddingError, match="arch='no-such-net'"):
+        embedding.create("no-such-net")
+
+
+def test_preprocess_matches_torchvision_resize_crop_and_clip_normalisation(emb):
+    from torchvision.transforms.v2 import functional as TF
+
+    img = _images(2, seed=1)[:, :, :, :]
+    big = np.random.default_rng(2).integers(0, 256, size=(2, 48, 64, 3), dtype=np.uint8)
+    mean = torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(1, 3, 1, 1)
+    std = torch.tensor((0.26862954, 0.26130258, 0.27577711)).view(1, 3, 1, 1)
+    same = emb.preprocess(img)
+    assert torch.allclose(same, (torch.tensor(img).permute(0, 3, 1, 2) / 255 - mean) / std, atol=1e-6)
+    x = torch.tensor(big).permute(0, 3, 1, 2).float() / 255
+    want = TF.center_crop(
+        TF.resize(x, [32, 43], interpolation=TF.InterpolationMode.BICUBIC, antialias=True), [32, 32]
+    )
+    assert torch.allclose(emb.preprocess(big), (want.clamp(0, 1) - mean) / std, atol=1e-4)
+    with pytest.raises(EmbeddingError, match="uint8"):
+        emb.preprocess(img.astype(np.float32))
+
+
+def test_embeddings_are_unit_vectors_and_captions_average(emb):
+    v = emb.embed_images(_images(5))
+    assert v.shape == (5, 128) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
+    caps = [["a red circle.", "a blue star."], ["a green bar.", "two shapes."]]
+    mean, each = emb.embed_captions(caps)
+    single = emb.embed_texts([c for cs in caps for c in cs]).reshape(2, 2, -1)
+    assert np.allclose(each, single, atol=1e-6)
+    m = single.mean(1)
+    assert np.allclose(mean, m / np.linalg.norm(m, axis=1, keepdims=True), atol=1e-6)
+    with pytest.raises(EmbeddingError, match="same non-zero number"):
+        emb.embed_captions([["a"], ["b", "c"]])
+
+
+def test_checkpoint_round_trip_and_plain_open_clip_state_dict(emb, tmp_path):
+    imgs = _images(4)
+    ref = emb.embed_images(imgs)
+    path = embedding.save_checkpoint(tmp_path / "m.pt", emb)
+    back = embedding.load(checkpoint=path, device="cpu")
+    assert back.arch == "mini-rn16" and back.image_size == 32
+    assert np.allclose(back.embed_images(imgs), ref, atol=1e-6)
+    assert embedding.load(checkpoint=path, device="cpu").key == back.key  # same file, same key
+    # a real CLIP arrives as a plain open_clip state dict: arch is then required
+    plain = tmp_path / "plain.pt"
+    torch.save(emb.model.state_dict(), plain)
+    with pytest.raises(EmbeddingError, match="needs arch="):
+        embedding.load(checkpoint=plain)
+    loaded = embedding.load("mini-rn16", checkpoint=plain, image_size=32, device="cpu")
+    assert np.allclose(loaded.embed_images(imgs), ref, atol=1e-6)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch pwned-by-checkpoint",))
+
+
+def test_a_checkpoint_that_runs_code_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    bad = tmp_path / "evil.pt"
+    bad.write_bytes(pickle.dumps({"state_dict": _Evil()}, protocol=2))
+    with pytest.raises(EmbeddingError, match="weights_only"):
+        embedding.load("mini-rn16", checkpoint=bad)
+    assert not (tmp_path / "pwned-by-checkpoint").exists()
+    with pytest.raises(EmbeddingError, match="no such file"):
+        embedding.load("mini-rn16", checkpoint=tmp_path / "missing.pt")
+
+
+def test_pretrained_tag_offline_fails_with_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(EmbeddingError, match="pretrained='openai'"):
+        embedding.load("RN50", pretrained="openai")
+
+
+def test_saved_embeddings_carry_the_model_key(tmp_path):
+    ids = np.arange(3)
+    a = np.eye(3, 4, dtype=np.float32)
+    p = embedding.save_embeddings(tmp_path / "e.npz", ids, a, a, "k1", text_each=a[:, None], dino=a[:, :2])
+    out = embedding.load_embeddings(p, model_key="k1")
+    assert np.array_equal(out["image"], a) and out["dino"].shape == (3, 2) and out["model_key"] == "k1"
+    with pytest.raises(EmbeddingError, match="expected k2"):
+        embedding.load_embeddings(p, model_key="k2")
+    with pytest.raises(EmbeddingError, match="differ in length"):
+        embedding.save_embeddings(tmp_path / "f.npz", ids[:2], a, a, "k")
+    assert not (tmp_path / "f.npz").exists()
+
+
+def test_retrieval_against_a_loop():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(30, 5))
+    b = a + rng.normal(scale=1.2, size=a.shape)
+    i2t = np.mean([np.argmax([a[i] @ b[j] for j in range(30)]) == i for i in range(30)])
+    t2i = np.mean([np.argmax([b[j] @ a[i] for i in range(30)]) == j for j in range(30)])
+    assert embedding.retrieval_top1(a, b) == pytest.approx((i2t, t2i))
+    top5 = np.mean([i in np.argsort([-(a[i] @ b[j]) for j in range(30)])[:5] for i in range(30)])
+    assert embedding.retrieval_topk(a, b, np.arange(30), k=5) == pytest.approx(top5)
+
+
+def test_stimulus_split_and_scene_attributes(tiny):
+    train, test = embedding.stimulus_split(tiny, 1)
+    assert set(test) == set(tiny.shared_ids()) and not set(train) & set(test)
+    assert set(train) | set(test) == set(np.unique(tiny.trial_images(1)))
+    sc = tiny.scenes(test[:5])
+    assert [s["nsdId"] for s in sc] == list(test[:5])
+    table = scenes.attribute_table(sc)
+    for s, (_, row) in zip(sc, table.iterrows(), strict=True):
+        big = max(s["objects"], key=lambda o: o["radius"])
+        assert row["shape"] == big["shape"] and row["count"] == len(s["objects"])
+        # the position cell is the one the captions name for this object ("in the top left", "at the bottom")
+        obj = scenes.SceneObject(**big)
+        assert scenes._where(obj).endswith(row["position"].split()[-1])
+
+
+def _tiny_data(n=24):
+    rng = np.random.default_rng(5)
+    sc = [scenes.sample_scene(rng) for _ in range(n)]
+    imgs = np.stack([scenes.render(s, 32)[0] for s in sc])
+    caps = [scenes.captions(s, rng, 3) for s in sc]
+    return imgs, caps
+
+
+def test_clip_training_resumes_exactly_and_reloads_when_finished(tmp_path):
+    imgs, caps = _tiny_data()
+    cfg = contrastive.ClipTrainConfig(steps=6, batch_size=8, lr=1e-3, checkpoint_every=2, eval_every=0)
+    whole = embedding.create("mini-rn16", 32, "cpu", seed=1)
+    h_whole = contrastive.train_clip(whole, imgs, caps, cfg)
+    part = embedding.create("mini-rn16", 32, "cpu", seed=1)
+    contrastive.train_clip(part, imgs, caps, cfg, state_dir=tmp_path, stop_after=3)
+    resumed = embedding.create("mini-rn16", 32, "cpu", seed=1)  # a fresh process would start like this
+    h_res = contrastive.train_clip(resumed, imgs, caps, cfg, state_dir=tmp_path)
+    assert h_res["loss"] == h_whole["loss"]
+    for (k, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    # finished: a second call loads the state and does not train again
+    again = embedding.create("mini-rn16", 32, "cpu", seed=1)
+    h_again = contrastive.train_clip(again, imgs, caps, cfg, state_dir=tmp_path)
+    assert h_again["seconds"] == h_res["seconds"] and len(list(tmp_path.glob("clip-state-*.pt"))) == 1
+    # another configuration gets its own state file
+    contrastive.train_clip(embedding.create("mini-rn16", 32, "cpu", seed=1), imgs, caps,
+                           contrastive.ClipTrainConfig(steps=2, batch_size=8, eval_every=0), state_dir=tmp_path)  # fmt: skip
+    assert len(list(tmp_path.glob("clip-state-*.pt"))) == 2
+
+
+def test_clip_training_learns_the_pairs():
+    imgs, caps = _tiny_data(32)
+    emb = embedding.create("mini-rn16", 32, "cpu", seed=0)
+    before = emb.embed_images(imgs), emb.embed_captions(caps)[0]
+    cfg = contrastive.ClipTrainConfig(steps=40, batch_size=16, lr=2e-3, eval_every=0)
+    hist = contrastive.train_clip(emb, imgs, caps, cfg)
+    after = emb.embed_images(imgs), emb.embed_captions(caps)[0]
+    assert np.mean(hist["loss"][-5:]) < 0.7 * np.mean(hist["loss"][:5])
+    assert sum(embedding.retrieval_top1(*after)) > sum(embedding.retrieval_top1(*before)) + 0.3
+
+
+def test_dino_training_resumes_exactly(tmp_path):
+    imgs, _ = _tiny_data(16)
+    x = dino.normalise(imgs)
+    cfg = dino.DinoConfig(steps=4, batch_size=4, out_dim=16, n_local=2, global_size=32, local_size=32,
+                          checkpoint_every=1, width=8)  # fmt: skip
+    _, t_whole, h_whole = dino.train_dino(x, cfg, device="cpu")
+    dino.train_dino(x, cfg, state_dir=tmp_path, device="cpu", stop_after=2)
+    _, t_res, h_res = dino.train_dino(x, cfg, state_dir=tmp_path, device="cpu")
+    assert h_res["loss"] == h_whole["loss"] and h_res["momentum"] == h_whole["momentum"]
+    for a, b in zip(t_whole.state_dict().values(), t_res.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    # the teacher moved away from its initialisation, but only by EMA steps
+    init, _ = dino.build(cfg)
+    diff = [(a - b).abs().max() for a, b in zip(t_res.parameters(), init.parameters(), strict=True)]
+    assert max(diff) > 0
+
+
+def test_dino_config_errors():
+    with pytest.raises(ValueError, match="local_size=16"):
+        dino.DinoConfig(local_size=16).check()
+    with pytest.raises(ValueError, match="global_scale"):
+        dino.DinoConfig(global_scale=(0.5, 1.5)).check()
