@@ -74,7 +74,12 @@ def train_clip(
         raise EmbeddingError("every training image needs at least one caption")
     model, dev = emb.model, emb.device
     key = io.content_key(
-        {"model": emb.key, "config": dataclasses.asdict(cfg), "data": _data_key(images, captions)}
+        {
+            "model": emb.key,
+            "config": dataclasses.asdict(cfg),
+            "data": _data_key(images, captions),
+            "device": dev.type,
+        }
     )
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -140,6 +145,9 @@ def train_clip(
             save()
     bar.close()
     model.eval()
+    emb.key = io.content_key(
+        {"trained_from": emb.key, "state": key, "step": step}
+    )  # no longer the initial weights
     history["done"] = step >= cfg.steps
     return history
 

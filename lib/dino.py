@@ -156,11 +156,10 @@ def build(cfg: DinoConfig) -> tuple[nn.Module, nn.Module]:
 
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """teacher <- momentum * teacher + (1 - momentum) * student, parameter by parameter."""
+    """teacher <- momentum * teacher + (1 - momentum) * student, parameter by parameter. Buffers (BatchNorm
+    running statistics) are not copied: the teacher keeps its own, from the global crops it sees, as in DINO."""
     for pt, ps in zip(teacher.parameters(), student.parameters(), strict=True):
         pt.mul_(momentum).add_(ps.detach(), alpha=1 - momentum)
-    for bt, bs in zip(teacher.buffers(), student.buffers(), strict=True):
-        bt.copy_(bs)
 
 
 def train_dino(

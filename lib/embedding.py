@@ -103,8 +103,8 @@ class Embedder:
         s = self.image_size
         h, w = x.shape[-2:]
         if (h, w) != (s, s):
-            scale = s / min(h, w)
-            nh, nw = max(s, round(h * scale)), max(s, round(w * scale))
+            # torchvision's Resize(int): the short side becomes s, the long side is truncated
+            nh, nw = (s, int(s * w / h)) if h <= w else (int(s * h / w), s)
             x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False).clamp(
                 0, 1
             )
@@ -136,19 +136,20 @@ class Embedder:
         ]
         return torch.cat(out).cpu().numpy() if out else np.zeros((0, self.dim), np.float32)
 
-    def embed_captions(
-        self, captions: list[list[str]], batch_size: int = 512
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Per image: (mean of its captions' normalised embeddings, renormalised, (N, dim); every caption's
-        embedding (N, C, dim) for C captions per image). Images must all have the same number of captions."""
-        counts = {len(c) for c in captions}
-        if len(counts) > 1 or 0 in counts:
-            raise EmbeddingError(
-                f"captions: expected the same non-zero number per image, got counts {sorted(counts)}"
-            )
-        c = counts.pop() if counts else 1
-        each = self.embed_texts([t for cs in captions for t in cs], batch_size).reshape(len(captions), c, -1)
-        mean = each.mean(1)
+    def embed_captions(self, captions: list[list[str]], n_each: int | None = None,
+                       batch_size: int = 512) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        """Per image: the mean of all its captions' normalised embeddings, renormalised (N, dim); and the
+        embeddings of its first ``n_each`` captions (N, n_each, dim; default: the smallest count)."""
+        counts = np.array([len(c) for c in captions])
+        if len(counts) and counts.min() == 0:
+            raise EmbeddingError(f"captions: image rows {np.flatnonzero(counts == 0)[:5].tolist()} have none")
+        n_each = int(counts.min()) if n_each is None and len(counts) else (n_each or 0)
+        if len(counts) and n_each > counts.min():
+            raise EmbeddingError(f"n_each={n_each}: some images have only {counts.min()} captions")
+        flat = self.embed_texts([t for cs in captions for t in cs], batch_size)
+        first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int)
+        mean = np.add.reduceat(flat, first, axis=0) / counts[:, None] if len(counts) else flat[:0]
+        each = flat[first[:, None] + np.arange(n_each)] if len(counts) else np.zeros((0, n_each, self.dim))
         return mean / np.linalg.norm(mean, axis=1, keepdims=True).clip(1e-12), each
 
 
@@ -164,17 +165,41 @@ def create(
     with _quiet_open_clip():
         model = oc.create_model(arch, pretrained=None, force_image_size=image_size, device=dev)
     model.visual.to(memory_format=torch.channels_last)
-    key = io.content_key({"arch": arch, "image_size": image_size, "seed": seed, "weights": "random"})
-    return Embedder(model, oc.get_tokenizer(arch), arch, dev, key, "random init")
+    emb = Embedder(model, oc.get_tokenizer(arch), arch, dev, "", "random init")
+    emb.key = io.content_key({"arch": arch, "image_size": emb.image_size, "seed": seed, "weights": "random"})
+    return emb
+
+
+#: keys of OpenAI's TorchScript CLIP that are not parameters (``jit.load(f).state_dict()`` keeps them)
+_NON_PARAMETER_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+def _read_weights(path: Path) -> dict:
+    """A state dict from a ``.safetensors`` file or a torch file read with ``weights_only=True``."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+            raise EmbeddingError(f"{path}: not a readable safetensors file ({e})") from None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        raise EmbeddingError(
+            f"{path}: not a state dict readable with torch.load(weights_only=True) ({type(e).__name__}); "
+            "OpenAI's TorchScript .pt: save torch.jit.load(f, map_location='cpu').state_dict() with torch.save"
+        ) from None
 
 
 def load(arch: str | None = None, checkpoint: str | Path | None = None, pretrained: str | None = None,
          image_size: int | None = None, device: str = "auto") -> Embedder:  # fmt: skip
     """An embedding model from a local ``checkpoint`` file or open_clip's ``pretrained`` tag (downloads).
 
-    ``checkpoint`` may be a file written by :func:`save_checkpoint` (``arch`` and image size are read from it) or
-    any open_clip state dict, e.g. OpenAI's ViT-B/32 weights saved as a local file (``arch`` then required). Files
-    are read with ``torch.load(weights_only=True)``: no pickled code runs.
+    ``checkpoint`` is a file written by :func:`save_checkpoint` (``arch`` and image size are read from it) or any
+    open_clip state dict (``arch`` then required), as ``.safetensors`` or a torch file read with
+    ``weights_only=True``, so that no pickled code runs. OpenAI's weights need a QuickGELU architecture
+    (``ViT-B-32-quickgelu``). The key hashes the file's contents: a copied or moved file keeps its key.
     """
     oc = _open_clip()
     dev = torch.device(runtime.pick_device(device))
@@ -184,26 +209,32 @@ def load(arch: str | None = None, checkpoint: str | Path | None = None, pretrain
             raise EmbeddingError(
                 f"checkpoint={str(path)!r}: no such file (a local open_clip or lib checkpoint)"
             )
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-            raise EmbeddingError(
-                f"{path}: not a torch checkpoint readable with weights_only=True ({e})"
-            ) from None
+        state = _read_weights(path)
         if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT:
-            arch = state["arch"]
-            image_size = state.get("image_size")
-            _check_arch(arch)
-            with _quiet_open_clip():
-                model = oc.create_model(arch, pretrained=None, force_image_size=image_size, device="cpu")
-            model.load_state_dict(state["state_dict"])
-        else:
-            if arch is None:
-                raise EmbeddingError(f"checkpoint={str(path)!r}: a plain open_clip state dict needs arch=")
-            _check_arch(arch)
-            model = oc.create_model(arch, pretrained=str(path), force_image_size=image_size, device="cpu")
+            if arch is not None and arch != state["arch"]:
+                raise EmbeddingError(f"{path}: holds arch {state['arch']!r}, not arch={arch!r}")
+            if image_size is not None and image_size != (state.get("image_size") or image_size):
+                raise EmbeddingError(
+                    f"{path}: trained at {state['image_size']} px, not image_size={image_size}"
+                )
+            arch, image_size, state = state["arch"], state.get("image_size"), state["state_dict"]
+        elif arch is None:
+            raise EmbeddingError(f"checkpoint={str(path)!r}: a plain open_clip state dict needs arch=")
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise EmbeddingError(f"{path}: expected a state dict, got {type(state).__name__}")
+        state = {k.removeprefix("module."): v for k, v in state.items() if k not in _NON_PARAMETER_KEYS}
+        _check_arch(arch)
+        with _quiet_open_clip():
+            model = oc.create_model(arch, pretrained=None, force_image_size=image_size, device="cpu")
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[:2]
+            raise EmbeddingError(f"{path}: does not fit arch={arch!r}: {' '.join(first)[:300]}") from None
         source = str(path)
-        weights = io.file_fingerprint(path)
+        weights = io.file_sha256(path)
     elif pretrained is not None:
         if arch is None:
             raise EmbeddingError(f"pretrained={pretrained!r}: needs arch= (e.g. ViT-B-32)")
@@ -221,8 +252,9 @@ def load(arch: str | None = None, checkpoint: str | Path | None = None, pretrain
         raise EmbeddingError("load(): give checkpoint= (a local file) or pretrained= (an open_clip tag)")
     model = model.to(dev).eval()
     model.visual.to(memory_format=torch.channels_last)
-    key = io.content_key({"arch": arch, "image_size": image_size, "weights": weights})
-    return Embedder(model, oc.get_tokenizer(arch), arch, dev, key, source)
+    emb = Embedder(model, oc.get_tokenizer(arch), arch, dev, "", source)
+    emb.key = io.content_key({"arch": arch, "image_size": emb.image_size, "weights": weights})
+    return emb
 
 
 def save_checkpoint(path: str | Path, embedder: Embedder, meta: dict | None = None) -> Path:
@@ -295,22 +327,20 @@ def stimulus_split(ds, subject: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def embed_stimuli(emb: Embedder, ds, ids: np.ndarray, chunk: int = 1024) -> dict[str, np.ndarray]:
-    """Image embeddings and caption embeddings (mean over each image's captions, and each caption) of stimuli
-    ``ids``, reading the images from NSD's brick in chunks (real NSD's 425 px images do not fit at once)."""
+    """Image embeddings, caption embeddings (mean over all of each image's captions) and the embeddings of each
+    image's first C captions (C = the smallest caption count among ``ids``) of stimuli ``ids``, reading images
+    from NSD's brick in chunks (real NSD's 425 px images do not fit in memory at once)."""
+    captions = ds.captions(ids)
+    n_each = min((len(c) for c in captions), default=0)
+    if n_each == 0 and len(ids):
+        bad = [int(i) for i, c in zip(ids, captions, strict=True) if not c][:5]
+        raise EmbeddingError(f"stimuli {bad}: no captions")
     image, text, each = [], [], []
     for i in runtime.progress(range(0, len(ids), chunk), desc="embed stimuli"):
-        sel = ids[i : i + chunk]
-        image.append(emb.embed_images(ds.images(sel)))
-        caps = ds.captions(sel)
-        n = min(len(c) for c in caps)
-        if n == 0:
-            raise EmbeddingError(f"stimuli {sel[[len(c) == 0 for c in caps]][:5]}: no captions")
-        m, e = emb.embed_captions([c[:n] for c in caps])
+        image.append(emb.embed_images(ds.images(ids[i : i + chunk])))
+        m, e = emb.embed_captions(captions[i : i + chunk], n_each)
         text.append(m)
         each.append(e)
-    if len({e.shape[1] for e in each}) > 1:
-        n = min(e.shape[1] for e in each)
-        each = [e[:, :n] for e in each]
     return {"image": np.concatenate(image), "text": np.concatenate(text), "text_each": np.concatenate(each)}
 
 

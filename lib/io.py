@@ -72,6 +72,15 @@ def file_fingerprint(path: str | os.PathLike) -> dict:
     return {"path": str(Path(path).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def file_sha256(path: str | os.PathLike, n: int = 16) -> str:
+    """Content hash of a file (streamed), for keys that must survive copies and moves."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:n]
+
+
 def save_metrics(path: str | os.PathLike, metrics: dict) -> Path:
     """Record a notebook's key numbers; the report and reviewers read these files."""
     return write_json(path, metrics)

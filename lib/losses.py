@@ -53,7 +53,9 @@ def bimixco_loss(
     pred: torch.Tensor, target: torch.Tensor, perm: torch.Tensor, b: torch.Tensor, temperature: float = 0.006
 ) -> torch.Tensor:
     """MindEye's BiMixCo: InfoNCE in both directions whose label of a mixed row i is b_i on target i and
-    1 - b_i on target perm[i] (the mixing partner). ``pred`` comes from mixed inputs, ``target`` is unmixed."""
+    1 - b_i on target perm[i] (the mixing partner). ``pred`` comes from mixed inputs, ``target`` is unmixed.
+    A row mixed with itself (perm[i] == i) gets label 1 on its own target (MindEye's code overwrites it with
+    1 - b_i, although that input is unchanged)."""
     n = len(pred)
     idx = torch.arange(n, device=pred.device)
     labels = torch.zeros(n, n, device=pred.device, dtype=pred.dtype)

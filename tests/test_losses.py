@@ -63,7 +63,8 @@ def test_bimixco_without_mixing_is_infonce_and_by_hand_with_mixing():
     assert float(losses.bimixco_loss(pred, target, perm, ones, t)) == pytest.approx(
         float(losses.clip_loss(pred, target, 1 / t)), rel=1e-12
     )
-    b = torch.tensor([0.7, 1.0, 0.4, 0.9, 1.0], dtype=torch.float64)
+    b = torch.tensor([0.7, 1.0, 0.4, 0.9, 0.6], dtype=torch.float64)
+    perm = torch.tensor([1, 0, 3, 4, 4])  # row 4 is mixed with itself: it stays itself, label 1
     p, q = pred.numpy(), target.numpy()
     lab = np.zeros((5, 5))
     for i in range(5):
@@ -71,7 +72,9 @@ def test_bimixco_without_mixing_is_infonce_and_by_hand_with_mixing():
         lab[i, perm[i].item()] += 1 - b[i].item()
     fwd = -np.mean([(lab[i] * _logsoftmax([p[i] @ q[j] / t for j in range(5)])).sum() for i in range(5)])
     bwd = -np.mean([(lab[:, j] * _logsoftmax([p[i] @ q[j] / t for i in range(5)])).sum() for j in range(5)])
-    assert float(losses.bimixco_loss(pred, target, perm, b, t)) == pytest.approx((fwd + bwd) / 2, rel=1e-12)
+    assert lab[4, 4] == 1 and float(losses.bimixco_loss(pred, target, perm, b, t)) == pytest.approx(
+        (fwd + bwd) / 2, rel=1e-12
+    )
 
 
 def test_mixco_mixes_the_selected_rows_with_their_partner():
