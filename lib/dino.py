@@ -104,6 +104,7 @@ class DinoConfig:
     local_size: int = 32
     global_scale: tuple[float, float] = (0.4, 1.0)
     local_scale: tuple[float, float] = (0.05, 0.4)
+    flip: bool = True  # random horizontal flips of every crop
     student_temp: float = 0.1
     teacher_temp: float = 0.04
     warmup_teacher_temp: float = 0.04
@@ -227,13 +228,15 @@ def train_dino(
         for g in opt.param_groups:
             g["lr"] = losses.warmup_cosine(step, cfg.steps, warmup, cfg.lr)
         batch = x[torch.as_tensor(rng.choice(len(x), cfg.batch_size, replace=False))].to(dev)
-        glob = multicrop(batch, cfg.n_global, cfg.global_size, cfg.global_scale, gen)
+        glob = multicrop(batch, cfg.n_global, cfg.global_size, cfg.global_scale, gen, cfg.flip)
         with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             with torch.no_grad():
                 t_out = teacher(glob)
             s_out = [student(glob)]
             if cfg.n_local:
-                s_out.append(student(multicrop(batch, cfg.n_local, cfg.local_size, cfg.local_scale, gen)))
+                s_out.append(
+                    student(multicrop(batch, cfg.n_local, cfg.local_size, cfg.local_scale, gen, cfg.flip))
+                )
         with torch.no_grad():
             probs = crit.teacher_probs(t_out, step)
             history["teacher_entropy"].append(float(losses.entropy(probs).mean()))
