@@ -232,3 +232,12 @@ def test_dino_config_errors():
         dino.DinoConfig(local_size=16).check()
     with pytest.raises(ValueError, match="global_scale"):
         dino.DinoConfig(global_scale=(0.5, 1.5)).check()
+
+
+def test_embed_stimuli_reads_in_chunks_and_matches_one_pass(tiny):
+    emb = embedding.create("mini-rn16", 32, "cpu", seed=0)
+    ids = np.arange(13)
+    out = embedding.embed_stimuli(emb, tiny, ids, chunk=5)
+    assert np.allclose(out["image"], emb.embed_images(tiny.images(ids)), atol=1e-5)
+    mean, each = emb.embed_captions(tiny.captions(ids))
+    assert np.allclose(out["text"], mean, atol=1e-5) and np.allclose(out["text_each"], each, atol=1e-5)
