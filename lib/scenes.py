@@ -185,9 +185,13 @@ def render(scene: Scene, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
 # captions
 
 
+def _third(v: float) -> int:
+    """0, 1 or 2: which third of the image (0..1) a coordinate falls in."""
+    return 0 if v < 1 / 3 else (1 if v < 2 / 3 else 2)
+
+
 def _where(o: SceneObject) -> str:
-    col = 0 if o.x < 1 / 3 else (1 if o.x < 2 / 3 else 2)
-    row = 0 if o.y < 1 / 3 else (1 if o.y < 2 / 3 else 2)
+    row, col = _third(o.y), _third(o.x)
     return [
         ["in the top left", "at the top", "in the top right"],
         ["on the left", "in the centre", "on the right"],
@@ -308,8 +312,7 @@ def attributes(scene: dict | Scene) -> dict[str, str | int]:
     if not d.get("objects"):
         raise ValueError(f"scene {d.get('nsdId', '?')}: has no objects")
     o = max(d["objects"], key=lambda o: o["radius"])
-    col = min(int(o["x"] * 3), 2)
-    row = min(int(o["y"] * 3), 2)
+    row, col = _third(o["y"]), _third(o["x"])  # the cell the captions name
     return {
         "shape": o["shape"],
         "colour": o["colour"],
