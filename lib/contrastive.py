@@ -96,14 +96,15 @@ def train_clip(
         rng.bit_generator.state = state["rng"]
         history, step = state["history"], state["step"]
 
-    # the whole training set, preprocessed once; captions tokenised once
-    x_all = torch.cat([emb.preprocess(images[i : i + 512]) for i in range(0, len(images), 512)])
-    n_cap = np.array([len(c) for c in captions])
-    flat = [t for cs in captions for t in cs]
-    tokens = emb.tokenize(flat)
-    first = np.concatenate([[0], np.cumsum(n_cap)[:-1]])
     warmup = int(round(cfg.warmup_frac * cfg.steps))
     end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
+    if (
+        step < end
+    ):  # the whole training set, preprocessed once, captions tokenised once (not for a finished state)
+        x_all = torch.cat([emb.preprocess(images[i : i + 512]) for i in range(0, len(images), 512)])
+        n_cap = np.array([len(c) for c in captions])
+        tokens = emb.tokenize([t for cs in captions for t in cs])
+        first = np.concatenate([[0], np.cumsum(n_cap)[:-1]])
 
     def save() -> None:
         if state_path is None:
