@@ -316,3 +316,132 @@ def embedding_2d(xy: np.ndarray, labels: dict[str, np.ndarray], title: str = "")
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def roi_comparison(results: dict[str, dict], ceiling: dict[str, dict] | None, chance: dict[str, float],
+                   title: str = "") -> plt.Figure:  # fmt: skip
+    """One panel per measure (``chance`` keys: e.g. img_retrieval_top1, category_accuracy, layout_r): a bar per
+    ROI group, the ceiling (noise-free responses) as a tick over each bar, chance as a dotted line."""
+    groups = list(results)
+    fig, axes = plt.subplots(
+        1, len(chance), figsize=(4.3 * len(chance), 0.32 * len(groups) + 1.6), squeeze=False
+    )
+    names = {
+        "img_retrieval_top1": "image retrieval top-1",
+        "category_accuracy": "category (shape) accuracy",
+        "layout_r": "spatial layout r (8 × 8)",
+    }
+    y = np.arange(len(groups))
+    for ax, (measure, ch) in zip(axes[0], chance.items(), strict=True):
+        vals = [results[g][measure] for g in groups]
+        ax.barh(y, vals, color=[_group_colour(g) for g in groups], alpha=0.85)
+        for yi, v in zip(y, vals, strict=True):
+            ax.text(v, yi, f" {v:.2f}", va="center", fontsize=7)
+        if ceiling:
+            ax.scatter([ceiling[g][measure] for g in groups], y, marker="|", s=160, color="k", lw=1.5,
+                       label="ceiling (noise-free)", zorder=3)  # fmt: skip
+        ax.axvline(ch, color="k", ls=":", lw=1, label="chance")
+        ax.set_yticks(y, [f"{g} ({results[g]['n_voxels']})" for g in groups], fontsize=8)
+        ax.invert_yaxis()
+        ax.set(title=names.get(measure, measure), xlim=(min(0, ch), 1.05))
+        ax.grid(axis="x", alpha=0.3)
+    axes[0, 0].legend(frameon=False, fontsize=7.5, loc="lower right")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _group_colour(group: str) -> str:
+    by_name = {name: colour for name, colour in ROI_MAP.values()}
+    if group in by_name:
+        return by_name[group]
+    if group.startswith("floc"):
+        return "#e377c2"
+    return {"nsdgeneral": "0.35", "V1-hV4": "#17becf", "early": "#1f77b4", "higher": "#d62728"}.get(
+        group, "0.6"
+    )
+
+
+def encoder_curves(histories: dict[str, dict], size_curve: dict[str, dict] | None = None,
+                   chance: float | None = None) -> plt.Figure:  # fmt: skip
+    """MLP training loss and validation retrieval per epoch ({name: history}); optionally test retrieval against
+    the number of training images ({name: {"n": [...], "top1": [...]}})."""
+    panels = 2 + (size_curve is not None)
+    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.2))
+    for k, (name, h) in enumerate(histories.items()):
+        axes[0].plot(np.arange(1, len(h["loss"]) + 1), h["loss"], color=f"C{k}", label=name)
+        axes[1].plot(h["val_epoch"], h["val_img_retrieval_top1"], "o-", ms=3, color=f"C{k}", label=name)
+        if "best_epoch" in h:
+            axes[1].axvline(h["best_epoch"], color=f"C{k}", ls="--", lw=0.8)
+    axes[0].set(title="MLP training loss", xlabel="epoch", ylabel="loss (log scale)", yscale="log")
+    axes[1].set(title="validation image retrieval (top-1)", xlabel="epoch", ylabel="top-1", ylim=(0, 1))
+    if size_curve is not None:
+        ax = axes[2]
+        for k, (name, c) in enumerate(size_curve.items()):
+            ax.plot(c["n"], c["top1"], "o-", color=f"C{k + len(histories)}", label=name)
+        ax.set(
+            title="test retrieval vs training images", xlabel="training images", ylabel="top-1", ylim=(0, 1)
+        )
+        ax.set_xlim(0, None)
+    for ax in axes[1:]:
+        if chance is not None:
+            ax.axhline(chance, color="k", ls=":", lw=1, label="chance")
+    for ax in axes:
+        ax.legend(frameon=False, fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def voxel_map(ds: NSD, subject: int, values: np.ndarray, voxel_ijk: np.ndarray, title: str,
+              by_group: dict[str, np.ndarray] | None = None, label: str = "r") -> plt.Figure:  # fmt: skip
+    """Per-voxel values on the anatomy (axial slices; positive part), and their distribution per ROI group."""
+    from nilearn import plotting
+
+    vol = np.zeros(ds.roi_mask(subject, "nsdgeneral").shape, np.float32)
+    vol[tuple(np.asarray(voxel_ijk).T)] = np.clip(values, 0, None)  # the map shows the positive part
+    fig = plt.figure(figsize=(13, 3.6))
+    ax_map = fig.add_axes([0.0, 0.0, 0.6 if by_group else 1.0, 1.0])
+    vmax = float(np.nanpercentile(values, 99)) if np.any(values > 0) else 1.0
+    plotting.plot_stat_map(
+        volume_image(ds, subject, vol), bg_img=background_image(ds, subject), display_mode="z",
+        cut_coords=[-12, -2, 8, 18], threshold=0.05 * vmax, cmap="hot", vmax=vmax, axes=ax_map, title=title,
+        draw_cross=False, colorbar=True,
+    )  # fmt: skip
+    if by_group:
+        ax = fig.add_axes([0.72, 0.12, 0.27, 0.78])
+        ax.boxplot(list(by_group.values()), vert=False, showfliers=False, tick_labels=list(by_group))
+        ax.invert_yaxis()
+        ax.axvline(0, color="k", lw=0.8)
+        ax.set_xlabel(label)
+        ax.grid(axis="x", alpha=0.3)
+    return fig
+
+
+def predicted_vs_true(preds: dict[str, np.ndarray], true: np.ndarray, n_points: int = 4000,
+                      seed: int = 0) -> plt.Figure:  # fmt: skip
+    """Predicted against true embedding entries (a random subset of test samples x dimensions), both centred on
+    the mean true embedding so that the shared direction of all images does not inflate r; and the distribution
+    of per-sample cosine similarity (uncentred, as the metric is defined), one column per encoder."""
+    from .metrics import cosine_per_sample
+
+    rng = np.random.default_rng(seed)
+    fig, axes = plt.subplots(2, len(preds), figsize=(3.6 * len(preds), 6.4), squeeze=False)
+    centre = true.mean(0, keepdims=True)
+    flat_t = (true - centre).ravel()
+    pick = rng.choice(flat_t.size, min(n_points, flat_t.size), replace=False)
+    for k, (name, p) in enumerate(preds.items()):
+        ax = axes[0, k]
+        flat_p = (p - centre).ravel()
+        r = float(np.corrcoef(flat_p, flat_t)[0, 1])
+        ax.scatter(flat_t[pick], flat_p[pick], s=3, alpha=0.3, lw=0, color=f"C{k}")
+        lim = float(np.abs(flat_t[pick]).max())
+        ax.plot([-lim, lim], [-lim, lim], color="k", lw=0.8, ls="--")
+        ax.set(title=f"{name}: r = {r:.2f}", xlabel="true entry (centred)", ylabel="predicted (centred)")
+        cos = cosine_per_sample(p, true)
+        axes[1, k].hist(cos, bins=30, color=f"C{k}", alpha=0.8)
+        axes[1, k].set(xlabel="cosine(predicted, true) per test image", ylabel="images",
+                       title=f"mean {cos.mean():.2f}")  # fmt: skip
+    fig.tight_layout()
+    return fig

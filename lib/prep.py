@@ -12,6 +12,8 @@ import numpy as np
 from .io import atomic_path, content_key, file_fingerprint
 from .nsd import NSD, NSDError, parse_subject
 
+#: the options of :func:`prepare` and their defaults (cache keys see every option with its value)
+PREP_DEFAULTS = {"zscore": True, "average_train": False, "average_test": True}
 PREP_VERSION = 1  # bump when the preparation changes, so old caches are never reused
 
 
@@ -73,10 +75,11 @@ class Prepared:
 
 
 def prepare(ds: NSD, subject: int | str, roi="nsdgeneral", sessions=None, *, zscore: bool = True,
-            average_train: bool = False, progress: bool = True) -> Prepared:  # fmt: skip
+            average_train: bool = False, average_test: bool = True, progress: bool = True) -> Prepared:  # fmt: skip
     """Betas of ``roi`` -> per-session z-score -> split on the shared images -> average test repeats.
 
-    Training trials stay single (the field's default for deep encoders) unless ``average_train``.
+    Training trials stay single (the field's default for deep encoders) unless ``average_train``; test trials are
+    averaged per image unless ``average_test`` is False (then ``test_reps`` is 1 for every row).
     """
     s = parse_subject(subject)
     sessions = ds.check_sessions(s, sessions)
@@ -86,12 +89,16 @@ def prepare(ds: NSD, subject: int | str, roi="nsdgeneral", sessions=None, *, zsc
     if zscore:
         zscore_sessions(betas, sess)
     test = np.isin(ids, ds.shared_ids())
-    x_test, test_ids, reps = average_repeats(betas[test], ids[test])
+    if average_test:
+        x_test, test_ids, reps = average_repeats(betas[test], ids[test])
+    else:
+        x_test, test_ids, reps = betas[test], ids[test], np.ones(int(test.sum()), np.int64)
     x_train, train_ids = betas[~test], ids[~test]
     if average_train:
         x_train, train_ids, _ = average_repeats(x_train, train_ids)
     meta = {
         "subject": s, "roi": roi, "sessions": sessions, "zscore": zscore, "average_train": average_train,
+        "average_test": average_test,
         "n_train_trials": int((~test).sum()), "n_test_trials": int(test.sum()), "prep_version": PREP_VERSION,
     }  # fmt: skip
     return Prepared(x_train, train_ids, x_test, test_ids, reps, ds.voxel_indices(s, roi), meta)
@@ -101,6 +108,10 @@ def cache_key(ds: NSD, subject, roi, sessions, **options) -> str:
     """A key from every input: request, options, code version, and the identity (size, mtime) of each file read."""
     s = parse_subject(subject)
     sessions = ds.check_sessions(s, sessions)
+    unknown = sorted(set(options) - set(PREP_DEFAULTS))
+    if unknown:
+        raise ValueError(f"prepare option(s) {unknown}: expected some of {sorted(PREP_DEFAULTS)}")
+    options = PREP_DEFAULTS | options  # a default passed explicitly or left out is the same request
     selections = [roi] if isinstance(roi, str) else list(roi)
     files = [ds.design_path, *(ds.session_path(s, x) for x in sessions)]
     files += sorted((ds.func_dir(s) / "roi").glob("*.nii.gz"))  # ROI volumes ...
@@ -139,6 +150,29 @@ def prepare_cached(ds: NSD, subject, roi="nsdgeneral", sessions=None, *, cache_d
     data.meta["cache_key"] = key
     data.save(path)
     return data, path, False
+
+
+def first_repeat(x: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first row of each id, ordered by id: a single-trial test set with one trial per image."""
+    uniq, first = np.unique(ids, return_index=True)
+    return x[first], uniq
+
+
+def group_columns(ds: NSD, subject, voxel_ijk: np.ndarray, groups) -> dict[str, np.ndarray]:
+    """{group: column indices of the prepared voxels (``voxel_ijk``) that lie in the ROI group}; groups whose ROI
+    file the subject lacks are left out. Voxels of a group outside the prepared ROI are not counted."""
+    from .rois import resolve
+
+    available = ds.roi_files(subject)
+    ijk = tuple(np.asarray(voxel_ijk).T)
+    out = {}
+    for g in groups:
+        try:
+            resolve(g, available)
+        except KeyError:
+            continue
+        out[g] = np.flatnonzero(ds.roi_mask(subject, g)[ijk])
+    return out
 
 
 def voxel_counts(ds: NSD, subject, groups) -> dict[str, int]:

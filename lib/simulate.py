@@ -845,3 +845,17 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def noise_free_for(ds, subject: int, voxel_ijk: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The simulator's noise-free responses (ids x voxels) of the given voxels (NIfTI indices, all within
+    nsdgeneral) to the given 0-based nsdIds: the data an encoder's ceiling is measured on."""
+    gt = load_ground_truth(ds.ground_truth_path(subject))
+    col = {tuple(v): k for k, v in enumerate(gt["ijk"].tolist())}
+    try:
+        cols = np.array([col[tuple(v)] for v in np.asarray(voxel_ijk).tolist()], dtype=np.int64)
+    except KeyError as e:
+        raise ValueError(
+            f"voxel {e.args[0]} lies outside nsdgeneral: the ground truth has no response for it"
+        ) from None
+    return gt["signal"][np.asarray(ids)][:, cols]

@@ -135,3 +135,34 @@ def test_missing_upstream_result_names_the_notebook(tmp_path, monkeypatch, tiny)
         prep.prepare_cached(tiny, 1, "V1", sessions=[1], cache_dir=tmp_path, compute=False)
     prep.prepare_cached(tiny, 1, "V1", sessions=[1], cache_dir=tmp_path, progress=False)
     assert prep.prepare_cached(tiny, 1, "V1", sessions=[1], cache_dir=tmp_path, compute=False)[2]
+
+
+def test_single_trial_test_set_and_first_repeat(tiny):
+    single = prep.prepare(tiny, 1, "nsdgeneral", average_test=False, progress=False)
+    avg = prep.prepare(tiny, 1, "nsdgeneral", progress=False)
+    assert (single.test_reps == 1).all() and len(single.test_ids) == avg.test_reps.sum()
+    m, ids, _ = prep.average_repeats(single.x_test, single.test_ids)
+    np.testing.assert_array_equal(ids, avg.test_ids)
+    np.testing.assert_allclose(m, avg.x_test, atol=1e-6)
+    x1, ids1 = prep.first_repeat(single.x_test, single.test_ids)
+    np.testing.assert_array_equal(ids1, avg.test_ids)
+    for k, i in enumerate(ids1):  # the earliest trial of that image
+        np.testing.assert_array_equal(x1[k], single.x_test[np.flatnonzero(single.test_ids == i)[0]])
+
+
+def test_group_columns_select_the_group_voxels(tiny):
+    data = prep.prepare(tiny, 1, "nsdgeneral", progress=False)
+    cols = prep.group_columns(tiny, 1, data.voxel_ijk, ["V1", "higher", "nsdgeneral", "floc-words"])
+    assert len(cols["nsdgeneral"]) == data.n_voxels
+    v1 = tiny.roi_mask(1, "V1")
+    want = [k for k, (i, j, kk) in enumerate(data.voxel_ijk) if v1[i, j, kk]]
+    np.testing.assert_array_equal(cols["V1"], want)
+    assert not set(cols["V1"]) & set(cols["higher"])
+
+
+def test_cache_key_treats_explicit_defaults_as_omitted(tiny):
+    k = prep.cache_key(tiny, 1, "V1", None)
+    assert prep.cache_key(tiny, 1, "V1", None, average_train=False, average_test=True) == k
+    assert prep.cache_key(tiny, 1, "V1", None, average_test=False) != k
+    with pytest.raises(ValueError, match="average_tset"):
+        prep.cache_key(tiny, 1, "V1", None, average_tset=False)

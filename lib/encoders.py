@@ -1,0 +1,746 @@
+"""fMRI -> embedding encoders: cross-validated ridge (closed form, one decomposition for every alpha) and a
+MindEye-style residual MLP with regression and contrastive losses."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.base import BaseEstimator, RegressorMixin
+
+from . import io, losses, runtime
+
+DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-1, 6, 15))
+
+
+class EncoderError(ValueError):
+    """Bad input to an encoder (shapes, parameters, files)."""
+
+
+# ================================================================================================================
+# ridge
+
+
+def _eigh(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigen-decomposition of a symmetric matrix, overwriting it on CPU (LAPACK syevr: no N x N workspace)."""
+    if g.device.type == "cpu":
+        import scipy.linalg
+
+        # g is symmetric, so its transpose is the Fortran-ordered matrix LAPACK wants, without a copy
+        w, v = scipy.linalg.eigh(g.numpy().T, overwrite_a=True, driver="evr", check_finite=False)
+        return torch.from_numpy(w), torch.from_numpy(v)
+    return torch.linalg.eigh(g)
+
+
+class _Decomposition:
+    """Centred ridge of X -> Y for any alpha from one eigen-decomposition.
+
+    primal (p <= n): Xc'Xc = V diag(s) V', coef(a) = V diag(1/(s+a)) V'Xc'Yc.
+    dual (p > n): XcXc' = U diag(s) U', coef(a) = Xc'U diag(1/(s+a)) U'Yc.
+    """
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, rows: np.ndarray | None, dtype: torch.dtype,
+                 device: torch.device, chunk: int, fit_intercept: bool):  # fmt: skip
+        self.dtype, self.device, self.chunk, self.intercept = dtype, device, chunk, fit_intercept
+        rows = np.arange(len(x)) if rows is None else rows
+        self.rows, self.n, self.p = rows, len(rows), x.shape[1]
+        self.x_mean = (
+            self._mean(x, rows) if fit_intercept else torch.zeros(self.p, dtype=dtype, device=device)
+        )
+        self.y_mean = (
+            self._mean(y, rows) if fit_intercept else torch.zeros(y.shape[1], dtype=dtype, device=device)
+        )
+        self.primal = self.p <= self.n
+        if self.primal:
+            g = torch.zeros(self.p, self.p, dtype=dtype, device=device)
+            xty = torch.zeros(self.p, y.shape[1], dtype=dtype, device=device)
+            for xc, yc in self._chunks(x, y):
+                g.addmm_(xc.T, xc)
+                xty.addmm_(xc.T, yc)
+            self.s, self.v = _eigh(g)  # g is overwritten on CPU
+            del g
+            self.s = self.s.to(device).clamp_min(0)
+            self.v = self.v.to(device)
+            self.q = self.v.T @ xty  # (p, T)
+        else:
+            xc = self._rows(x, rows) - self.x_mean
+            k = xc @ xc.T
+            self.s, self.u = _eigh(k)
+            del k
+            self.s = self.s.to(device).clamp_min(0)
+            self.u = self.u.to(device)
+            self.xc = xc
+            self.q = self.u.T @ (self._rows(y, rows) - self.y_mean)  # (n, T)
+
+    def _rows(self, a: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(a[rows]), device=self.device).to(self.dtype)
+
+    def _mean(self, a: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+        total = torch.zeros(a.shape[1], dtype=torch.float64, device=self.device)
+        for i in range(0, len(rows), self.chunk):
+            total += self._rows(a, rows[i : i + self.chunk]).double().sum(0)
+        return (total / len(rows)).to(self.dtype)
+
+    def _chunks(self, x: np.ndarray, y: np.ndarray):
+        for i in range(0, self.n, self.chunk):
+            r = self.rows[i : i + self.chunk]
+            yield self._rows(x, r) - self.x_mean, self._rows(y, r) - self.y_mean
+
+    def coef(self, alphas: torch.Tensor) -> torch.Tensor:
+        """(p, T) coefficients; ``alphas`` is (T,) (one per target)."""
+        w = 1 / (self.s[:, None] + alphas[None, :])  # (r, T)
+        if self.primal:
+            return self.v @ (self.q * w)
+        return self.xc.T @ (self.u @ (self.q * w))
+
+    def loo_sse(self, x: np.ndarray, y: np.ndarray, alphas: torch.Tensor) -> torch.Tensor:
+        """(A, T) sums of squared leave-one-out residuals (exact, with an unpenalised intercept)."""
+        n_a, t = len(alphas), self.q.shape[1]
+        sse = torch.zeros(n_a, t, dtype=torch.float64, device=self.device)
+        shrink = self.s[:, None] / (self.s[:, None] + alphas[None, :])  # (r, A): hat eigenvalues
+        off = 1 / self.n if self.intercept else 0.0  # the intercept's column of the hat matrix: 1/n each
+        if self.primal:
+            # hat diagonal h_i = sum_j (x_i . v_j)^2 / (s_j + a); fitted = Z (Q / (s + a))
+            inv = 1 / (self.s[:, None] + alphas[None, :])  # (p, A)
+            qa = (self.q[:, None, :] * inv[:, :, None]).reshape(self.p, n_a * t)
+            for xc, yc in self._chunks(x, y):
+                z = xc @ self.v
+                h = (z * z) @ inv + off  # (c, A)
+                fit = (z @ qa).view(len(z), n_a, t)
+                r = (yc[:, None, :] - fit) / (1 - h)[:, :, None]
+                sse += (r.double() ** 2).sum(0)
+        else:
+            u2 = self.u * self.u
+            h = u2 @ shrink + off  # (n, A)
+            yc = self.u @ self.q  # the centred targets, reconstructed (the q of the dual form is U'Yc)
+            for a in range(n_a):
+                fit = self.u @ (self.q * shrink[:, a : a + 1])
+                r = (yc - fit) / (1 - h[:, a : a + 1])
+                sse[a] = (r.double() ** 2).sum(0)
+        return sse
+
+
+class RidgeEncoder(RegressorMixin, BaseEstimator):
+    """Ridge regression X (trials x voxels) -> Y (trials x targets) with alpha chosen by cross-validation.
+
+    Every alpha comes from one eigen-decomposition (of X'X when there are more trials than voxels, of XX'
+    otherwise), so a grid of alphas costs little more than one fit. ``cv=None`` uses the exact leave-one-out
+    (generalised CV) residuals of that decomposition; ``cv=K`` uses K folds (pass ``groups``, e.g. image ids, so
+    that repeats of an image never fall on both sides). ``alpha_per_target`` chooses an alpha per target column.
+    Runs in torch on ``device`` ("auto": CUDA when present), in ``dtype`` float32 or float64, reading X in
+    chunks of ``chunk_size`` rows so that only the (voxels x voxels) matrices live on the device at NSD scale.
+
+    After ``fit``: ``coef_`` (T, V), ``intercept_`` (T,), ``alpha_`` (float, or (T,) per target),
+    ``cv_mse_`` (A, T) cross-validated mean squared error per alpha and target, ``n_features_in_``.
+    """
+
+    def __init__(self, alphas=DEFAULT_ALPHAS, cv: int | None = None, alpha_per_target: bool = False,
+                 fit_intercept: bool = True, dtype: str = "float32", device: str = "auto",
+                 chunk_size: int = 4096):  # fmt: skip
+        self.alphas = alphas
+        self.cv = cv
+        self.alpha_per_target = alpha_per_target
+        self.fit_intercept = fit_intercept
+        self.dtype = dtype
+        self.device = device
+        self.chunk_size = chunk_size
+
+    def _setup(self) -> tuple[torch.dtype, torch.device, torch.Tensor]:
+        if self.dtype not in ("float32", "float64"):
+            raise EncoderError(f"dtype={self.dtype!r}: expected 'float32' or 'float64'")
+        alphas = np.asarray(self.alphas, dtype=np.float64).ravel()
+        if alphas.size == 0 or not np.all(np.isfinite(alphas)) or np.any(alphas <= 0):
+            raise EncoderError(f"alphas={self.alphas!r}: expected one or more positive finite values")
+        if self.cv is not None and (not isinstance(self.cv, int | np.integer) or self.cv < 2):
+            raise EncoderError(
+                f"cv={self.cv!r}: expected None (leave-one-out) or an integer number of folds >= 2"
+            )
+        dt = torch.float32 if self.dtype == "float32" else torch.float64
+        dev = torch.device(runtime.pick_device(self.device))
+        return dt, dev, torch.as_tensor(alphas, dtype=dt, device=dev)
+
+    def fit(self, X, y, groups=None):
+        dt, dev, alphas = self._setup()
+        x, y2, single = _check_xy(X, y)
+        n = len(x)
+        if n < 3:
+            raise EncoderError(f"X has {n} rows: ridge cross-validation needs at least 3")
+        if self.cv is None:
+            dec = _Decomposition(x, y2, None, dt, dev, self.chunk_size, self.fit_intercept)
+            sse = dec.loo_sse(x, y2, alphas)
+        else:
+            sse = torch.zeros(len(alphas), y2.shape[1], dtype=torch.float64, device=dev)
+            for train, test in _folds(n, self.cv, groups):
+                d = _Decomposition(x, y2, train, dt, dev, self.chunk_size, self.fit_intercept)
+                xt = d._rows(x, test) - d.x_mean
+                yt = d._rows(y2, test) - d.y_mean
+                for a in range(len(alphas)):
+                    fit = xt @ d.coef(alphas[a].expand(y2.shape[1]))
+                    sse[a] += ((yt - fit).double() ** 2).sum(0)
+                del d
+            dec = _Decomposition(x, y2, None, dt, dev, self.chunk_size, self.fit_intercept)
+        mse = sse / n
+        if self.alpha_per_target:
+            best = mse.argmin(0)
+        else:
+            best = mse.mean(1).argmin().expand(y2.shape[1])
+        chosen = alphas[best]
+        coef = dec.coef(chosen)  # (p, T)
+        intercept = dec.y_mean - dec.x_mean @ coef
+        self.coef_ = coef.T.cpu().numpy()
+        self.intercept_ = intercept.cpu().numpy()
+        if single:
+            self.coef_, self.intercept_ = self.coef_[0], self.intercept_[0]
+        a = chosen.cpu().numpy().astype(np.float64)
+        self.alpha_ = a if self.alpha_per_target else float(a[0])
+        self.cv_mse_ = mse.cpu().numpy()
+        self.n_features_in_ = x.shape[1]
+        return self
+
+    def predict(self, X) -> np.ndarray:
+        if not hasattr(self, "coef_"):
+            raise EncoderError("RidgeEncoder is not fitted: call fit(X, y) first")
+        x = np.asarray(X)
+        if x.ndim != 2 or x.shape[1] != self.n_features_in_:
+            raise EncoderError(f"X has shape {x.shape}: expected (n, {self.n_features_in_}) as in fit")
+        coef = np.atleast_2d(self.coef_).T.astype(self.dtype, copy=False)
+        out = np.empty((len(x), coef.shape[1]), dtype=self.dtype)
+        for i in range(0, len(x), self.chunk_size):
+            out[i : i + self.chunk_size] = np.asarray(x[i : i + self.chunk_size], dtype=self.dtype) @ coef
+        out += np.atleast_1d(self.intercept_).astype(self.dtype)
+        return out[:, 0] if np.ndim(self.coef_) == 1 else out
+
+    def save(self, path: str | Path, meta: dict | None = None) -> Path:
+        """Write the fitted weights as ``.npz`` atomically (no pickle)."""
+        import json
+
+        with io.atomic_path(path, suffix=".npz") as tmp:
+            np.savez(tmp, format=np.array(RIDGE_FORMAT), params=np.array(json.dumps(self.get_params())),
+                     meta=np.array(json.dumps(meta or {})), coef=self.coef_, intercept=self.intercept_,
+                     alpha=np.asarray(self.alpha_), cv_mse=self.cv_mse_)  # fmt: skip
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RidgeEncoder:
+        import json
+        import zipfile
+
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if str(z["format"]) != RIDGE_FORMAT:
+                    raise KeyError("format")
+                params = json.loads(str(z["params"]))
+                params["alphas"] = tuple(params["alphas"])
+                enc = cls(**params)
+                enc.coef_, enc.intercept_, enc.cv_mse_ = z["coef"], z["intercept"], z["cv_mse"]
+                alpha = z["alpha"]
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+            raise EncoderError(f"{path}: not a {RIDGE_FORMAT} file ({type(e).__name__}: {e})") from None
+        enc.alpha_ = float(alpha) if alpha.ndim == 0 else alpha
+        enc.n_features_in_ = enc.coef_.shape[-1]
+        return enc
+
+
+RIDGE_FORMAT = "lib.encoders.ridge/1"
+
+
+def _check_xy(X, y) -> tuple[np.ndarray, np.ndarray, bool]:
+    x = X if isinstance(X, np.ndarray) else np.asarray(X)
+    y2 = np.asarray(y)
+    if x.ndim != 2:
+        raise EncoderError(f"X has shape {x.shape}: expected (trials, voxels)")
+    single = y2.ndim == 1
+    y2 = y2[:, None] if single else y2
+    if y2.ndim != 2 or len(y2) != len(x):
+        raise EncoderError(
+            f"y has shape {np.shape(y)}: expected ({len(x)},) or ({len(x)}, targets) to match X"
+        )
+    if not (np.isfinite(x).all() and np.isfinite(y2).all()):
+        raise EncoderError("X or y holds NaN or infinite values")
+    return x, y2, single
+
+
+def _folds(n: int, k: int, groups) -> list[tuple[np.ndarray, np.ndarray]]:
+    from sklearn.model_selection import GroupKFold, KFold
+
+    if groups is None:
+        if k > n:
+            raise EncoderError(f"cv={k} folds but only {n} rows")
+        return list(KFold(k).split(np.zeros(n)))
+    groups = np.asarray(groups)
+    if len(groups) != n:
+        raise EncoderError(f"groups has {len(groups)} entries: expected one per row of X ({n})")
+    if k > len(np.unique(groups)):
+        raise EncoderError(f"cv={k} folds but only {len(np.unique(groups))} groups")
+    return list(GroupKFold(k).split(np.zeros(n), groups=groups))
+
+
+# ================================================================================================================
+# residual MLP (MindEye's backbone and projector)
+
+
+class ResidualMLP(torch.nn.Module):
+    """voxels -> Linear, LayerNorm, GELU, dropout -> ``depth`` residual blocks of the same -> linear head to the
+    embedding; a projector (LayerNorm, GELU, Linear, ... back to the embedding size) on top for the contrastive
+    losses, as in MindEye. ``forward`` returns (embedding, projection); without a projector both are the head's
+    output. A learnable logit scale (1/temperature, CLIP's parameterisation) serves the InfoNCE loss."""
+
+    def __init__(self, n_voxels: int, out_dim: int, width: int = 4096, depth: int = 4, dropout: float = 0.15,
+                 projector: bool = True, proj_width: int = 2048):  # fmt: skip
+        super().__init__()
+        if min(n_voxels, out_dim, width, proj_width) < 1 or depth < 0 or not 0 <= dropout < 1:
+            raise EncoderError(
+                f"ResidualMLP(n_voxels={n_voxels}, out_dim={out_dim}, width={width}, depth={depth}, "
+                f"dropout={dropout}): expected positive sizes, depth >= 0 and 0 <= dropout < 1"
+            )
+        nn = torch.nn
+        self.stem = nn.Sequential(
+            nn.Linear(n_voxels, width), nn.LayerNorm(width), nn.GELU(), nn.Dropout(dropout)
+        )
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Linear(width, width), nn.LayerNorm(width), nn.GELU(), nn.Dropout(dropout))
+            for _ in range(depth)
+        )
+        self.head = nn.Linear(width, out_dim)
+        self.projector = (
+            nn.Sequential(
+                nn.LayerNorm(out_dim),
+                nn.GELU(),
+                nn.Linear(out_dim, proj_width),
+                nn.LayerNorm(proj_width),
+                nn.GELU(),
+                nn.Linear(proj_width, out_dim),
+            )  # fmt: skip
+            if projector
+            else None
+        )
+        self.logit_scale = nn.Parameter(torch.tensor(float(np.log(1 / 0.07))))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.stem(x)
+        for block in self.blocks:
+            h = h + block(h)
+        e = self.head(h)
+        return e, (self.projector(e) if self.projector is not None else e)
+
+
+@dataclasses.dataclass
+class MLPConfig:
+    """Architecture, losses and schedule of :func:`train_mlp`.
+
+    Losses (weights; 0 switches one off): ``mse`` (squared L2 distance of the embedding head to the target),
+    ``cosine`` (1 - cosine of the embedding head), ``clip`` (symmetric InfoNCE of the projection, learnable
+    temperature), ``softclip`` and ``bimixco`` (MindEye's, on the projection). ``bimixco_frac``: BiMixCo (with
+    voxel mixup) for that first fraction of the epochs, then SoftCLIP, as MindEye; with 0, SoftCLIP throughout.
+    """
+
+    width: int = 1024
+    depth: int = 2
+    dropout: float = 0.15
+    projector: bool = True
+    proj_width: int = 512
+    epochs: int = 40
+    batch_size: int = 128
+    lr: float = 3e-4  # the one-cycle peak
+    weight_decay: float = 0.01
+    pct_start: float = 0.1
+    mse: float = 1.0
+    cosine: float = 0.0
+    clip: float = 0.0
+    softclip: float = 1.0
+    bimixco: float = 1.0
+    bimixco_frac: float = 1 / 3
+    bimixco_temp: float = 0.006
+    softclip_temp: float = 0.005
+    mixup_beta: float = 0.15
+    val_every: int = 1
+    patience: int = 10  # epochs without a better validation retrieval before stopping; 0 never stops early
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.epochs < 1 or self.batch_size < 2:
+            raise EncoderError(f"epochs={self.epochs}, batch_size={self.batch_size}: expected >= 1 and >= 2")
+        weights = {k: getattr(self, k) for k in ("mse", "cosine", "clip", "softclip", "bimixco")}
+        if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
+            raise EncoderError(f"loss weights {weights}: expected non-negative with at least one positive")
+        if not 0 <= self.bimixco_frac <= 1:
+            raise EncoderError(f"bimixco_frac={self.bimixco_frac}: expected a fraction in [0, 1]")
+
+    @property
+    def contrastive(self) -> bool:
+        return self.clip > 0 or self.softclip > 0 or self.bimixco > 0
+
+
+MLP_STATE_FORMAT = "lib.encoders.mlp-state/1"
+MLP_FORMAT = "lib.encoders.mlp/1"
+
+
+class MLPEncoder:
+    """A trained :class:`ResidualMLP` with its configuration; ``predict`` gives the embedding head, ``project``
+    the projection head (the space the contrastive losses trained: use it for retrieval)."""
+
+    def __init__(
+        self, model: ResidualMLP, cfg: MLPConfig, n_voxels: int, out_dim: int, device: str | torch.device
+    ):
+        self.model, self.cfg, self.n_voxels, self.out_dim = model, cfg, n_voxels, out_dim
+        self.device = torch.device(device)
+
+    @torch.no_grad()
+    def _run(self, x: np.ndarray, which: int, batch: int = 1024) -> np.ndarray:
+        x = np.asarray(x)
+        if x.ndim != 2 or x.shape[1] != self.n_voxels:
+            raise EncoderError(f"X has shape {x.shape}: expected (n, {self.n_voxels})")
+        self.model.eval()
+        out = [
+            self.model(torch.as_tensor(x[i : i + batch], dtype=torch.float32, device=self.device))[which]
+            .float().cpu().numpy()
+            for i in range(0, len(x), batch)
+        ]  # fmt: skip
+        return np.concatenate(out) if out else np.zeros((0, self.out_dim), np.float32)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self._run(x, 0)
+
+    def project(self, x: np.ndarray) -> np.ndarray:
+        return self._run(x, 1)
+
+    def retrieval_space(self, x: np.ndarray) -> np.ndarray:
+        """The output retrieval should use: the projection when contrastive losses trained it, else the head."""
+        return self.project(x) if self.cfg.contrastive else self.predict(x)
+
+    def save(self, path: str | Path, meta: dict | None = None) -> Path:
+        state = {"format": MLP_FORMAT, "config": dataclasses.asdict(self.cfg), "n_voxels": self.n_voxels,
+                 "out_dim": self.out_dim, "model": self.model.state_dict(), "meta": meta or {}}  # fmt: skip
+        return io.write_bytes(path, io.torch_bytes(state))
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto") -> MLPEncoder:
+        try:
+            s = torch.load(path, map_location="cpu", weights_only=True)
+            if not isinstance(s, dict) or s.get("format") != MLP_FORMAT:
+                raise KeyError("format")
+        except Exception as e:  # noqa: BLE001 - a foreign or truncated file is the same user error
+            raise EncoderError(f"{path}: not a {MLP_FORMAT} file ({type(e).__name__})") from None
+        cfg = MLPConfig(**s["config"])
+        dev = runtime.pick_device(device)
+        model = _build(cfg, s["n_voxels"], s["out_dim"]).to(dev)
+        model.load_state_dict(s["model"])
+        return cls(model.eval(), cfg, s["n_voxels"], s["out_dim"], dev)
+
+
+def _build(cfg: MLPConfig, n_voxels: int, out_dim: int) -> ResidualMLP:
+    return ResidualMLP(n_voxels, out_dim, cfg.width, cfg.depth, cfg.dropout, cfg.projector, cfg.proj_width)
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x, dim=-1)
+
+
+def mlp_loss(model: ResidualMLP, x: torch.Tensor, y: torch.Tensor, cfg: MLPConfig, mix: bool,
+             rng: np.random.Generator) -> tuple[torch.Tensor, dict]:  # fmt: skip
+    """The weighted loss of one batch, and its terms. ``mix``: BiMixCo phase (voxel mixup; the contrastive term
+    is BiMixCo), else SoftCLIP. Regression terms and InfoNCE always see the unmixed batch."""
+    terms: dict[str, torch.Tensor] = {}
+    yn = _unit(y.float())
+    emb, proj = model(x)
+    emb, proj = emb.float(), proj.float()
+    if cfg.mse:
+        terms["mse"] = ((emb - y.float()) ** 2).sum(-1).mean()
+    if cfg.cosine:
+        terms["cosine"] = (1 - (_unit(emb) * yn).sum(-1)).mean()
+    if cfg.clip:
+        terms["clip"] = losses.clip_loss(_unit(proj), yn, model.logit_scale.exp().clamp(max=100))
+    if mix and cfg.bimixco:
+        xm, perm, b = losses.mixco(x, rng, beta=cfg.mixup_beta)
+        _, pm = model(xm)
+        terms["bimixco"] = losses.bimixco_loss(_unit(pm.float()), yn, perm, b.float(), cfg.bimixco_temp)
+    elif not mix and cfg.softclip:
+        terms["softclip"] = losses.soft_clip_loss(_unit(proj), yn, cfg.softclip_temp)
+    total = sum(getattr(cfg, k) * v for k, v in terms.items())
+    return total, {k: float(v.detach()) for k, v in terms.items()}
+
+
+def _key_of_arrays(*arrays: np.ndarray) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def train_mlp(x_train: np.ndarray, y_train: np.ndarray, cfg: MLPConfig, x_val: np.ndarray | None = None,
+              y_val: np.ndarray | None = None, device: str = "auto", state_dir: str | Path | None = None,
+              stop_after: int | None = None) -> tuple[MLPEncoder, dict]:  # fmt: skip
+    """Train a :class:`ResidualMLP` from voxels to target embeddings (rows of ``y_train``).
+
+    AdamW with a one-cycle learning rate over ``cfg.epochs``; bf16 autocast on CUDA. After every ``val_every``
+    epochs, top-1 image retrieval on (``x_val``, ``y_val``) decides early stopping (``patience``) and which epoch's
+    weights are returned (the best). The state (weights, optimiser, schedule, RNG, history, best weights) is saved
+    atomically after each epoch to ``<state_dir>/mlp-state-<key>.pt``; the key covers the configuration, the data
+    and the device, and a run with the same key resumes (``stop_after`` ends a session after that many epochs).
+    Returns (encoder, history) with per-epoch ``loss`` and its terms, ``val_img_retrieval_top1``, ``seconds``.
+    """
+    from . import metrics
+
+    cfg.check()
+    x_train, y_train = np.asarray(x_train), np.asarray(y_train)
+    if x_train.ndim != 2 or y_train.ndim != 2 or len(x_train) != len(y_train):
+        raise EncoderError(f"x_train {x_train.shape} and y_train {y_train.shape}: expected (n, V) and (n, D)")
+    if len(x_train) < cfg.batch_size:
+        raise EncoderError(f"batch_size={cfg.batch_size}: larger than the {len(x_train)} training rows")
+    has_val = x_val is not None and y_val is not None and len(x_val) >= 2
+    dev = torch.device(runtime.pick_device(device))
+    n, v = x_train.shape
+    d = y_train.shape[1]
+    key = io.content_key(
+        {
+            "config": dataclasses.asdict(cfg),
+            "data": _key_of_arrays(x_train, y_train, *((x_val, y_val) if has_val else ())),
+            "device": dev.type,
+        }
+    )
+    torch.manual_seed(cfg.seed)
+    model = _build(cfg, v, d).to(dev)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or name == "logit_scale" else decay).append(p)
+    opt = runtime.adamw(decay, no_decay, cfg.lr, cfg.weight_decay)
+    steps_per_epoch = n // cfg.batch_size
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=cfg.pct_start
+    )
+    rng = np.random.default_rng(cfg.seed)
+    history: dict = {"loss": [], "terms": [], "val_epoch": [], "val_img_retrieval_top1": [], "seconds": 0.0}
+    epoch, best, best_state, stale = 0, -1.0, None, 0
+    state_path, state = io.training_state(state_dir, "mlp-state", MLP_STATE_FORMAT, key)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        history, epoch, best, best_state, stale = (
+            state[k] for k in ("history", "epoch", "best", "best_state", "stale")
+        )
+    done = state is not None and state.get("done", False)
+    xt = torch.as_tensor(x_train, dtype=torch.float32, device=dev)
+    yt = torch.as_tensor(y_train, dtype=torch.float32, device=dev)
+    mix_epochs = int(round(cfg.bimixco_frac * cfg.epochs)) if cfg.bimixco else 0
+    end = cfg.epochs if stop_after is None else min(cfg.epochs, epoch + stop_after)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
+    )
+    bar = runtime.progress(total=cfg.epochs, initial=epoch, desc="MLP encoder")
+    while not done and epoch < end:
+        t0 = time.perf_counter()
+        model.train()
+        order = rng.permutation(n)
+        total, terms = 0.0, {}
+        for b in range(steps_per_epoch):
+            idx = torch.as_tensor(order[b * cfg.batch_size : (b + 1) * cfg.batch_size], device=dev)
+            with autocast:
+                loss, parts = mlp_loss(model, xt[idx], yt[idx], cfg, epoch < mix_epochs, rng)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach())
+            for k, val in parts.items():
+                terms[k] = terms.get(k, 0.0) + val / steps_per_epoch
+        epoch += 1
+        history["loss"].append(total / steps_per_epoch)
+        history["terms"].append(terms)
+        history["seconds"] += time.perf_counter() - t0
+        if has_val and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
+            enc = MLPEncoder(model, cfg, v, d, dev)
+            score = metrics.retrieval(enc.retrieval_space(x_val), y_val, draws=5, seed=cfg.seed)["image"]
+            history["val_epoch"].append(epoch)
+            history["val_img_retrieval_top1"].append(score)
+            if score > best:
+                best, stale = score, 0
+                best_state = {k: t.detach().cpu().clone() for k, t in model.state_dict().items()}
+                history["best_epoch"] = epoch
+            else:
+                stale += cfg.val_every
+        done = epoch >= cfg.epochs or (cfg.patience > 0 and stale >= cfg.patience and has_val)
+        history["stopped_early"] = done and epoch < cfg.epochs
+        bar.update(1)
+        bar.set_postfix(loss=f"{history['loss'][-1]:.3f}", val=f"{best:.3f}")
+        if state_path is not None:
+            s = {"format": MLP_STATE_FORMAT, "key": key, "epoch": epoch, "model": model.state_dict(),
+                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng.bit_generator.state,
+                 "torch_rng": torch.get_rng_state(), "history": history, "best": best, "best_state": best_state,
+                 "stale": stale, "done": done}  # fmt: skip
+            io.write_bytes(state_path, io.torch_bytes(s))
+    bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    history["done"] = done
+    history["state_key"] = key
+    return MLPEncoder(model.eval(), cfg, v, d, dev), history
+
+
+# ================================================================================================================
+# analyses built on the encoders: targets by image id, ROI-group comparison, voxel-wise encoding accuracy
+
+
+def rows_of(table_ids: np.ndarray, values: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Rows of ``values`` (one per entry of ``table_ids``) for each id of ``ids``, in order (ids may repeat)."""
+    table_ids = np.asarray(table_ids)
+    order = np.argsort(table_ids, kind="stable")
+    pos = np.searchsorted(table_ids, ids, sorter=order)
+    pos = np.minimum(pos, len(table_ids) - 1)
+    found = table_ids[order[pos]] == ids
+    if not np.all(found):
+        missing = np.asarray(ids)[~found][:5]
+        raise EncoderError(f"ids {missing.tolist()} have no row in the table of {len(table_ids)} ids")
+    return np.asarray(values)[order[pos]]
+
+
+PREDICTIONS_FORMAT = "lib.encoders.predictions/1"
+
+
+def save_predictions(path: str | Path, test_ids: np.ndarray, model_key: str, **arrays: np.ndarray) -> Path:
+    """Test-set predictions (and targets) of the encoders as ``.npz``, with the ids and the embedding model's key."""
+    with io.atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, format=np.array(PREDICTIONS_FORMAT), test_ids=np.asarray(test_ids),
+                 model_key=np.array(model_key), **arrays)  # fmt: skip
+    return Path(path)
+
+
+def load_predictions(path: str | Path, model_key: str | None = None) -> dict[str, np.ndarray]:
+    """What :func:`save_predictions` wrote; with ``model_key``, predictions into another model's space are refused."""
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["format"]) != PREDICTIONS_FORMAT:
+                raise KeyError("format")
+            out = {k: z[k] for k in z.files if k != "format"}
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        raise EncoderError(f"{path}: not a {PREDICTIONS_FORMAT} file ({type(e).__name__})") from None
+    if model_key is not None and str(out["model_key"]) != model_key:
+        raise EncoderError(
+            f"{path}: predictions into embedding model {out['model_key']}, expected {model_key}"
+        )
+    return out
+
+
+def layout_targets(images: np.ndarray, grid: int = 8) -> np.ndarray:
+    """The spatial layout of each image: grey levels (0..1) on a ``grid`` x ``grid`` raster, flattened (n, grid^2)."""
+    images = np.asarray(images, np.float32)
+    n, h, w = images.shape[:3]
+    if h % grid or w % grid:
+        raise EncoderError(f"images of {h} x {w} px: grid={grid} must divide both sides")
+    grey = images.mean(-1) / 255
+    return grey.reshape(n, grid, h // grid, grid, w // grid).mean((2, 4)).reshape(n, grid * grid)
+
+
+def one_hot(labels: np.ndarray, classes: list | None = None) -> tuple[np.ndarray, list]:
+    """(n, C) one-hot float32 matrix of ``labels`` and the class list (sorted unique labels unless given)."""
+    classes = sorted(set(labels)) if classes is None else list(classes)
+    index = {c: k for k, c in enumerate(classes)}
+    out = np.zeros((len(labels), len(classes)), np.float32)
+    out[np.arange(len(labels)), [index[v] for v in labels]] = 1
+    return out, classes
+
+
+def roi_comparison(x_train: np.ndarray, x_test: np.ndarray, columns: dict[str, np.ndarray],
+                   embedding: tuple[np.ndarray, np.ndarray], category: tuple[np.ndarray, np.ndarray],
+                   layout: tuple[np.ndarray, np.ndarray], alphas=DEFAULT_ALPHAS, device: str = "auto",
+                   seed: int = 0) -> dict[str, dict]:  # fmt: skip
+    """Decode three kinds of content from each ROI group's voxels (``columns``: group -> column indices), each
+    by ridge with its own leave-one-out alpha per target, from one decomposition per group:
+
+    - ``img_retrieval_top1``: the image embedding (``embedding`` = (train, test) targets), top-1 among the test set;
+    - ``category_accuracy``: a class label (``category`` = (train, test) labels; ridge on one-hot, argmax);
+    - ``layout_r``: the spatial layout (``layout`` = (train, test) low-resolution images), Pearson r per test
+      image between decoded and true raster, averaged.
+
+    Rows of ``x_train`` must be distinct images (average repeats first), so that leaving one out is honest.
+    """
+    from . import metrics
+
+    e_tr, e_te = embedding
+    c_tr, classes = one_hot(np.asarray(category[0]))
+    l_tr, l_te = layout
+    y = np.hstack([e_tr, c_tr, l_tr]).astype(np.float32)
+    de, dc = e_tr.shape[1], c_tr.shape[1]
+    out = {}
+    for name, cols in runtime.progress(columns.items(), desc="ROI groups", leave=False):
+        if len(cols) == 0:
+            continue
+        enc = RidgeEncoder(alphas=alphas, alpha_per_target=True, device=device).fit(x_train[:, cols], y)
+        pred = enc.predict(x_test[:, cols])
+        ret = metrics.retrieval(pred[:, :de], e_te, seed=seed)
+        guess = np.asarray(classes, dtype=object)[pred[:, de : de + dc].argmax(1)]
+        out[name] = {
+            "n_voxels": int(len(cols)),
+            "img_retrieval_top1": ret["image"],
+            "brain_retrieval_top1": ret["brain"],
+            "category_accuracy": float(np.mean(guess == np.asarray(category[1], dtype=object))),
+            "layout_r": float(metrics.pearson_per_sample(pred[:, de + dc :], l_te).mean()),
+        }
+    return out
+
+
+def voxel_encoding_accuracy(features_train: np.ndarray, x_train: np.ndarray, features_test: np.ndarray,
+                            x_test: np.ndarray, alphas=DEFAULT_ALPHAS, device: str = "auto") -> np.ndarray:  # fmt: skip
+    """Forward (encoding) model: ridge from stimulus features to every voxel (leave-one-out alpha per voxel);
+    returns each voxel's Pearson r between predicted and measured test responses, (V,)."""
+    from . import metrics
+
+    enc = RidgeEncoder(alphas=alphas, alpha_per_target=True, device=device).fit(features_train, x_train)
+    return metrics.pearson_per_column(enc.predict(features_test), x_test)
+
+
+def fit_encoders(x_train: np.ndarray, targets: dict[str, np.ndarray], x_test: np.ndarray, ridge: dict,
+                 mlp: MLPConfig | None, val: np.ndarray, x_val: np.ndarray, val_targets: dict[str, np.ndarray],
+                 mlp_kinds=("image",), groups: np.ndarray | None = None, device: str = "auto",
+                 state_dir: str | Path | None = None) -> dict[str, tuple]:  # fmt: skip
+    """Ridge into every target kind of ``targets`` ({kind: (n_train, D)}), and the MLP into ``mlp_kinds``.
+
+    Ridge fits all training rows (``ridge``: RidgeEncoder arguments; ``groups`` for grouped folds); the MLP trains
+    on the rows not in the boolean mask ``val`` and stops early on (``x_val``, ``val_targets[kind]``), the
+    held-out images' averaged responses. Returns {"ridge_<kind>" / "mlp_<kind>": (encoder, test prediction in its
+    retrieval space, MLP history or None)}.
+    """
+    out: dict[str, tuple] = {}
+    for kind, y in targets.items():
+        r = RidgeEncoder(**ridge).fit(x_train, y, groups=groups if ridge.get("cv") else None)
+        out[f"ridge_{kind}"] = (r, r.predict(x_test), None)
+        if mlp is None or kind not in mlp_kinds:
+            continue
+        m, h = train_mlp(
+            x_train[~val], y[~val], mlp, x_val, val_targets[kind], device=device, state_dir=state_dir
+        )
+        out[f"mlp_{kind}"] = (m, m.retrieval_space(x_test), h)
+    return out
+
+
+def ridge_learning_curve(x_train: np.ndarray, y_train: np.ndarray, ids: np.ndarray, x_test: np.ndarray,
+                         y_test: np.ndarray, fractions=(0.1, 0.25, 0.5, 1.0), ridge: dict | None = None,
+                         seed: int = 0) -> dict[str, list]:  # fmt: skip
+    """Test image retrieval of ridge trained on growing random subsets of the training images (all trials of an
+    image together): {"n": images, "top1": retrieval}."""
+    from . import metrics
+
+    rng = np.random.default_rng(seed)
+    uniq = rng.permutation(np.unique(ids))
+    out: dict[str, list] = {"n": [], "top1": []}
+    for n in sorted({int(round(f * len(uniq))) for f in fractions}):
+        if n < 3:
+            continue
+        keep = np.isin(ids, uniq[:n])
+        r = RidgeEncoder(**(ridge or {})).fit(x_train[keep], y_train[keep])
+        out["n"].append(n)
+        out["top1"].append(metrics.retrieval(r.predict(x_test), y_test, seed=seed)["image"])
+    return out

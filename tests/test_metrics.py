@@ -1,0 +1,54 @@
+"""Encoder metrics on cases with known answers."""
+
+import numpy as np
+import pytest
+
+from lib import metrics
+
+
+def test_retrieval_identity_is_perfect_and_shuffled_is_chance():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 32))
+    r = metrics.retrieval(x, x, n=300, draws=30)
+    assert r["image"] == r["brain"] == 1.0 and r["chance"] == 1 / 300
+    shuffled = metrics.retrieval(x[rng.permutation(400)], x, n=300, draws=30)
+    assert shuffled["image"] < 0.02 and shuffled["brain"] < 0.02  # 1/300 expected, a few hits allowed
+
+
+def test_retrieval_by_hand_and_directions():
+    # brain 0 and 1 both point at image 0: image retrieval 1 of 2 right; image 0 finds brain 0 (closer),
+    # image 1 finds brain 1 only if it is the most similar to it
+    brain = np.array([[1.0, 0.0], [0.9, 0.1]])
+    image = np.array([[1.0, 0.0], [0.0, 1.0]])
+    r = metrics.retrieval(brain, image, n=300)
+    assert r["n"] == 2 and r["image"] == 0.5 and r["brain"] == 1.0
+
+
+def test_two_way_identification_by_hand():
+    true = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    assert metrics.two_way_identification(true, true) == 1.0
+    pred = true[[1, 0, 2]]  # first two swapped: each scores 0 of 2 against... (r with own < r with other)
+    # pred 0 = true 1: r(pred0, true0) = -0.5 < r(pred0, true1) = 1, = r(pred0, true2) = -0.5 -> 0 of 2 below
+    # pred 2 = true 2: both others below -> 1
+    assert metrics.two_way_identification(pred, true) == pytest.approx((0 + 0 + 1) / 3)
+    rng = np.random.default_rng(1)  # unrelated features: 0.5 on average over draws
+    draws = [
+        metrics.two_way_identification(rng.normal(size=(200, 50)), rng.normal(size=(200, 50)))
+        for _ in range(8)
+    ]
+    assert abs(np.mean(draws) - 0.5) < 0.03
+
+
+def test_per_sample_and_per_column_scores_match_numpy():
+    rng = np.random.default_rng(2)
+    p, t = rng.normal(size=(7, 5)), rng.normal(size=(7, 5))
+    cos = [p[i] @ t[i] / np.linalg.norm(p[i]) / np.linalg.norm(t[i]) for i in range(7)]
+    np.testing.assert_allclose(metrics.cosine_per_sample(p, t), cos)
+    np.testing.assert_allclose(
+        metrics.pearson_per_sample(p, t), [np.corrcoef(p[i], t[i])[0, 1] for i in range(7)]
+    )
+    np.testing.assert_allclose(
+        metrics.pearson_per_column(p, t), [np.corrcoef(p[:, j], t[:, j])[0, 1] for j in range(5)]
+    )
+    with pytest.raises(ValueError, match="must be equal"):
+        metrics.cosine_per_sample(p, t[:3])
