@@ -27,7 +27,8 @@ class EncoderError(ValueError):
 
 
 def _eigh(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigen-decomposition of a symmetric matrix, overwriting it on CPU (LAPACK syevr: no N x N workspace)."""
+    """Eigen-decomposition of a symmetric float64 matrix, overwriting it on CPU (LAPACK dsyevr: no N x N
+    workspace besides the eigenvectors)."""
     if g.device.type == "cpu":
         import scipy.linalg
 
@@ -37,43 +38,56 @@ def _eigh(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.linalg.eigh(g)
 
 
+#: elements (not bytes) of one chunk's largest temporary: rows x max(features, targets)
+_CHUNK_ELEMENTS = 2**25
+
+
+def _group_blocks(groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(order putting each group's rows together, start of each group in that order, plus the end)."""
+    order = np.argsort(groups, kind="stable")
+    g = groups[order]
+    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1]])
+    return order, np.r_[starts, len(g)]
+
+
 class _Decomposition:
     """Centred ridge of X -> Y for any alpha from one eigen-decomposition.
 
     primal (p <= n): Xc'Xc = V diag(s) V', coef(a) = V diag(1/(s+a)) V'Xc'Yc.
     dual (p > n): XcXc' = U diag(s) U', coef(a) = Xc'U diag(1/(s+a)) U'Yc.
+    The Gram matrix is accumulated and decomposed in float64 whatever ``dtype`` (float32 eigenvectors of a
+    clustered spectrum lose orthogonality); the eigenvectors are then kept in ``dtype``.
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray, rows: np.ndarray | None, dtype: torch.dtype,
                  device: torch.device, chunk: int, fit_intercept: bool):  # fmt: skip
-        self.dtype, self.device, self.chunk, self.intercept = dtype, device, chunk, fit_intercept
+        self.dtype, self.device, self.intercept = dtype, device, fit_intercept
         rows = np.arange(len(x)) if rows is None else rows
         self.rows, self.n, self.p = rows, len(rows), x.shape[1]
-        self.x_mean = (
-            self._mean(x, rows) if fit_intercept else torch.zeros(self.p, dtype=dtype, device=device)
-        )
-        self.y_mean = (
-            self._mean(y, rows) if fit_intercept else torch.zeros(y.shape[1], dtype=dtype, device=device)
-        )
+        self.chunk = max(1, min(chunk, _CHUNK_ELEMENTS // max(self.p, y.shape[1])))
+        zeros = lambda k: torch.zeros(k, dtype=dtype, device=device)  # noqa: E731
+        self.x_mean = self._mean(x, rows) if fit_intercept else zeros(self.p)
+        self.y_mean = self._mean(y, rows) if fit_intercept else zeros(y.shape[1])
         self.primal = self.p <= self.n
         if self.primal:
-            g = torch.zeros(self.p, self.p, dtype=dtype, device=device)
-            xty = torch.zeros(self.p, y.shape[1], dtype=dtype, device=device)
-            for xc, yc in self._chunks(x, y):
-                g.addmm_(xc.T, xc)
-                xty.addmm_(xc.T, yc)
-            self.s, self.v = _eigh(g)  # g is overwritten on CPU
+            g = torch.zeros(self.p, self.p, dtype=torch.float64, device=device)
+            xty = torch.zeros(self.p, y.shape[1], dtype=torch.float64, device=device)
+            for xc, yc in self._chunks(x, y, np.arange(self.n)):
+                g += (xc.T @ xc).double()  # each chunk's product in dtype, the sum in float64
+                xty += (xc.T @ yc).double()
+            s, v = _eigh(g)  # g is overwritten on CPU
             del g
-            self.s = self.s.to(device).clamp_min(0)
-            self.v = self.v.to(device)
-            self.q = self.v.T @ xty  # (p, T)
+            v = v.to(device)
+            self.q = (v.T @ xty).to(dtype)  # (p, T)
+            self.s = s.to(device, dtype).clamp_min(0)
+            self.v = v.to(dtype)
+            del v
         else:
             xc = self._rows(x, rows) - self.x_mean
-            k = xc @ xc.T
-            self.s, self.u = _eigh(k)
-            del k
-            self.s = self.s.to(device).clamp_min(0)
-            self.u = self.u.to(device)
+            s, u = _eigh((xc @ xc.T).double())
+            self.s = s.to(device, dtype).clamp_min(0)
+            self.u = u.to(device, dtype)
+            del u
             self.xc = xc
             self.q = self.u.T @ (self._rows(y, rows) - self.y_mean)  # (n, T)
 
@@ -83,12 +97,13 @@ class _Decomposition:
     def _mean(self, a: np.ndarray, rows: np.ndarray) -> torch.Tensor:
         total = torch.zeros(a.shape[1], dtype=torch.float64, device=self.device)
         for i in range(0, len(rows), self.chunk):
-            total += self._rows(a, rows[i : i + self.chunk]).double().sum(0)
+            total += self._rows(a, rows[i : i + self.chunk]).sum(0, dtype=torch.float64)
         return (total / len(rows)).to(self.dtype)
 
-    def _chunks(self, x: np.ndarray, y: np.ndarray):
-        for i in range(0, self.n, self.chunk):
-            r = self.rows[i : i + self.chunk]
+    def _chunks(self, x: np.ndarray, y: np.ndarray, positions: np.ndarray, bounds: np.ndarray | None = None):
+        """Centred (x, y) chunks of the rows at ``positions`` (indices into self.rows), cut only at ``bounds``."""
+        for lo, hi in _spans(len(positions), self.chunk, bounds):
+            r = self.rows[positions[lo:hi]]
             yield self._rows(x, r) - self.x_mean, self._rows(y, r) - self.y_mean
 
     def coef(self, alphas: torch.Tensor) -> torch.Tensor:
@@ -98,31 +113,70 @@ class _Decomposition:
             return self.v @ (self.q * w)
         return self.xc.T @ (self.u @ (self.q * w))
 
-    def loo_sse(self, x: np.ndarray, y: np.ndarray, alphas: torch.Tensor) -> torch.Tensor:
-        """(A, T) sums of squared leave-one-out residuals (exact, with an unpenalised intercept)."""
+    def loo_sse(self, x: np.ndarray, y: np.ndarray, alphas: torch.Tensor, groups: np.ndarray | None = None):
+        """(A, T) sums of squared leave-one-out residuals, exact, with an unpenalised intercept; with
+        ``groups`` (one label per row), leave-one-group-out: e_g = (I - H_gg)^-1 (y_g - fit_g)."""
         n_a, t = len(alphas), self.q.shape[1]
         sse = torch.zeros(n_a, t, dtype=torch.float64, device=self.device)
-        shrink = self.s[:, None] / (self.s[:, None] + alphas[None, :])  # (r, A): hat eigenvalues
         off = 1 / self.n if self.intercept else 0.0  # the intercept's column of the hat matrix: 1/n each
-        if self.primal:
-            # hat diagonal h_i = sum_j (x_i . v_j)^2 / (s_j + a); fitted = Z (Q / (s + a))
-            inv = 1 / (self.s[:, None] + alphas[None, :])  # (p, A)
-            qa = (self.q[:, None, :] * inv[:, :, None]).reshape(self.p, n_a * t)
-            for xc, yc in self._chunks(x, y):
-                z = xc @ self.v
-                h = (z * z) @ inv + off  # (c, A)
-                fit = (z @ qa).view(len(z), n_a, t)
-                r = (yc[:, None, :] - fit) / (1 - h)[:, :, None]
-                sse += (r.double() ** 2).sum(0)
+        if groups is None:
+            order, bounds = np.arange(self.n), None
         else:
-            u2 = self.u * self.u
-            h = u2 @ shrink + off  # (n, A)
-            yc = self.u @ self.q  # the centred targets, reconstructed (the q of the dual form is U'Yc)
+            order, bounds = _group_blocks(np.asarray(groups)[self.rows])
+        # hat matrix H = off + F diag(w_a) F' with F = Xc V, w_a = 1/(s+a) (primal) or F = U, w_a = s/(s+a)
+        w_all = (1 if self.primal else self.s[:, None]) / (self.s[:, None] + alphas[None, :])  # (r, A)
+        if self.primal:
+            pieces = ((xc @ self.v, yc) for xc, yc in self._chunks(x, y, order, bounds))
+        else:
+            yc_all = self.u @ self.q  # the centred targets (U is a full orthonormal basis)
+            pieces = (
+                (self.u[order[lo:hi]], yc_all[order[lo:hi]]) for lo, hi in _spans(self.n, self.chunk, bounds)
+            )
+        done = 0
+        for f, yc in pieces:
+            local = None
+            if bounds is not None:  # group boundaries inside this chunk, relative to it
+                local = bounds[(bounds >= done) & (bounds <= done + len(f))] - done
+            done += len(f)
             for a in range(n_a):
-                fit = self.u @ (self.q * shrink[:, a : a + 1])
-                r = (yc - fit) / (1 - h[:, a : a + 1])
-                sse[a] = (r.double() ** 2).sum(0)
+                w = w_all[:, a]
+                res = yc - f @ (self.q * w[:, None])  # residuals of the fit on all rows
+                if local is None:
+                    h = (f * f) @ w + off
+                    e = res / (1 - h)[:, None]
+                else:
+                    e = _block_solve(f, w, off, res, local)
+                sse[a] += (e * e).sum(0, dtype=torch.float64)
         return sse
+
+
+def _spans(n: int, chunk: int, bounds: np.ndarray | None):
+    """(lo, hi) ranges of at most ``chunk`` rows (more only where one group is larger), cut only at ``bounds``."""
+    lo = 0
+    while lo < n:
+        hi = min(n, lo + chunk)
+        if bounds is not None and hi < n:
+            cut = bounds[bounds <= hi]
+            hi = int(cut[-1]) if cut[-1] > lo else int(bounds[bounds > lo][0])
+        yield lo, hi
+        lo = hi
+
+
+def _block_solve(f: torch.Tensor, w: torch.Tensor, off: float, res: torch.Tensor, bounds: np.ndarray):
+    """Leave-one-group-out residuals of the rows of one chunk: (I - H_gg)^-1 res_g for each group g, where
+    H_gg = off + F_g diag(w) F_g'; groups are the runs between consecutive ``bounds``."""
+    sizes = np.diff(bounds)
+    m = int(sizes.max())
+    idx = bounds[:-1, None] + np.arange(m)[None, :]
+    valid = np.arange(m)[None, :] < sizes[:, None]
+    idx_t = torch.as_tensor(np.where(valid, idx, 0), device=f.device)
+    valid_t = torch.as_tensor(valid, device=f.device, dtype=f.dtype)
+    fg = f[idx_t] * valid_t[..., None]  # (G, m, r), padding rows zero
+    h = (fg * w) @ fg.transpose(1, 2) + off * valid_t[:, :, None] * valid_t[:, None, :]
+    a = torch.eye(m, dtype=f.dtype, device=f.device) - h  # padding rows and columns are identity
+    rg = res[idx_t] * valid_t[..., None]
+    e = torch.linalg.solve(a, rg)
+    return e[valid_t.bool()]
 
 
 class RidgeEncoder(RegressorMixin, BaseEstimator):
@@ -130,8 +184,9 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
 
     Every alpha comes from one eigen-decomposition (of X'X when there are more trials than voxels, of XX'
     otherwise), so a grid of alphas costs little more than one fit. ``cv=None`` uses the exact leave-one-out
-    (generalised CV) residuals of that decomposition; ``cv=K`` uses K folds (pass ``groups``, e.g. image ids, so
-    that repeats of an image never fall on both sides). ``alpha_per_target`` chooses an alpha per target column.
+    (generalised CV) residuals of that decomposition, or with ``fit(X, y, groups=image_ids)`` the exact
+    leave-one-group-out residuals (so that the other repeats of a left-out image are not in the fit); ``cv=K`` uses
+    K folds (grouped when ``groups`` is given). ``alpha_per_target`` chooses an alpha per target column.
     Runs in torch on ``device`` ("auto": CUDA when present), in ``dtype`` float32 or float64, reading X in
     chunks of ``chunk_size`` rows so that only the (voxels x voxels) matrices live on the device at NSD scale.
 
@@ -153,13 +208,20 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
     def _setup(self) -> tuple[torch.dtype, torch.device, torch.Tensor]:
         if self.dtype not in ("float32", "float64"):
             raise EncoderError(f"dtype={self.dtype!r}: expected 'float32' or 'float64'")
-        alphas = np.asarray(self.alphas, dtype=np.float64).ravel()
+        try:
+            alphas = np.asarray(self.alphas, dtype=np.float64).ravel()
+        except (TypeError, ValueError):
+            raise EncoderError(
+                f"alphas={self.alphas!r}: expected one or more positive finite values"
+            ) from None
         if alphas.size == 0 or not np.all(np.isfinite(alphas)) or np.any(alphas <= 0):
             raise EncoderError(f"alphas={self.alphas!r}: expected one or more positive finite values")
         if self.cv is not None and (not isinstance(self.cv, int | np.integer) or self.cv < 2):
             raise EncoderError(
                 f"cv={self.cv!r}: expected None (leave-one-out) or an integer number of folds >= 2"
             )
+        if not isinstance(self.chunk_size, int | np.integer) or self.chunk_size < 1:
+            raise EncoderError(f"chunk_size={self.chunk_size!r}: expected a positive number of rows")
         dt = torch.float32 if self.dtype == "float32" else torch.float64
         dev = torch.device(runtime.pick_device(self.device))
         return dt, dev, torch.as_tensor(alphas, dtype=dt, device=dev)
@@ -170,9 +232,11 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
         n = len(x)
         if n < 3:
             raise EncoderError(f"X has {n} rows: ridge cross-validation needs at least 3")
+        if groups is not None and len(groups) != n:
+            raise EncoderError(f"groups has {len(groups)} entries: expected one per row of X ({n})")
         if self.cv is None:
             dec = _Decomposition(x, y2, None, dt, dev, self.chunk_size, self.fit_intercept)
-            sse = dec.loo_sse(x, y2, alphas)
+            sse = dec.loo_sse(x, y2, alphas, None if groups is None else np.asarray(groups))
         else:
             sse = torch.zeros(len(alphas), y2.shape[1], dtype=torch.float64, device=dev)
             for train, test in _folds(n, self.cv, groups):
@@ -180,8 +244,8 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
                 xt = d._rows(x, test) - d.x_mean
                 yt = d._rows(y2, test) - d.y_mean
                 for a in range(len(alphas)):
-                    fit = xt @ d.coef(alphas[a].expand(y2.shape[1]))
-                    sse[a] += ((yt - fit).double() ** 2).sum(0)
+                    res = yt - xt @ d.coef(alphas[a].expand(y2.shape[1]))
+                    sse[a] += (res * res).sum(0, dtype=torch.float64)
                 del d
             dec = _Decomposition(x, y2, None, dt, dev, self.chunk_size, self.fit_intercept)
         mse = sse / n
@@ -220,7 +284,9 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
         import json
 
         with io.atomic_path(path, suffix=".npz") as tmp:
-            np.savez(tmp, format=np.array(RIDGE_FORMAT), params=np.array(json.dumps(self.get_params())),
+            params = self.get_params() | {"alphas": [float(a) for a in np.ravel(self.alphas)],
+                                          "cv": None if self.cv is None else int(self.cv)}  # fmt: skip
+            np.savez(tmp, format=np.array(RIDGE_FORMAT), params=np.array(json.dumps(params)),
                      meta=np.array(json.dumps(meta or {})), coef=self.coef_, intercept=self.intercept_,
                      alpha=np.asarray(self.alpha_), cv_mse=self.cv_mse_)  # fmt: skip
         return Path(path)
@@ -236,10 +302,10 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
                     raise KeyError("format")
                 params = json.loads(str(z["params"]))
                 params["alphas"] = tuple(params["alphas"])
-                enc = cls(**params)
+                enc = cls(**{k: v for k, v in params.items() if k in cls().get_params()})
                 enc.coef_, enc.intercept_, enc.cv_mse_ = z["coef"], z["intercept"], z["cv_mse"]
                 alpha = z["alpha"]
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as e:
             raise EncoderError(f"{path}: not a {RIDGE_FORMAT} file ({type(e).__name__}: {e})") from None
         enc.alpha_ = float(alpha) if alpha.ndim == 0 else alpha
         enc.n_features_in_ = enc.coef_.shape[-1]
@@ -260,7 +326,10 @@ def _check_xy(X, y) -> tuple[np.ndarray, np.ndarray, bool]:
         raise EncoderError(
             f"y has shape {np.shape(y)}: expected ({len(x)},) or ({len(x)}, targets) to match X"
         )
-    if not (np.isfinite(x).all() and np.isfinite(y2).all()):
+    if x.dtype.kind not in "fiu" or y2.dtype.kind not in "fiu":
+        raise EncoderError(f"X ({x.dtype}) and y ({y2.dtype}): expected numeric arrays")
+    finite = all(np.isfinite(x[i : i + 4096]).all() for i in range(0, len(x), 4096))  # no n x p mask at once
+    if not (finite and np.isfinite(y2).all()):
         raise EncoderError("X or y holds NaN or infinite values")
     return x, y2, single
 
@@ -370,6 +439,11 @@ class MLPConfig:
             raise EncoderError(f"loss weights {weights}: expected non-negative with at least one positive")
         if not 0 <= self.bimixco_frac <= 1:
             raise EncoderError(f"bimixco_frac={self.bimixco_frac}: expected a fraction in [0, 1]")
+        if not (self.lr > 0 and 0 < self.pct_start < 1 and self.val_every >= 1 and self.patience >= 0):
+            raise EncoderError(
+                f"lr={self.lr}, pct_start={self.pct_start}, val_every={self.val_every}, patience={self.patience}: "
+                "expected lr > 0, 0 < pct_start < 1, val_every >= 1, patience >= 0"
+            )
 
     @property
     def contrastive(self) -> bool:
@@ -426,11 +500,16 @@ class MLPEncoder:
                 raise KeyError("format")
         except Exception as e:  # noqa: BLE001 - a foreign or truncated file is the same user error
             raise EncoderError(f"{path}: not a {MLP_FORMAT} file ({type(e).__name__})") from None
-        cfg = MLPConfig(**s["config"])
         dev = runtime.pick_device(device)
-        model = _build(cfg, s["n_voxels"], s["out_dim"]).to(dev)
-        model.load_state_dict(s["model"])
-        return cls(model.eval(), cfg, s["n_voxels"], s["out_dim"], dev)
+        try:
+            cfg = MLPConfig(**s["config"])
+            model = _build(cfg, s["n_voxels"], s["out_dim"])
+            model.load_state_dict(s["model"])
+        except (KeyError, TypeError, RuntimeError) as e:
+            raise EncoderError(
+                f"{path}: a {MLP_FORMAT} file that does not fit this code ({type(e).__name__})"
+            ) from None
+        return cls(model.to(dev).eval(), cfg, s["n_voxels"], s["out_dim"], dev)
 
 
 def _build(cfg: MLPConfig, n_voxels: int, out_dim: int) -> ResidualMLP:
@@ -496,7 +575,22 @@ def train_mlp(x_train: np.ndarray, y_train: np.ndarray, cfg: MLPConfig, x_val: n
         raise EncoderError(f"x_train {x_train.shape} and y_train {y_train.shape}: expected (n, V) and (n, D)")
     if len(x_train) < cfg.batch_size:
         raise EncoderError(f"batch_size={cfg.batch_size}: larger than the {len(x_train)} training rows")
-    has_val = x_val is not None and y_val is not None and len(x_val) >= 2
+    if (x_val is None) != (y_val is None):
+        raise EncoderError("x_val and y_val: give both (validation for early stopping) or neither")
+    has_val = x_val is not None
+    if has_val:
+        x_val, y_val = np.asarray(x_val), np.asarray(y_val)
+        if (
+            x_val.shape[1:] != x_train.shape[1:]
+            or y_val.shape[1:] != y_train.shape[1:]
+            or len(x_val) != len(y_val)
+        ):
+            raise EncoderError(
+                f"x_val {x_val.shape} and y_val {y_val.shape}: expected (m, {x_train.shape[1]}) and "
+                f"(m, {y_train.shape[1]}) like the training data"
+            )
+        if len(x_val) < 2:
+            raise EncoderError(f"x_val has {len(x_val)} rows: validation retrieval needs at least 2")
     dev = torch.device(runtime.pick_device(device))
     n, v = x_train.shape
     d = y_train.shape[1]
@@ -527,6 +621,10 @@ def train_mlp(x_train: np.ndarray, y_train: np.ndarray, cfg: MLPConfig, x_val: n
         sched.load_state_dict(state["scheduler"])
         rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
+        if (
+            dev.type == "cuda" and state.get("cuda_rng") is not None
+        ):  # dropout on the GPU draws from its generator
+            torch.cuda.set_rng_state(state["cuda_rng"], dev)
         history, epoch, best, best_state, stale = (
             state[k] for k in ("history", "epoch", "best", "best_state", "stale")
         )
@@ -578,7 +676,8 @@ def train_mlp(x_train: np.ndarray, y_train: np.ndarray, cfg: MLPConfig, x_val: n
             s = {"format": MLP_STATE_FORMAT, "key": key, "epoch": epoch, "model": model.state_dict(),
                  "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng.bit_generator.state,
                  "torch_rng": torch.get_rng_state(), "history": history, "best": best, "best_state": best_state,
-                 "stale": stale, "done": done}  # fmt: skip
+                 "stale": stale, "done": done,
+                 "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None}  # fmt: skip
             io.write_bytes(state_path, io.torch_bytes(s))
     bar.close()
     if best_state is not None:
@@ -708,14 +807,15 @@ def fit_encoders(x_train: np.ndarray, targets: dict[str, np.ndarray], x_test: np
                  state_dir: str | Path | None = None) -> dict[str, tuple]:  # fmt: skip
     """Ridge into every target kind of ``targets`` ({kind: (n_train, D)}), and the MLP into ``mlp_kinds``.
 
-    Ridge fits all training rows (``ridge``: RidgeEncoder arguments; ``groups`` for grouped folds); the MLP trains
+    Ridge fits all training rows (``ridge``: RidgeEncoder arguments; ``groups``, the image of each row, makes its
+    cross-validation leave whole images out); the MLP trains
     on the rows not in the boolean mask ``val`` and stops early on (``x_val``, ``val_targets[kind]``), the
     held-out images' averaged responses. Returns {"ridge_<kind>" / "mlp_<kind>": (encoder, test prediction in its
     retrieval space, MLP history or None)}.
     """
     out: dict[str, tuple] = {}
     for kind, y in targets.items():
-        r = RidgeEncoder(**ridge).fit(x_train, y, groups=groups if ridge.get("cv") else None)
+        r = RidgeEncoder(**ridge).fit(x_train, y, groups=groups)
         out[f"ridge_{kind}"] = (r, r.predict(x_test), None)
         if mlp is None or kind not in mlp_kinds:
             continue
@@ -740,7 +840,7 @@ def ridge_learning_curve(x_train: np.ndarray, y_train: np.ndarray, ids: np.ndarr
         if n < 3:
             continue
         keep = np.isin(ids, uniq[:n])
-        r = RidgeEncoder(**(ridge or {})).fit(x_train[keep], y_train[keep])
+        r = RidgeEncoder(**(ridge or {})).fit(x_train[keep], y_train[keep], groups=ids[keep])
         out["n"].append(n)
         out["top1"].append(metrics.retrieval(r.predict(x_test), y_test, seed=seed)["image"])
     return out

@@ -28,6 +28,8 @@ def retrieval(brain: np.ndarray, image: np.ndarray, n: int = 300, draws: int = 3
     retrieval"). With fewer than ``n`` samples every draw uses all of them. Chance is 1/n.
     """
     _check_pair(brain, image, "retrieval")
+    if n < 2 or draws < 1:
+        raise ValueError(f"retrieval: n={n}, draws={draws}: expected n >= 2 and draws >= 1")
     b, v = _unit(brain), _unit(image)
     n = min(n, len(b))
     rng = np.random.default_rng(seed)
@@ -86,15 +88,19 @@ def pearson_per_column(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
     return np.where(den > 0, (p * t).sum(0) / np.where(den > 0, den, 1), 0.0)
 
 
-def summary(pred: np.ndarray, true: np.ndarray, n: int = 300, draws: int = 30, seed: int = 0) -> dict:
-    """The encoder metrics in one dict: retrieval both ways, 2-way identification, mean cosine and Pearson r."""
+def summary(pred: np.ndarray, true: np.ndarray, n: int = 300, draws: int = 30, seed: int = 0,
+            regression: np.ndarray | None = None) -> dict:  # fmt: skip
+    """The encoder metrics in one dict: retrieval both ways and 2-way identification of ``pred``, mean cosine and
+    Pearson r of ``regression`` when given (e.g. an MLP's regression head, where ``pred`` is its contrastive
+    projection, which is not trained to equal the target), else of ``pred``."""
     ret = retrieval(pred, true, n, draws, seed)
+    reg = pred if regression is None else regression
     return {
         "img_retrieval_top1": ret["image"],
         "brain_retrieval_top1": ret["brain"],
         "retrieval_n": ret["n"],
         "chance": ret["chance"],
         "two_way": two_way_identification(pred, true),
-        "cosine": float(cosine_per_sample(pred, true).mean()),
-        "pearson": float(pearson_per_sample(pred, true).mean()),
+        "cosine": float(cosine_per_sample(reg, true).mean()),
+        "pearson": float(pearson_per_sample(reg, true).mean()),
     }

@@ -152,6 +152,15 @@ def prepare_cached(ds: NSD, subject, roi="nsdgeneral", sessions=None, *, cache_d
     return data, path, False
 
 
+def standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    """Z-score each column with the training rows' mean and standard deviation; the same transform applied to
+    ``others`` (constant columns become 0). Returns [train, *others] as float32."""
+    mu = train.mean(0, dtype=np.float64)
+    sd = train.std(0, dtype=np.float64)
+    sd = np.where(sd > 0, sd, np.inf)
+    return [((a - mu) / sd).astype(np.float32) for a in (train, *others)]
+
+
 def first_repeat(x: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The first row of each id, ordered by id: a single-trial test set with one trial per image."""
     uniq, first = np.unique(ids, return_index=True)

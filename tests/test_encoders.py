@@ -78,11 +78,12 @@ def test_ridge_one_target_no_intercept_and_chunks():
 
 def test_ridge_save_load_roundtrip(tmp_path):
     x, y = _data(40, 10, 3)
-    enc = RidgeEncoder(alphas=[1.0, 100.0], alpha_per_target=True, device="cpu").fit(x, y)
+    enc = RidgeEncoder(alphas=np.array([1.0, 100.0]), alpha_per_target=True, cv=np.int64(3), device="cpu")
+    enc.fit(x, y)
     back = RidgeEncoder.load(enc.save(tmp_path / "r.npz"))
     np.testing.assert_array_equal(back.predict(x), enc.predict(x))
     np.testing.assert_array_equal(back.alpha_, enc.alpha_)
-    assert back.get_params() == enc.get_params() | {"alphas": tuple(enc.alphas)}
+    assert back.get_params() == enc.get_params() | {"alphas": (1.0, 100.0), "cv": 3}
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     with pytest.raises(EncoderError, match="bad.npz"):
         RidgeEncoder.load(tmp_path / "bad.npz")
@@ -90,7 +91,14 @@ def test_ridge_save_load_roundtrip(tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [({"alphas": [-1.0]}, "alphas"), ({"cv": 1}, "cv=1"), ({"dtype": "float16"}, "dtype")],
+    [
+        ({"alphas": [-1.0]}, "alphas"),
+        ({"alphas": "abc"}, "alphas"),
+        ({"cv": 1}, "cv=1"),
+        ({"dtype": "float16"}, "dtype"),
+        ({"chunk_size": 0}, "chunk_size=0"),
+        ({"chunk_size": -5}, "chunk_size=-5"),
+    ],
 )
 def test_ridge_bad_parameters(kwargs, match):
     x, y = _data(20, 4, 2)
@@ -279,3 +287,66 @@ def test_fit_encoders_and_learning_curve():
     assert out["mlp_image"][2]["loss"] and out["ridge_image"][2] is None
     curve = encoders.ridge_learning_curve(x, y, ids, x_img, y_img, (0.1, 0.5, 1.0), ridge, seed=0)
     assert curve["n"] == [8, 40, 80] and curve["top1"][-1] >= curve["top1"][0]
+
+
+def _fmri_like(n, p, t, seed=0):
+    """Low-rank signal plus noise with a clustered spectrum, z-scored: where float32 eigenvectors go wrong."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, 50))
+    x = z @ rng.normal(size=(50, p)) + 3 * rng.normal(size=(n, p))
+    x = (x - x.mean(0)) / x.std(0)
+    y = z @ rng.normal(size=(50, t)) + rng.normal(size=(n, t))
+    return x.astype(np.float32), y.astype(np.float32)
+
+
+@pytest.mark.parametrize("n,p", [(900, 400), (300, 700)])
+def test_ridge_float32_on_a_clustered_spectrum_matches_sklearn(n, p):
+    x, y = _fmri_like(n, p, 6)
+    enc = RidgeEncoder(alphas=np.logspace(0, 5, 11), dtype="float32", device="cpu").fit(x, y)
+    ref = Ridge(alpha=enc.alpha_).fit(x.astype(np.float64), y.astype(np.float64))
+    xt, _ = _fmri_like(50, p, 6, seed=1)
+    assert _rel(enc.predict(xt), ref.predict(xt.astype(np.float64))) < 1e-4
+
+
+@pytest.mark.parametrize("n,p", [(60, 12), (45, 80)])  # primal and dual
+def test_ridge_leave_one_group_out_equals_explicit_refits(n, p):
+    x, y = _data(n, p, 3)
+    groups = np.random.default_rng(5).integers(0, n // 2, n)  # groups of 1..several rows, in any order
+    alphas = [0.5, 20.0, 800.0]
+    enc = RidgeEncoder(alphas=alphas, dtype="float64", device="cpu", chunk_size=7).fit(x, y, groups=groups)
+    want = np.zeros((3, 3))
+    for g in np.unique(groups):
+        out = groups == g
+        for a, alpha in enumerate(alphas):
+            want[a] += ((y[out] - Ridge(alpha=alpha).fit(x[~out], y[~out]).predict(x[out])) ** 2).sum(0)
+    np.testing.assert_allclose(enc.cv_mse_, want / n, rtol=1e-8)
+
+
+def test_ridge_dual_loo_equals_explicit_leave_one_out():
+    x, y = _data(20, 35, 2)
+    enc = RidgeEncoder(alphas=[3.0], dtype="float64", device="cpu", chunk_size=6).fit(x, y)
+    res = [y[i] - Ridge(alpha=3.0).fit(np.delete(x, i, 0), np.delete(y, i, 0)).predict(x[i : i + 1])[0]
+           for i in range(len(x))]  # fmt: skip
+    np.testing.assert_allclose(enc.cv_mse_[0], (np.array(res) ** 2).mean(0), rtol=1e-9)
+
+
+def test_mlp_bad_validation_and_config_are_refused_before_training():
+    x, y, x_img, y_img = _brain(n_img=30)
+    cfg = MLPConfig(width=8, depth=1, proj_width=8, epochs=1, batch_size=10)
+    with pytest.raises(EncoderError, match="x_val and y_val"):
+        train_mlp(x, y, cfg, x_img, None, device="cpu")
+    with pytest.raises(EncoderError, match=r"x_val \(30, 59\)"):
+        train_mlp(x, y, cfg, x_img[:, :-1], y_img, device="cpu")
+    for bad in ({"val_every": 0}, {"patience": -1}, {"pct_start": 0.0}, {"lr": -1.0}):
+        with pytest.raises(EncoderError, match=next(iter(bad))):
+            MLPConfig(**bad).check()
+
+
+def test_summary_scores_regression_output_when_given():
+    rng = np.random.default_rng(0)
+    true = rng.normal(size=(20, 16))
+    proj = true + 0.3 * rng.normal(size=true.shape)  # a retrieval space that only approximates the target
+    s = metrics.summary(proj, true, regression=true)
+    plain = metrics.summary(proj, true)
+    assert s["img_retrieval_top1"] == plain["img_retrieval_top1"] and s["two_way"] == plain["two_way"]
+    assert s["cosine"] == pytest.approx(1.0) and s["pearson"] == pytest.approx(1.0) and plain["cosine"] < 0.99

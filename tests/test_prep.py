@@ -166,3 +166,13 @@ def test_cache_key_treats_explicit_defaults_as_omitted(tiny):
     assert prep.cache_key(tiny, 1, "V1", None, average_test=False) != k
     with pytest.raises(ValueError, match="average_tset"):
         prep.cache_key(tiny, 1, "V1", None, average_tset=False)
+
+
+def test_standardise_uses_training_statistics():
+    rng = np.random.default_rng(0)
+    tr, te = rng.normal(3, 2, (50, 4)), rng.normal(3, 2, (10, 4))
+    tr[:, 2] = 7.0  # constant column
+    a, b = prep.standardise(tr, te)
+    np.testing.assert_allclose(a[:, :2], stats.zscore(tr[:, :2]), atol=1e-5)
+    np.testing.assert_allclose(b[:, 0], (te[:, 0] - tr[:, 0].mean()) / tr[:, 0].std(), atol=1e-5)
+    assert (a[:, 2] == 0).all() and (b[:, 2] == 0).all()
