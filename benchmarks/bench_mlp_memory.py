@@ -16,16 +16,10 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
+
+from _memory import reset_peak, status_kib
 
 GOAL_GB = 16.0
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
 
 
 def child(batch: int, steps: int, device: str, voxels: int, width: int, depth: int, out_dim: int) -> dict:
@@ -34,9 +28,7 @@ def child(batch: int, steps: int, device: str, voxels: int, width: int, depth: i
 
     from lib import encoders, runtime
 
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    base = _status_kib("VmRSS")
+    base = reset_peak()
     dev = torch.device(runtime.pick_device(device))
     cfg = encoders.MLPConfig(
         width=width, depth=depth, proj_width=2048, batch_size=batch, bimixco=1.0, softclip=0.0
@@ -67,7 +59,7 @@ def child(batch: int, steps: int, device: str, voxels: int, width: int, depth: i
     out = {
         "device": str(dev),
         "params": sum(p.numel() for p in model.parameters()),
-        "peak_rss_gb": (_status_kib("VmHWM") - base) / 2**20,
+        "peak_rss_gb": (status_kib("VmHWM") - base) / 2**20,
         "step_seconds": times,
     }
     if dev.type == "cuda":

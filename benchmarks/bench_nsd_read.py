@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _memory import reset_peak, status_kib
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "data" / "bench"
@@ -71,20 +72,6 @@ def read_plain() -> np.ndarray:
     return (np.transpose(whole, (0, 3, 2, 1))[:, mask] / np.float32(300)).astype(np.float32)
 
 
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise KeyError(field)
-
-
-def _reset_peak() -> int:
-    """Reset the kernel's peak-RSS mark to the current RSS (Linux: clear_refs 5); return the current RSS in KiB."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    return _status_kib("VmRSS")
-
-
 def child(method: str, repeats: int) -> None:
     """Run one method ``repeats`` times in this process; print JSON with times and the peak memory added."""
     import h5py  # noqa: F401 - imported before the baseline, as both methods use it
@@ -94,11 +81,11 @@ def child(method: str, repeats: int) -> None:
     fn = {"lib": read_lib, "plain": read_plain}[method]
     times, added = [], []
     for _ in range(repeats):
-        base = _reset_peak()
+        base = reset_peak()
         t0 = time.perf_counter()
         out = fn()
         times.append(time.perf_counter() - t0)
-        added.append(_status_kib("VmHWM") - base)
+        added.append(status_kib("VmHWM") - base)
         np.save(BENCH / f"out_{method}.npy", out[:, :500])  # a slice, for the equality check
         del out
     print(json.dumps({"times": times, "peak_kib": max(added)}))

@@ -27,13 +27,13 @@ class EncoderError(ValueError):
 
 
 def _eigh(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigen-decomposition of a symmetric float64 matrix, overwriting it on CPU (LAPACK dsyevr: no N x N
-    workspace besides the eigenvectors)."""
+    """Eigen-decomposition of a symmetric matrix. On CPU LAPACK's divide and conquer (syevd) overwrites ``g``
+    with the eigenvectors (peak: the matrix and a workspace of twice its size); on GPU torch's."""
     if g.device.type == "cpu":
         import scipy.linalg
 
         # g is symmetric, so its transpose is the Fortran-ordered matrix LAPACK wants, without a copy
-        w, v = scipy.linalg.eigh(g.numpy().T, overwrite_a=True, driver="evr", check_finite=False)
+        w, v = scipy.linalg.eigh(g.numpy().T, overwrite_a=True, driver="evd", check_finite=False)
         return torch.from_numpy(w), torch.from_numpy(v)
     return torch.linalg.eigh(g)
 
@@ -55,8 +55,9 @@ class _Decomposition:
 
     primal (p <= n): Xc'Xc = V diag(s) V', coef(a) = V diag(1/(s+a)) V'Xc'Yc.
     dual (p > n): XcXc' = U diag(s) U', coef(a) = Xc'U diag(1/(s+a)) U'Yc.
-    The Gram matrix is accumulated and decomposed in float64 whatever ``dtype`` (float32 eigenvectors of a
-    clustered spectrum lose orthogonality); the eigenvectors are then kept in ``dtype``.
+    Everything runs in ``dtype``; the final coefficients get iterative refinement with float64 residuals
+    (:meth:`coef` with ``x``), so float32 fits match a float64 solution to about 1e-6 even where the spectrum
+    is ill-conditioned.
     """
 
     def __init__(self, x: np.ndarray, y: np.ndarray, rows: np.ndarray | None, dtype: torch.dtype,
@@ -70,26 +71,29 @@ class _Decomposition:
         self.y_mean = self._mean(y, rows) if fit_intercept else zeros(y.shape[1])
         self.primal = self.p <= self.n
         if self.primal:
-            g = torch.zeros(self.p, self.p, dtype=torch.float64, device=device)
-            xty = torch.zeros(self.p, y.shape[1], dtype=torch.float64, device=device)
+            g = torch.zeros(self.p, self.p, dtype=dtype, device=device)
+            self.xty = torch.zeros(self.p, y.shape[1], dtype=torch.float64, device=device)
             for xc, yc in self._chunks(x, y, np.arange(self.n)):
-                g += (xc.T @ xc).double()  # each chunk's product in dtype, the sum in float64
-                xty += (xc.T @ yc).double()
-            s, v = _eigh(g)  # g is overwritten on CPU
+                g.addmm_(xc.T, xc)
+                self.xty += (xc.T @ yc).double()
+            s, self.v = _eigh(g)  # g is overwritten on CPU
             del g
-            v = v.to(device)
-            self.q = (v.T @ xty).to(dtype)  # (p, T)
-            self.s = s.to(device, dtype).clamp_min(0)
-            self.v = v.to(dtype)
-            del v
+            self.v = self.v.to(device)
+            self.q = self.v.T @ self.xty.to(dtype)  # (p, T)
         else:
-            xc = self._rows(x, rows) - self.x_mean
-            s, u = _eigh((xc @ xc.T).double())
-            self.s = s.to(device, dtype).clamp_min(0)
-            self.u = u.to(device, dtype)
-            del u
-            self.xc = xc
-            self.q = self.u.T @ (self._rows(y, rows) - self.y_mean)  # (n, T)
+            k = torch.zeros(self.n, self.n, dtype=dtype, device=device)
+            for lo, hi in _spans(
+                self.p, max(1, _CHUNK_ELEMENTS // self.n), None
+            ):  # column blocks: no n x p copy
+                xc = torch.as_tensor(np.asarray(x[rows, lo:hi]), device=device).to(dtype) - self.x_mean[lo:hi]
+                k.addmm_(xc, xc.T)
+            del xc
+            s, self.u = _eigh(k)  # k is overwritten on CPU
+            del k
+            self.u = self.u.to(device)
+            self.yc = self._rows(y, rows) - self.y_mean
+            self.q = self.u.T @ self.yc  # (n, T)
+        self.s = s.to(device, dtype).clamp_min(0)
 
     def _rows(self, a: np.ndarray, rows: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(a[rows]), device=self.device).to(self.dtype)
@@ -106,12 +110,40 @@ class _Decomposition:
             r = self.rows[positions[lo:hi]]
             yield self._rows(x, r) - self.x_mean, self._rows(y, r) - self.y_mean
 
-    def coef(self, alphas: torch.Tensor) -> torch.Tensor:
-        """(p, T) coefficients; ``alphas`` is (T,) (one per target)."""
+    def _xt(self, x: np.ndarray, c: torch.Tensor) -> torch.Tensor:
+        """Xc' c (p x T), reading X in row chunks."""
+        out = torch.zeros(self.p, c.shape[1], dtype=torch.float64, device=self.device)
+        for lo, hi in _spans(self.n, self.chunk, None):
+            out += ((self._rows(x, self.rows[lo:hi]) - self.x_mean).T @ c[lo:hi]).double()
+        return out
+
+    def _xw(self, x: np.ndarray, w: torch.Tensor) -> torch.Tensor:
+        """Xc w (n x T), reading X in row chunks."""
+        return torch.cat(
+            [
+                (self._rows(x, self.rows[lo:hi]) - self.x_mean) @ w
+                for lo, hi in _spans(self.n, self.chunk, None)
+            ]
+        )
+
+    def coef(self, alphas: torch.Tensor, x: np.ndarray, refine: int = 0) -> torch.Tensor:
+        """(p, T) coefficients; ``alphas`` is (T,) (one per target); ``x`` is the data of the fit. ``refine``
+        steps of iterative refinement: the residual of the normal equations in float64, corrected through the
+        decomposition (float32 fits then match a float64 solution to about 1e-6)."""
         w = 1 / (self.s[:, None] + alphas[None, :])  # (r, T)
+        a64 = alphas.double()[None, :]
         if self.primal:
-            return self.v @ (self.q * w)
-        return self.xc.T @ (self.u @ (self.q * w))
+            coef = self.v @ (self.q * w)
+            for _ in range(refine):
+                r = self.xty - self._xt(x, self._xw(x, coef)) - coef.double() * a64  # X'Y - (X'X + a) W
+                coef = coef + self.v @ ((self.v.T @ r.to(self.dtype)) * w)
+            return coef
+        c = self.u @ (self.q * w)  # (n, T): coef = Xc' c with (XcXc' + a) c = Yc
+        for _ in range(refine):
+            xtc = self._xt(x, c).to(self.dtype)
+            r = self.yc.double() - self._xw(x, xtc).double() - c.double() * a64
+            c = c + self.u @ ((self.u.T @ r.to(self.dtype)) * w)
+        return self._xt(x, c).to(self.dtype)
 
     def loo_sse(self, x: np.ndarray, y: np.ndarray, alphas: torch.Tensor, groups: np.ndarray | None = None):
         """(A, T) sums of squared leave-one-out residuals, exact, with an unpenalised intercept; with
@@ -128,7 +160,7 @@ class _Decomposition:
         if self.primal:
             pieces = ((xc @ self.v, yc) for xc, yc in self._chunks(x, y, order, bounds))
         else:
-            yc_all = self.u @ self.q  # the centred targets (U is a full orthonormal basis)
+            yc_all = self.yc
             pieces = (
                 (self.u[order[lo:hi]], yc_all[order[lo:hi]]) for lo, hi in _spans(self.n, self.chunk, bounds)
             )
@@ -244,7 +276,7 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
                 xt = d._rows(x, test) - d.x_mean
                 yt = d._rows(y2, test) - d.y_mean
                 for a in range(len(alphas)):
-                    res = yt - xt @ d.coef(alphas[a].expand(y2.shape[1]))
+                    res = yt - xt @ d.coef(alphas[a].expand(y2.shape[1]), x)
                     sse[a] += (res * res).sum(0, dtype=torch.float64)
                 del d
             dec = _Decomposition(x, y2, None, dt, dev, self.chunk_size, self.fit_intercept)
@@ -254,7 +286,7 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
         else:
             best = mse.mean(1).argmin().expand(y2.shape[1])
         chosen = alphas[best]
-        coef = dec.coef(chosen)  # (p, T)
+        coef = dec.coef(chosen, x, refine=2)  # (p, T)
         intercept = dec.y_mean - dec.x_mean @ coef
         self.coef_ = coef.T.cpu().numpy()
         self.intercept_ = intercept.cpu().numpy()
