@@ -145,6 +145,22 @@ class _Decomposition:
             c = c + self.u @ ((self.u.T @ r.to(self.dtype)) * w)
         return self._xt(x, c).to(self.dtype)
 
+    def held_out(self, x: np.ndarray, test: np.ndarray, alphas: torch.Tensor):
+        """Centred predictions of the rows ``test`` of ``x`` (not in the fit), one (n_test, T) tensor per alpha;
+        the rows are projected once (Xt V, or the kernel Xt Xc'), each alpha then costs one small product."""
+        xt = self._rows(x, test) - self.x_mean
+        if self.primal:
+            f, basis = xt @ self.v, None
+        else:
+            f = torch.zeros(len(test), self.n, dtype=self.dtype, device=self.device)
+            for lo, hi in _spans(self.p, max(1, _CHUNK_ELEMENTS // self.n), None):
+                xc = torch.as_tensor(np.asarray(x[self.rows, lo:hi]), device=self.device).to(self.dtype)
+                f.addmm_(xt[:, lo:hi], (xc - self.x_mean[lo:hi]).T)
+            basis = self.u
+        for a in alphas:
+            w = 1 / (self.s + a)
+            yield f @ (self.q * w[:, None]) if basis is None else f @ (basis @ (self.q * w[:, None]))
+
     def loo_sse(self, x: np.ndarray, y: np.ndarray, alphas: torch.Tensor, groups: np.ndarray | None = None):
         """(A, T) sums of squared leave-one-out residuals, exact, with an unpenalised intercept; with
         ``groups`` (one label per row), leave-one-group-out: e_g = (I - H_gg)^-1 (y_g - fit_g)."""
@@ -273,10 +289,9 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
             sse = torch.zeros(len(alphas), y2.shape[1], dtype=torch.float64, device=dev)
             for train, test in _folds(n, self.cv, groups):
                 d = _Decomposition(x, y2, train, dt, dev, self.chunk_size, self.fit_intercept)
-                xt = d._rows(x, test) - d.x_mean
                 yt = d._rows(y2, test) - d.y_mean
-                for a in range(len(alphas)):
-                    res = yt - xt @ d.coef(alphas[a].expand(y2.shape[1]), x)
+                for a, pred in enumerate(d.held_out(x, test, alphas)):
+                    res = yt - pred
                     sse[a] += (res * res).sum(0, dtype=torch.float64)
                 del d
             dec = _Decomposition(x, y2, None, dt, dev, self.chunk_size, self.fit_intercept)

@@ -52,8 +52,9 @@ def test_ridge_loo_errors_equal_explicit_leave_one_out():
         np.testing.assert_allclose(enc.cv_mse_[a], (np.array(res) ** 2).mean(0), rtol=1e-9)
 
 
-def test_ridge_kfold_with_groups_equals_explicit_folds():
-    x, y = _data(60, 12, 3)
+@pytest.mark.parametrize("p", [12, 90])  # primal and dual folds
+def test_ridge_kfold_with_groups_equals_explicit_folds(p):
+    x, y = _data(60, p, 3)
     groups = np.repeat(np.arange(20), 3)  # three repeats of each "image" stay in one fold
     alphas = [0.1, 10.0, 1000.0]
     enc = RidgeEncoder(alphas=alphas, cv=4, dtype="float64", device="cpu").fit(x, y, groups=groups)
