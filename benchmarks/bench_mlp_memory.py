@@ -34,8 +34,7 @@ def child(batch: int, steps: int, device: str, voxels: int, width: int, depth: i
         width=width, depth=depth, proj_width=2048, batch_size=batch, bimixco=1.0, softclip=0.0
     )
     model = encoders.ResidualMLP(voxels, out_dim, width, depth, cfg.dropout, True, cfg.proj_width).to(dev)
-    opt = runtime.adamw([p for p in model.parameters() if p.ndim >= 2], [p for p in model.parameters() if p.ndim < 2],
-                        cfg.lr, cfg.weight_decay)  # fmt: skip
+    opt = runtime.adamw_for(model, cfg.lr, cfg.weight_decay)
     rng = np.random.default_rng(0)
     x = torch.randn(batch, voxels, device=dev)
     y = torch.randn(batch, out_dim, device=dev)

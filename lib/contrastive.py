@@ -81,10 +81,7 @@ def train_clip(
             "device": dev.type,
         }
     )
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or "logit_scale" in name or "embedding" in name else decay).append(p)
-    opt = runtime.adamw(decay, no_decay, cfg.lr, cfg.weight_decay)
+    opt = runtime.adamw_for(model, cfg.lr, cfg.weight_decay, no_decay=("logit_scale", "embedding"))
     rng = np.random.default_rng(cfg.seed)
     history: dict = {"loss": [], "logit_scale": [], "eval_step": [], "seconds": 0.0}
     step = 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -188,14 +187,11 @@ def train_dino(
         cfg.out_dim, cfg.n_global, cfg.student_temp, cfg.teacher_temp, cfg.warmup_teacher_temp,
         int(round(cfg.teacher_temp_warmup_frac * cfg.steps)), cfg.center_momentum,
     ).to(dev)  # fmt: skip
-    params = [p for p in student.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    opt = runtime.adamw(decay, no_decay, cfg.lr, cfg.weight_decay)
+    opt = runtime.adamw_for(student, cfg.lr, cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    h = hashlib.sha256(x.detach().cpu().numpy().tobytes()).hexdigest()[:16]
-    key = io.content_key({"config": dataclasses.asdict(cfg), "data": h, "device": dev.type})
+    key = io.content_key({"config": dataclasses.asdict(cfg), "data": io.array_key(x.detach().cpu().numpy()),
+                          "device": dev.type})  # fmt: skip
     history: dict = {k: [] for k in ("loss", "teacher_entropy", "batch_entropy", "momentum", "teacher_temp")}
     history["seconds"] = 0.0
     step = 0

@@ -591,17 +591,6 @@ def mlp_loss(model: ResidualMLP, x: torch.Tensor, y: torch.Tensor, cfg: MLPConfi
     return total, {k: float(v.detach()) for k, v in terms.items()}
 
 
-def _key_of_arrays(*arrays: np.ndarray) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for a in arrays:
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()[:16]
-
-
 def train_mlp(x_train: np.ndarray, y_train: np.ndarray, cfg: MLPConfig, x_val: np.ndarray | None = None,
               y_val: np.ndarray | None = None, device: str = "auto", state_dir: str | Path | None = None,
               stop_after: int | None = None) -> tuple[MLPEncoder, dict]:  # fmt: skip
@@ -644,16 +633,13 @@ def train_mlp(x_train: np.ndarray, y_train: np.ndarray, cfg: MLPConfig, x_val: n
     key = io.content_key(
         {
             "config": dataclasses.asdict(cfg),
-            "data": _key_of_arrays(x_train, y_train, *((x_val, y_val) if has_val else ())),
+            "data": io.array_key(x_train, y_train, *((x_val, y_val) if has_val else ())),
             "device": dev.type,
         }
     )
     torch.manual_seed(cfg.seed)
     model = _build(cfg, v, d).to(dev)
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim < 2 or name == "logit_scale" else decay).append(p)
-    opt = runtime.adamw(decay, no_decay, cfg.lr, cfg.weight_decay)
+    opt = runtime.adamw_for(model, cfg.lr, cfg.weight_decay)
     steps_per_epoch = n // cfg.batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=cfg.pct_start

@@ -66,6 +66,18 @@ def content_key(obj: Any, n: int = 16) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:n]
 
 
+def array_key(*arrays, n: int = 16) -> str:
+    """Content hash of arrays (dtype, shape and bytes of each), read in place without a copy when contiguous."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()[:n]
+
+
 def file_fingerprint(path: str | os.PathLike) -> dict:
     """Identity of a file for cache keys: path, size and modification time (cheap; no full read)."""
     st = Path(path).stat()

@@ -210,12 +210,9 @@ def split_half_reliability(x: np.ndarray, ids: np.ndarray) -> np.ndarray:
     keys = sorted(second)
     if len(keys) < 3:
         raise ValueError(f"split-half reliability needs >= 3 images shown twice, got {len(keys)}")
-    a = x[[first[k] for k in keys]].astype(np.float64)
-    b = x[[second[k] for k in keys]].astype(np.float64)
-    a -= a.mean(0)
-    b -= b.mean(0)
-    den = np.sqrt((a * a).sum(0) * (b * b).sum(0))
-    return np.where(den > 0, (a * b).sum(0) / np.where(den > 0, den, 1), 0.0)
+    from .metrics import pearson_per_column
+
+    return pearson_per_column(x[[first[k] for k in keys]], x[[second[k] for k in keys]])
 
 
 def zscore_effect(ds: NSD, subject, roi="nsdgeneral", sessions=None) -> dict:

@@ -68,3 +68,13 @@ def adamw(decay: list, no_decay: list, lr: float, weight_decay: float):
 
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, foreach=True)
+
+
+def adamw_for(module, lr: float, weight_decay: float, no_decay: tuple[str, ...] = ()):
+    """:func:`adamw` over the trainable parameters of ``module``: weight decay on matrices and kernels, none on
+    vectors and scalars (biases, norms, temperatures) or on parameters whose name contains one of ``no_decay``."""
+    decay, flat = [], []
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            (flat if p.ndim < 2 or any(s in name for s in no_decay) else decay).append(p)
+    return adamw(decay, flat, lr, weight_decay)

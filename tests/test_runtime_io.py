@@ -57,3 +57,31 @@ def test_content_key_ignores_key_order_and_sees_values():
     assert io.content_key({"a": 1, "b": [1, 2]}) == io.content_key({"b": [1, 2], "a": 1})
     assert io.content_key({"a": 1}) != io.content_key({"a": 2})
     assert io.content_key({"a": np.int64(1)}) == io.content_key({"a": 1})
+
+
+def test_array_key_sees_content_dtype_and_shape():
+    import numpy as np
+
+    from lib.io import array_key
+
+    a = np.arange(12, dtype=np.float32)
+    assert array_key(a) == array_key(a.copy()) == array_key(a[::-1][::-1])
+    b = a.copy()
+    b[3] += 1
+    assert len({array_key(a), array_key(b), array_key(a.reshape(3, 4)), array_key(a.astype(np.float64))}) == 4
+    assert array_key(a, a) != array_key(a)
+
+
+def test_adamw_for_decays_matrices_only_and_named_exceptions():
+    import torch
+
+    from lib.runtime import adamw_for
+
+    m = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4), torch.nn.Embedding(5, 4))
+    m[1].weight.requires_grad_(False)
+    opt = adamw_for(m, 1e-3, 0.1, no_decay=("2.",))
+    decay, flat = (g["params"] for g in opt.param_groups)
+    assert [p.shape for p in decay] == [(4, 3)] and opt.param_groups[0]["weight_decay"] == 0.1
+    assert {tuple(p.shape) for p in flat} == {(4,), (5, 4)} and len(
+        flat
+    ) == 3  # biases + embedding, frozen left out
