@@ -52,7 +52,7 @@ def test_ridge_loo_errors_equal_explicit_leave_one_out():
         np.testing.assert_allclose(enc.cv_mse_[a], (np.array(res) ** 2).mean(0), rtol=1e-9)
 
 
-@pytest.mark.parametrize("p", [12, 90])  # primal and dual folds
+@pytest.mark.parametrize("p", [12, 50, 90])  # primal folds, dual folds with a primal refit, dual
 def test_ridge_kfold_with_groups_equals_explicit_folds(p):
     x, y = _data(60, p, 3)
     groups = np.repeat(np.arange(20), 3)  # three repeats of each "image" stay in one fold
@@ -351,3 +351,13 @@ def test_summary_scores_regression_output_when_given():
     plain = metrics.summary(proj, true)
     assert s["img_retrieval_top1"] == plain["img_retrieval_top1"] and s["two_way"] == plain["two_way"]
     assert s["cosine"] == pytest.approx(1.0) and s["pearson"] == pytest.approx(1.0) and plain["cosine"] < 0.99
+
+
+def test_ridge_float32_refines_an_ill_conditioned_solve():
+    # alpha 1 on this spectrum: condition ~7.6e3, float32 round-off x condition ~5e-4 > 1e-4, so the fit gets a
+    # step of iterative refinement; unrefined, this dual solve is ~2e-5 off a float64 solution, refined ~2e-6
+    x, y = _fmri_like(300, 700, 6)
+    enc = RidgeEncoder(alphas=[1.0], dtype="float32", device="cpu").fit(x, y)
+    ref = Ridge(alpha=1.0).fit(x.astype(np.float64), y.astype(np.float64))
+    xt, _ = _fmri_like(50, 700, 6, seed=1)
+    assert _rel(enc.predict(xt), ref.predict(xt.astype(np.float64))) < 1e-5
