@@ -198,10 +198,7 @@ def train_dino(
     history["state_key"] = key
     state_path, state = io.training_state(state_dir, "dino-state", TRAIN_STATE_FORMAT, key)
     if state is not None:
-        student.load_state_dict(state["student"])
-        teacher.load_state_dict(state["teacher"])
-        crit.load_state_dict(state["loss"])
-        opt.load_state_dict(state["optimizer"])
+        io.restore(state, student=student, teacher=teacher, loss=crit, optimizer=opt)
         gen.set_state(state["torch_rng"])
         rng.bit_generator.state = state["rng"]
         history, step = state["history"], state["step"]

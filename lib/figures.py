@@ -183,6 +183,13 @@ def _smooth(y: np.ndarray, n: int) -> np.ndarray:
     return np.convolve(y, np.ones(n) / n, mode="valid")
 
 
+def _smoothed(x, y, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) with y as running means of ``n`` points, x aligned to each window's last point."""
+    y = _smooth(np.asarray(y, float), n)
+    x = np.asarray(x)
+    return x[len(x) - len(y) :], y
+
+
 def training_curves(clip: dict | None, dino: dict | None, chance: float | None = None) -> plt.Figure:
     """CLIP loss, temperature and held-out retrieval over steps; DINO loss and teacher entropies over steps."""
     panels = (3 if clip else 0) + (2 if dino else 0)
@@ -443,5 +450,97 @@ def predicted_vs_true(preds: dict[str, np.ndarray], true: np.ndarray, n_points: 
         axes[1, k].hist(cos, bins=30, color=f"C{k}", alpha=0.8)
         axes[1, k].set(xlabel="cosine(predicted, true) per test image", ylabel="images",
                        title=f"mean {cos.mean():.2f}")  # fmt: skip
+    fig.tight_layout()
+    return fig
+
+
+def reconstruction_grid(truth: np.ndarray, variants: dict[str, np.ndarray], n: int = 8,
+                        captions: list[str] | None = None, scores: dict[str, np.ndarray] | None = None) -> plt.Figure:  # fmt: skip
+    """Rows: test images; columns: the seen image, then each reconstruction variant ({name: uint8 images}).
+    ``scores`` ({name: per-image value}) are written under each reconstruction."""
+    cols = ["seen image", *variants]
+    n = min(n, len(truth))
+    fig, axes = plt.subplots(n, len(cols), figsize=(1.55 * len(cols), 1.6 * n), squeeze=False)
+    for r in range(n):
+        for c, name in enumerate(cols):
+            ax = axes[r, c]
+            ax.imshow(truth[r] if c == 0 else variants[name][r], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize=9)
+            if c == 0 and captions is not None:
+                ax.set_ylabel(textwrap.fill(captions[r], 22), fontsize=6, rotation=0, ha="right", va="center")
+            if c > 0 and scores is not None and name in scores:
+                ax.set_xlabel(f"{scores[name][r]:.2f}", fontsize=7, labelpad=1)
+    fig.subplots_adjust(hspace=0.25, wspace=0.05)
+    return fig
+
+
+def gan_curves(gan: dict, tuning: dict | None = None, optimisation: dict | None = None,
+               chance: float = 0.5) -> plt.Figure:  # fmt: skip
+    """GAN training losses per step (and the monitored oracle 2-way identification), the fMRI-tuning loss, and
+    the mean cosine to the target during latent optimisation."""
+    panels = 1 + (tuning is not None) + (optimisation is not None)
+    fig, axes = plt.subplots(1, panels, figsize=(4.4 * panels, 3.3), squeeze=False)
+    ax = axes[0, 0]
+    for k, key in enumerate(("loss_d", "loss_g", "itc")):
+        ax.plot(*_smoothed(gan["step"], gan[key], 20), color=f"C{k}", label=key)
+    ax.set(title="GAN training (20-step means)", xlabel="step", ylabel="loss", yscale="log")
+    if gan.get("monitor"):
+        ax2 = ax.twinx()
+        m = gan["monitor"]
+        ax2.plot([e["step"] for e in m], [e["two_way"] for e in m], "ko-", ms=3, label="oracle 2-way (test)")
+        ax2.axhline(chance, color="k", ls=":", lw=1)
+        ax2.set(ylim=(0.4, 1.0), ylabel="oracle 2-way identification")
+        ax2.legend(frameon=False, fontsize=8, loc="lower right")
+    ax.legend(frameon=False, fontsize=8, loc="upper right")
+    k = 1
+    if tuning is not None:
+        a = axes[0, k]
+        a.plot(*_smoothed(np.arange(1, len(tuning["loss"]) + 1), tuning["loss"], 10), color="C3")
+        a.set(title="fMRI tuning (conditioning path)", xlabel="step", ylabel="1 - cos(embedding, truth)")
+        k += 1
+    if optimisation is not None:
+        a = axes[0, k]
+        a.plot(np.arange(1, len(optimisation["cosine"]) + 1), optimisation["cosine"], color="C4")
+        a.set(title="latent + noise optimisation", xlabel="step", ylabel="cos(embedding, predicted)")
+    for a in axes.flat:
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def variant_scores(
+    table: dict[str, dict], chance: dict[str, float], ratios: dict | None = None
+) -> plt.Figure:
+    """Bars per reconstruction variant for each metric ({variant: {metric: value}}), chance marked; optionally
+    the oracle's and the predicted embeddings' 2-way identification against the perturbation ratio at inference
+    ({"ratio": [...], name: [...]})."""
+    names = list(table)
+    keys = list(next(iter(table.values())))
+    panels = len(keys) + (ratios is not None)
+    fig, axes = plt.subplots(1, panels, figsize=(3.3 * panels, 3.2), squeeze=False)
+    for j, key in enumerate(keys):
+        ax = axes[0, j]
+        vals = [table[v][key] for v in names]
+        ax.bar(range(len(names)), vals, color=[f"C{i}" for i in range(len(names))])
+        for i, v in enumerate(vals):
+            ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
+        if key in chance:
+            ax.axhline(chance[key], color="k", ls=":", lw=1, label="chance")
+            ax.legend(frameon=False, fontsize=7)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.set(title=key, ylim=(0, 1) if key == "two_way" else (min(0, min(vals)), max(vals) * 1.25 + 1e-3))
+        ax.grid(alpha=0.3, axis="y")
+    if ratios is not None:
+        ax = axes[0, -1]
+        for k, (name, vals) in enumerate((n, v) for n, v in ratios.items() if n != "ratio"):
+            ax.plot(ratios["ratio"], vals, "o-", color=f"C{k}", label=name)
+        ax.axhline(chance.get("two_way", 0.5), color="k", ls=":", lw=1)
+        ax.set(title="perturbation ratio at inference", xlabel="feature weight r", ylabel="2-way identification",
+               ylim=(0.4, 1.0))  # fmt: skip
+        ax.legend(frameon=False, fontsize=7)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

@@ -130,3 +130,9 @@ def training_state(
     if not isinstance(state, dict) or state.get("format") != fmt or state.get("key") != key:
         raise ValueError(f"{path}: not a {fmt} training state with key {key}; delete it to retrain")
     return path, state
+
+
+def restore(state: dict, **objects) -> None:
+    """``obj.load_state_dict(state[name])`` for each ``name=obj`` (models, optimisers, losses of a training state)."""
+    for name, obj in objects.items():
+        obj.load_state_dict(state[name])

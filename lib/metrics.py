@@ -104,3 +104,92 @@ def summary(pred: np.ndarray, true: np.ndarray, n: int = 300, draws: int = 30, s
         "cosine": float(cosine_per_sample(reg, true).mean()),
         "pearson": float(pearson_per_sample(reg, true).mean()),
     }
+
+
+# ================================================================================================================
+# low-level image metrics (MindEye's definitions)
+
+#: side both images are resized to before PixCorr and SSIM (MindEye's evaluation)
+METRIC_SIZE = 425
+
+
+def _images(a: np.ndarray, name: str):
+    import torch
+
+    x = np.asarray(a)
+    if x.ndim != 4 or x.shape[-1] != 3 or x.dtype != np.uint8:
+        raise ValueError(f"{name}: expected uint8 images (N, H, W, 3), got {x.shape} {x.dtype}")
+    return torch.as_tensor(x).permute(0, 3, 1, 2).float() / 255
+
+
+def _resized_pair(recons: np.ndarray, targets: np.ndarray, size: int, chunk: int = 32):
+    """Both batches as float tensors in [0, 1], resized to ``size`` (bilinear, as torchvision's Resize on tensors;
+    antialiased only when shrinking), yielded in chunks of ``chunk`` pairs."""
+    import torch.nn.functional as F
+
+    r, t = _images(recons, "recons"), _images(targets, "targets")
+    if len(r) != len(t) or len(r) == 0:
+        raise ValueError(
+            f"recons ({len(r)}) and targets ({len(t)}): expected the same number of images, >= 1"
+        )
+
+    def rs(x):
+        if x.shape[-2:] == (size, size):
+            return x
+        shrink = x.shape[-1] > size or x.shape[-2] > size
+        return F.interpolate(x, (size, size), mode="bilinear", align_corners=False, antialias=shrink)
+
+    for i in range(0, len(r), chunk):
+        yield rs(r[i : i + chunk]), rs(t[i : i + chunk])
+
+
+def pixcorr_per_image(recons: np.ndarray, targets: np.ndarray, size: int = METRIC_SIZE) -> np.ndarray:
+    """Pearson r over all RGB pixel values of each (reconstruction, target) pair after resizing both to
+    ``size`` x ``size``, (N,)."""
+    out = []
+    for r, t in _resized_pair(recons, targets, size):
+        r = r.flatten(1) - r.flatten(1).mean(1, keepdim=True)
+        t = t.flatten(1) - t.flatten(1).mean(1, keepdim=True)
+        den = (r.norm(dim=1) * t.norm(dim=1)).clamp_min(1e-12)
+        out.append(((r * t).sum(1) / den).double().numpy())
+    return np.concatenate(out)
+
+
+def pixcorr(recons: np.ndarray, targets: np.ndarray, size: int = METRIC_SIZE) -> float:
+    """MindEye's PixCorr: the mean of :func:`pixcorr_per_image` over pairs. Inputs: uint8 (N, H, W, 3)."""
+    return float(np.mean(pixcorr_per_image(recons, targets, size)))
+
+
+def ssim_per_image(
+    recons: np.ndarray, targets: np.ndarray, size: int = METRIC_SIZE, sigma: float = 1.5
+) -> np.ndarray:
+    """SSIM of each pair after resizing to ``size`` and converting to grey (0.2125 R + 0.7154 G + 0.0721 B):
+    Gaussian weights (``sigma``, window truncated at 3.5 sigma), population covariances, data range 1,
+    K1 0.01, K2 0.03, averaged over the pixels a full window covers; equal to scikit-image's
+    ``structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1)``."""
+    import torch
+    import torch.nn.functional as F
+
+    grey = torch.tensor([0.2125, 0.7154, 0.0721]).view(1, 3, 1, 1)
+    radius = int(3.5 * sigma + 0.5)
+    g = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float64) / sigma) ** 2)
+    g = (g / g.sum()).float()
+
+    def blur(a):  # separable, valid region only (= scikit-image's filter cropped by the window radius)
+        a = F.conv2d(a, g.view(1, 1, 1, -1))
+        return F.conv2d(a, g.view(1, 1, -1, 1))
+
+    c1, c2 = 0.01**2, 0.03**2
+    out = []
+    for r, t in _resized_pair(recons, targets, size):
+        x, y = (r * grey).sum(1, keepdim=True), (t * grey).sum(1, keepdim=True)
+        mx, my = blur(x), blur(y)
+        vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+        s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+        out.append(s.double().mean(dim=[1, 2, 3]).numpy())
+    return np.concatenate(out)
+
+
+def ssim(recons: np.ndarray, targets: np.ndarray, size: int = METRIC_SIZE) -> float:
+    """MindEye's SSIM: the mean of :func:`ssim_per_image` over pairs. Inputs: uint8 (N, H, W, 3)."""
+    return float(np.mean(ssim_per_image(recons, targets, size)))

@@ -361,3 +361,21 @@ def test_ridge_float32_refines_an_ill_conditioned_solve():
     ref = Ridge(alpha=1.0).fit(x.astype(np.float64), y.astype(np.float64))
     xt, _ = _fmri_like(50, 700, 6, seed=1)
     assert _rel(enc.predict(xt), ref.predict(xt.astype(np.float64))) < 1e-5
+
+
+def test_cross_fitted_equals_explicit_fold_fits():
+    rng = np.random.default_rng(3)
+    ids = np.repeat(np.arange(30), 2)
+    x = rng.normal(size=(60, 12))
+    y = x @ rng.normal(size=(12, 4)) + 0.3 * rng.normal(size=(60, 4))
+    got_ids, got = encoders.cross_fitted(
+        x, y, ids, folds=3, seed=1, alphas=[2.0], dtype="float64", device="cpu"
+    )
+    np.testing.assert_array_equal(got_ids, np.arange(30))
+    fold = np.random.default_rng(1).permutation(30) % 3
+    for k in range(3):
+        train = ~np.isin(ids, np.flatnonzero(fold == k))
+        ref = Ridge(alpha=2.0).fit(x[train], y[train])
+        for i in np.flatnonzero(fold == k):  # the held-out image's repeats, averaged
+            want = ref.predict(x[ids == i].mean(0, keepdims=True))[0]
+            np.testing.assert_allclose(got[i], want, rtol=1e-6, atol=1e-8)

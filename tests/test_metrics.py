@@ -52,3 +52,22 @@ def test_per_sample_and_per_column_scores_match_numpy():
     )
     with pytest.raises(ValueError, match="must be equal"):
         metrics.cosine_per_sample(p, t[:3])
+
+
+def test_pixcorr_equals_numpy_correlation_and_ssim_equals_scikit_image():
+    from skimage.color import rgb2gray
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (3, 40, 40, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-60, 60, a.shape), 0, 255).astype(np.uint8)
+    want = [np.corrcoef(a[i].ravel() / 255, b[i].ravel() / 255)[0, 1] for i in range(3)]
+    np.testing.assert_allclose(metrics.pixcorr_per_image(a, b, size=40), want, rtol=1e-6)
+    assert metrics.pixcorr(a, a, size=40) == pytest.approx(1.0)
+    ref = [structural_similarity(rgb2gray(a[i] / 255), rgb2gray(b[i] / 255), gaussian_weights=True, sigma=1.5,
+                                 use_sample_covariance=False, data_range=1.0) for i in range(3)]  # fmt: skip
+    np.testing.assert_allclose(metrics.ssim_per_image(a, b, size=40), ref, rtol=1e-5)
+    assert metrics.ssim(a, a, size=40) == pytest.approx(1.0)
+    assert metrics.ssim(a[:2], b[:2]) < 1  # resized to 425 by default
+    with pytest.raises(ValueError, match="uint8"):
+        metrics.pixcorr(a.astype(float), b)

@@ -1,0 +1,430 @@
+"""Training and using the CLIP-conditioned StyleGAN2 (:mod:`lib.stylegan2`) for reconstructions from fMRI.
+
+- :func:`train_gan`: LAFITE's language-free training on the stimuli, conditioned on their image embeddings with
+  the pseudo-feature perturbation ``normalise(r * f + (1 - r) * n)``; non-saturating loss, lazy R1, contrastive
+  terms between the embedding of the generated image and its condition (``itc``) and between the
+  discriminator's features and the condition (``itd``), EMA generator, bf16 on CUDA, tqdm, atomic resumable state.
+- :func:`tune_conditioning`: Mind Reader's fMRI tuning: only the conditioning path (every ``pre_0``, ``pre_1``,
+  ``affine_0``) is trained, with z fixed at zero, so that images generated from encoder-predicted embeddings
+  have the true stimulus embedding (plus an optional low-level pixel term).
+- :func:`optimise_latents`: stylegan2-ada's projector adapted to a target embedding: per sample, w and every noise
+  map are optimised (batched over samples) so that the generated image's embedding matches the target, with
+  the noise regulariser, renormalised noise maps, the warm-up / cosine learning-rate schedule and decaying w noise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import io, losses, runtime
+from . import stylegan2 as sg
+
+GAN_STATE_FORMAT = "lib.gan.state/1"
+
+
+class GANError(ValueError):
+    """Bad input to GAN training or inversion."""
+
+
+@dataclasses.dataclass
+class GANConfig:
+    z_dim: int = 64
+    w_dim: int = 128
+    mapping_layers: int = 2
+    channel_base: int = 4096
+    channel_max: int = 128
+    fts_hidden: int = 128  # LAFITE: 512
+    batch_size: int = 32
+    steps: int = 1000
+    lr: float = 0.0025  # Adam for G and D
+    beta1: float = 0.0  # Adam's beta1 (stylegan2-ada: 0; momentum speeds up short CPU runs)
+    r1_gamma: float | None = None  # None: stylegan2-ada's heuristic 0.0002 * res^2 / batch
+    r1_interval: int = 16  # lazy regularisation
+    adv: float = 1.0  # weight of the generator's non-saturating adversarial loss
+    itc: float = 10.0  # contrastive: embedding of the generated image vs its condition
+    itd: float = 5.0  # contrastive: discriminator features vs the condition
+    temperature: float = 0.5  # of both contrastive terms (LAFITE: 0.5)
+    rec: float = 0.0  # L1 between the generated image and its paired stimulus (0: LAFITE, adversarial only)
+    feature_ratio: float = 0.25  # LAFITE's pseudo features: normalise(r f + (1 - r) n)
+    ema_kimg: float = 5.0  # EMA half-life in thousands of images
+    ema_rampup: float = 0.05
+    crop_min: float = 0.5  # the embedding model sees a random crop of 50-100% of the generated image
+    save_every: int = 100
+    seed: int = 0
+
+    def check(self) -> None:
+        for name in ("z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max", "fts_hidden",
+                     "batch_size", "steps", "r1_interval", "save_every"):  # fmt: skip
+            v = getattr(self, name)
+            if not isinstance(v, int | np.integer) or v < 1:
+                raise GANError(f"{name}={v!r}: expected a positive integer")
+        if self.batch_size % 4:
+            raise GANError(
+                f"batch_size={self.batch_size}: expected a multiple of 4 (minibatch-stddev groups)"
+            )
+        if not 0 < self.feature_ratio <= 1:
+            raise GANError(f"feature_ratio={self.feature_ratio}: expected 0 < r <= 1")
+        if not 0 < self.crop_min <= 1:
+            raise GANError(f"crop_min={self.crop_min}: expected a fraction in (0, 1]")
+        if not 0 <= self.beta1 < 1:
+            raise GANError(f"beta1={self.beta1}: expected 0 <= beta1 < 1")
+        for name in ("lr", "adv", "itc", "itd", "temperature", "ema_kimg", "rec"):
+            if getattr(self, name) < 0:
+                raise GANError(f"{name}={getattr(self, name)}: expected >= 0")
+
+
+def perturb(f: torch.Tensor, ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """LAFITE's pseudo features: normalise(ratio * f + (1 - ratio) * n), n a random unit direction per row."""
+    n = F.normalize(torch.randn(f.shape, generator=generator), dim=-1).to(f.device, f.dtype)
+    return F.normalize(ratio * F.normalize(f, dim=-1) + (1 - ratio) * n, dim=-1)
+
+
+def build(cfg: GANConfig, resolution: int, f_dim: int) -> tuple[sg.Generator, sg.Discriminator]:
+    G = sg.Generator(
+        z_dim=cfg.z_dim, w_dim=cfg.w_dim, img_resolution=resolution,
+        mapping_kwargs={"num_layers": cfg.mapping_layers},
+        synthesis_kwargs={"channel_base": cfg.channel_base, "channel_max": cfg.channel_max, "f_dim": f_dim,
+                          "fts_hidden": cfg.fts_hidden},
+    )  # fmt: skip
+    D = sg.Discriminator(img_resolution=resolution, channel_base=cfg.channel_base, channel_max=cfg.channel_max,
+                         f_dim=f_dim)  # fmt: skip
+    return G, D
+
+
+class EmbeddingView(torch.nn.Module):
+    """Differentiable image embedding with a frozen :class:`lib.embedding.Embedder`'s image tower: images in
+    [-1, 1] (N, 3, H, W) -> L2-normalised embeddings; ``crop_min < 1`` takes a random square crop of that fraction
+    of the side or more first (LAFITE's view of a generated image)."""
+
+    def __init__(self, embedder, crop_min: float = 1.0):
+        super().__init__()
+        self.visual = embedder.model.visual
+        self.size = embedder.image_size
+        mean, std = embedder.mean_std
+        self.register_buffer("mean", mean.float())
+        self.register_buffer("std", std.float())
+        self.crop_min = crop_min
+        self.visual.requires_grad_(False).eval()
+
+    def forward(self, img: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = (img.float() + 1) / 2
+        if self.crop_min < 1:
+            h = x.shape[-1]
+            frac = self.crop_min + (1 - self.crop_min) * float(torch.rand((), generator=generator))
+            s = max(1, int(round(h * frac)))
+            top, left = (int(torch.randint(0, h - s + 1, (), generator=generator)) for _ in range(2))
+            x = x[..., top : top + s, left : left + s]
+        if x.shape[-1] != self.size:
+            x = F.interpolate(
+                x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True
+            )
+        x = (x - self.mean.to(x.device)) / self.std.to(x.device)
+        return F.normalize(self.visual(x).float(), dim=-1)
+
+
+def _autocast(dev: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
+
+
+def _contrastive(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
+    return losses.clip_loss(F.normalize(a.float(), dim=-1), F.normalize(b.float(), dim=-1), 1.0 / temperature)
+
+
+def train_gan(images: np.ndarray, features: np.ndarray, cfg: GANConfig, embedder, device: str = "auto",
+              state_dir: str | Path | None = None, stop_after: int | None = None,
+              monitor=None, monitor_every: int = 0) -> tuple[sg.Generator, sg.Discriminator, dict]:  # fmt: skip
+    """Train a conditional generator on ``images`` (uint8 (N, R, R, 3)) and their embeddings ``features``
+    ((N, D), by ``embedder``); returns (G_ema in eval mode, D, history). History: per-step ``loss_g``,
+    ``loss_d``, ``itc`` and ``r1`` (0 between lazy R1 steps), and ``seconds``; ``monitor(G_ema)`` ->
+    dict is recorded every ``monitor_every`` steps. The state is saved atomically every ``cfg.save_every``
+    steps to ``<state_dir>/gan-state-<key>.pt`` (key: configuration, data, embedder, device) and resumed from
+    there; ``stop_after`` ends this call after that many steps."""
+    cfg.check()
+    images, features = np.asarray(images), np.asarray(features, np.float32)
+    if (
+        images.ndim != 4
+        or images.shape[-1] != 3
+        or images.dtype != np.uint8
+        or images.shape[1] != images.shape[2]
+    ):
+        raise GANError(f"images {images.shape} {images.dtype}: expected uint8 (N, R, R, 3)")
+    if features.ndim != 2 or len(features) != len(images):
+        raise GANError(f"features {features.shape}: expected one row per image ({len(images)})")
+    if len(images) < cfg.batch_size:
+        raise GANError(f"batch_size={cfg.batch_size}: larger than the {len(images)} images")
+    res = images.shape[1]
+    dev = torch.device(runtime.pick_device(device))
+    key = io.content_key({"config": dataclasses.asdict(cfg), "data": io.array_key(images, features),
+                          "embedder": embedder.key, "device": dev.type})  # fmt: skip
+    torch.manual_seed(cfg.seed)
+    G, D = build(cfg, res, features.shape[1])
+    G, D = G.to(dev).train(), D.to(dev).train()
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    view = EmbeddingView(embedder, cfg.crop_min).to(dev)
+    gamma = cfg.r1_gamma if cfg.r1_gamma is not None else 0.0002 * res**2 / cfg.batch_size
+    c = cfg.r1_interval / (cfg.r1_interval + 1)  # lazy regularisation: D's Adam adjusted as stylegan2-ada
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.99), eps=1e-8)
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr * c, betas=(cfg.beta1**c, 0.99**c), eps=1e-8)
+    rng = np.random.default_rng(cfg.seed)
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    history: dict = {"step": [], "loss_g": [], "loss_d": [], "itc": [], "r1": [], "seconds": 0.0}
+    step = 0
+    state_path, state = io.training_state(state_dir, "gan-state", GAN_STATE_FORMAT, key)
+    if state is not None:
+        io.restore(state, G=G, D=D, G_ema=G_ema, opt_g=opt_g, opt_d=opt_d)
+        rng.bit_generator.state = state["rng"]
+        gen.set_state(state["gen"])
+        torch.set_rng_state(state["torch_rng"])
+        if dev.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(state["cuda_rng"], dev)
+        history, step = state["history"], state["step"]
+    real_all = torch.as_tensor(images, device=dev)
+    feat_all = F.normalize(torch.as_tensor(features, device=dev), dim=-1)
+    end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
+    bar = runtime.progress(total=cfg.steps, initial=step, desc="GAN")
+    t0 = time.perf_counter()
+
+    def save_state():
+        s = {"format": GAN_STATE_FORMAT, "key": key, "step": step, "G": G.state_dict(), "D": D.state_dict(),
+             "G_ema": G_ema.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+             "rng": rng.bit_generator.state, "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
+             "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None, "history": history}  # fmt: skip
+        io.write_bytes(state_path, io.torch_bytes(s))
+
+    while step < end:
+        idx = torch.as_tensor(rng.choice(len(images), cfg.batch_size, replace=False), device=dev)
+        real = real_all[idx].permute(0, 3, 1, 2).float() / 127.5 - 1
+        f = feat_all[idx]
+        fts = perturb(f, cfg.feature_ratio, gen)
+        z = torch.randn(cfg.batch_size, cfg.z_dim, generator=gen).to(dev)
+        # generator: non-saturating loss + contrastive terms
+        G.requires_grad_(True)
+        D.requires_grad_(False)
+        with _autocast(dev):
+            fake = G(z, fts=fts)
+            logit, d_fake = D(fake, fts)
+            itc = _contrastive(view(fake, gen), f, cfg.temperature) if cfg.itc else fake.new_zeros(())
+            itd = _contrastive(d_fake, f, cfg.temperature) if cfg.itd else fake.new_zeros(())
+            loss_g = cfg.adv * F.softplus(-logit).mean() + cfg.itc * itc + cfg.itd * itd
+            if cfg.rec:
+                loss_g = loss_g + cfg.rec * (fake.float() - real).abs().mean()
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+        # discriminator: non-saturating loss + contrastive term on real images, lazy R1
+        G.requires_grad_(False)
+        D.requires_grad_(True)
+        r1_step = step % cfg.r1_interval == 0 and gamma > 0
+        with _autocast(dev):
+            with torch.no_grad():
+                fake = G(z, fts=fts)
+            real_in = real.detach().requires_grad_(r1_step)
+            logit_f, _ = D(fake, fts)
+            logit_r, d_real = D(real_in, fts)
+            loss_d = F.softplus(logit_f).mean() + F.softplus(-logit_r).mean()
+            if cfg.itd:
+                loss_d = loss_d + cfg.itd * _contrastive(d_real, f, cfg.temperature)
+        r1 = torch.zeros((), device=dev)
+        if r1_step:
+            (grad,) = torch.autograd.grad(logit_r.float().sum(), real_in, create_graph=True)
+            r1 = grad.square().sum(dim=[1, 2, 3]).mean()
+            loss_d = loss_d + (gamma / 2) * r1 * cfg.r1_interval
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        # EMA generator, half-life ema_kimg with ramp-up
+        step += 1
+        ema_nimg = cfg.ema_kimg * 1000
+        if cfg.ema_rampup:
+            ema_nimg = min(ema_nimg, step * cfg.batch_size * cfg.ema_rampup)
+        beta = 0.5 ** (cfg.batch_size / max(ema_nimg, 1e-8))
+        with torch.no_grad():
+            for pe, p in zip(G_ema.parameters(), G.parameters(), strict=True):
+                pe.copy_(p.detach().lerp(pe, beta))
+            for be, b in zip(G_ema.buffers(), G.buffers(), strict=True):
+                be.copy_(b)
+        history["step"].append(step)
+        for k, v in (("loss_g", loss_g), ("loss_d", loss_d), ("itc", itc), ("r1", r1)):
+            history[k].append(float(v.detach()))
+        if step % 10 == 0:
+            bar.set_postfix(g=f"{history['loss_g'][-1]:.2f}", d=f"{history['loss_d'][-1]:.2f}",
+                            itc=f"{history['itc'][-1]:.2f}")  # fmt: skip
+        if monitor is not None and monitor_every and (step % monitor_every == 0 or step == cfg.steps):
+            history.setdefault("monitor", []).append({"step": step, **monitor(G_ema)})
+        bar.update(1)
+        if state_path is not None and (step % cfg.save_every == 0 or step == end):
+            history["seconds"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            save_state()
+    bar.close()
+    history["seconds"] += time.perf_counter() - t0
+    history["state_key"] = key
+    history["done"] = step >= cfg.steps
+    return G_ema.eval().requires_grad_(False), D.eval(), history
+
+
+# ================================================================================================================
+# generation, fMRI tuning, latent optimisation
+
+
+@torch.no_grad()
+def generate(G: sg.Generator, features: np.ndarray, ratio: float = 0.25, seed: int = 0, z: str = "zero",
+             batch: int = 64, device: str | None = None) -> np.ndarray:  # fmt: skip
+    """uint8 images (N, R, R, 3) from condition vectors ``features`` (N, D), perturbed as in training with
+    ``ratio`` (1 = no perturbation) by a fixed seed; ``z`` "zero" (Mind Reader) or "random"."""
+    dev = next(G.parameters()).device if device is None else torch.device(device)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    f = F.normalize(torch.as_tensor(np.asarray(features, np.float32)), dim=-1)
+    out = []
+    for i in range(0, len(f), batch):
+        fb = f[i : i + batch]
+        fts = perturb(fb, ratio, gen).to(dev) if ratio < 1 else fb.to(dev)
+        zb = torch.zeros(len(fb), G.z_dim) if z == "zero" else torch.randn(len(fb), G.z_dim, generator=gen)
+        out.append(sg.to_uint8(G(zb.to(dev), fts=fts, noise_mode="const")))
+    return np.concatenate(out) if out else np.zeros((0, G.img_resolution, G.img_resolution, 3), np.uint8)
+
+
+def embed_generated(view: EmbeddingView, images: np.ndarray, batch: int = 128) -> np.ndarray:
+    """Embeddings (N, D) of uint8 images through the same differentiable view, no crop."""
+    dev = view.mean.device
+    with torch.no_grad():
+        out = [view(sg.from_uint8(images[i : i + batch], dev)).cpu() for i in range(0, len(images), batch)]
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+def conditioning_parameters(G: sg.Generator) -> list[torch.nn.Parameter]:
+    """Every parameter of the conditioning path: the pre_0, pre_1 and affine_0 layers."""
+    return [p for n, p in G.named_parameters() if any(f".{k}." in n for k in ("pre_0", "pre_1", "affine_0"))]
+
+
+def tune_conditioning(G: sg.Generator, predicted: np.ndarray, true: np.ndarray, embedder, steps: int = 200,
+                      lr: float = 0.002, batch_size: int = 32, ratio: float = 0.25, pixel: float = 0.0,
+                      images: np.ndarray | None = None, seed: int = 0) -> tuple[sg.Generator, dict]:  # fmt: skip
+    """A copy of ``G`` whose conditioning path is fine-tuned so that images generated (z = 0) from
+    ``predicted`` embeddings (training split, out-of-sample predictions) have the ``true`` stimulus embeddings:
+    loss 1 - cos(embed(G(pred)), true), plus ``pixel`` x the squared error to ``images`` (uint8, the stimuli).
+    Returns (tuned generator in eval mode, history with per-step ``loss``)."""
+    predicted, true = np.asarray(predicted, np.float32), np.asarray(true, np.float32)
+    if predicted.shape != true.shape or predicted.ndim != 2:
+        raise GANError(f"predicted {predicted.shape} and true {true.shape}: expected equal (N, D)")
+    if pixel and (images is None or len(images) != len(true)):
+        raise GANError("pixel > 0 needs images: one stimulus per row of true")
+    dev = next(G.parameters()).device
+    tuned = copy.deepcopy(G).train().requires_grad_(False)
+    params = conditioning_parameters(tuned)
+    for p in params:
+        p.requires_grad_(True)
+    view = EmbeddingView(embedder).to(dev)
+    opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.99))
+    rng = np.random.default_rng(seed)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    pred_t = F.normalize(torch.as_tensor(predicted), dim=-1)
+    true_t = F.normalize(torch.as_tensor(true), dim=-1).to(dev)
+    history = {"loss": []}
+    for _ in runtime.progress(range(steps), desc="fMRI tuning"):
+        idx = rng.choice(len(predicted), min(batch_size, len(predicted)), replace=False)
+        fts = perturb(pred_t[idx], ratio, gen).to(dev) if ratio < 1 else pred_t[idx].to(dev)
+        with _autocast(dev):
+            img = tuned(torch.zeros(len(idx), tuned.z_dim, device=dev), fts=fts, noise_mode="const")
+            loss = (1 - (view(img) * true_t[idx]).sum(1)).mean()
+            if pixel:
+                target = sg.from_uint8(images[idx], dev)
+                loss = loss + pixel * (img.float() - target).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        history["loss"].append(float(loss.detach()))
+    return tuned.eval().requires_grad_(False), history
+
+
+def _noise_reg(noises: list[torch.Tensor]) -> torch.Tensor:
+    """stylegan2-ada's projector regulariser: squared autocorrelation at one-pixel shifts, over a pyramid."""
+    reg = 0.0
+    for v in noises:
+        n = v
+        while True:
+            reg = reg + (n * torch.roll(n, 1, dims=3)).mean(dim=[1, 2, 3]).square().sum()
+            reg = reg + (n * torch.roll(n, 1, dims=2)).mean(dim=[1, 2, 3]).square().sum()
+            if n.shape[2] <= 8:
+                break
+            n = F.avg_pool2d(n, 2)
+    return reg
+
+
+def optimise_latents(G: sg.Generator, targets: np.ndarray, embedder, steps: int = 100, lr: float = 0.1,
+                     ratio: float = 0.25, noise_reg: float = 1e5, w_noise: float = 0.05, batch: int = 64,
+                     crop_min: float = 1.0, seed: int = 0) -> tuple[np.ndarray, dict]:  # fmt: skip
+    """Per target embedding, optimise one w (from w_avg, broadcast to every layer) and every noise map (from
+    randn) so that the embedding of G(w, condition = the target perturbed as in :func:`generate`, noises) has
+    the largest cosine with the target; batched over ``batch`` targets. The projector's schedule: learning rate
+    ``lr`` with a 5% warm-up and a cosine ramp-down over the last 25%, Gaussian noise on w of scale
+    w_std * ``w_noise`` * max(0, 1 - t / 0.75)^2, ``noise_reg`` x the noise regulariser, and the noise maps
+    renormalised after each step. Returns (uint8 images, history with mean ``loss`` and ``cosine`` per step)."""
+    targets = np.asarray(targets, np.float32)
+    if targets.ndim != 2:
+        raise GANError(f"targets {targets.shape}: expected (N, D)")
+    dev = next(G.parameters()).device
+    G = G.eval().requires_grad_(False)
+    view = EmbeddingView(embedder, crop_min).to(dev)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    with torch.no_grad():
+        zs = torch.randn(10000, G.z_dim, generator=gen).to(dev)
+        w_samples = G.mapping(zs, None)[:, 0, :]
+        w_avg = w_samples.mean(0, keepdim=True)
+        w_std = float(((w_samples - w_avg).square().sum() / len(zs)).sqrt())
+    layers = G.synthesis.noise_layers()
+    out, hist_loss, hist_cos = [], np.zeros(steps), np.zeros(steps)
+    gen_p = torch.Generator(device="cpu").manual_seed(seed)
+    for i in runtime.progress(range(0, len(targets), batch), desc="latent optimisation"):
+        t = F.normalize(torch.as_tensor(targets[i : i + batch]), dim=-1)
+        nb = len(t)
+        fts = (perturb(t, ratio, gen_p) if ratio < 1 else t).to(dev)
+        t = t.to(dev)
+        w = w_avg.repeat(nb, 1).clone().requires_grad_(True)
+        noises = [torch.randn(nb, 1, la.resolution, la.resolution, generator=gen).to(dev).requires_grad_(True)
+                  for la in layers]  # fmt: skip
+        opt = torch.optim.Adam([w, *noises], lr=lr, betas=(0.9, 0.999))
+        for s in range(steps):
+            frac = s / max(steps, 1)
+            noise_scale = w_std * w_noise * max(0.0, 1.0 - frac / 0.75) ** 2
+            ramp = 0.5 - 0.5 * np.cos(min(1.0, (1 - frac) / 0.25) * np.pi)  # cosine down over the last 25%
+            for g in opt.param_groups:
+                g["lr"] = lr * ramp * min(1.0, frac / 0.05)  # 5% warm-up
+            wn = w + torch.randn(w.shape, generator=gen).to(dev) * noise_scale
+            ws = wn.unsqueeze(1).repeat(1, G.num_ws, 1)
+            img = G.synthesis(ws, fts, noises=noises)
+            cos = (view(img) * t).sum(1)
+            loss = (1 - cos).sum() + noise_reg * _noise_reg(noises)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                for n in noises:
+                    n -= n.mean(dim=[1, 2, 3], keepdim=True)
+                    n /= n.square().mean(dim=[1, 2, 3], keepdim=True).sqrt()
+            hist_loss[s] += float(loss.detach()) / len(targets)
+            hist_cos[s] += float(cos.detach().sum()) / len(targets)
+        with torch.no_grad():
+            ws = w.detach().unsqueeze(1).repeat(1, G.num_ws, 1)
+            out.append(sg.to_uint8(G.synthesis(ws, fts, noises=[n.detach() for n in noises])))
+    images = np.concatenate(out) if out else np.zeros((0, G.img_resolution, G.img_resolution, 3), np.uint8)
+    return images, {"loss": hist_loss.tolist(), "cosine": hist_cos.tolist()}
+
+
+def resize_images(images: np.ndarray, size: int, batch: int = 256) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> uint8 (N, size, size, 3), bilinear with antialiasing (e.g. NSD's 425 px stimuli to
+    a generator's power-of-two resolution)."""
+    out = []
+    for i in range(0, len(images), batch):
+        x = sg.from_uint8(images[i : i + batch])
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        out.append(sg.to_uint8(x))
+    return np.concatenate(out) if out else np.zeros((0, size, size, 3), np.uint8)

@@ -1,0 +1,107 @@
+"""GAN training, fMRI tuning and latent optimisation on tiny generators (32 px) and a tiny embedding model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lib import embedding, gan
+from lib import stylegan2 as sg
+
+TINY = dict(z_dim=8, w_dim=16, mapping_layers=2, channel_base=64, channel_max=16, fts_hidden=16, batch_size=8,
+            save_every=2, itd=1.0, rec=1.0, beta1=0.9, crop_min=0.5)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def emb():
+    return embedding.create("mini-rn16", image_size=32, device="cpu", seed=0)
+
+
+@pytest.fixture(scope="module")
+def data(emb):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
+    return images, emb.embed_images(images)
+
+
+def test_perturb_is_unit_and_keeps_the_expected_share_of_the_feature():
+    f = F.normalize(torch.randn(200, 512), dim=-1)
+    p = gan.perturb(f, 0.25, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(p.norm(dim=1), torch.ones(200))
+    # n is a random direction, nearly orthogonal to f in 512-d: cos(p, f) ~ 0.25 / sqrt(0.25^2 + 0.75^2)
+    assert float((p * f).sum(1).mean()) == pytest.approx(0.25 / np.hypot(0.25, 0.75), abs=0.02)
+    torch.testing.assert_close(gan.perturb(f, 1.0), f)
+
+
+def test_embedding_view_equals_the_embedder_at_its_size(emb, data):
+    images, feats = data
+    view = gan.EmbeddingView(emb)
+    np.testing.assert_allclose(gan.embed_generated(view, images), feats, atol=1e-5)
+
+
+def test_train_gan_resume_equals_uninterrupted(emb, data, tmp_path):
+    images, feats = data
+    cfg = gan.GANConfig(steps=4, **TINY)
+    G1, _, h1 = gan.train_gan(images, feats, cfg, emb, "cpu")
+    gan.train_gan(images, feats, cfg, emb, "cpu", state_dir=tmp_path, stop_after=2)
+    G2, _, h2 = gan.train_gan(images, feats, cfg, emb, "cpu", state_dir=tmp_path)
+    for (k, a), b in zip(G1.state_dict().items(), G2.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    assert h1["loss_g"] == h2["loss_g"] and h2["done"] and len(list(tmp_path.glob("gan-state-*.pt"))) == 1
+    assert all(np.isfinite(h1[k]).all() for k in ("loss_g", "loss_d", "itc"))
+
+
+def test_gan_config_and_inputs_are_checked(emb, data):
+    images, feats = data
+    with pytest.raises(gan.GANError, match="batch_size=6"):
+        gan.train_gan(images, feats, gan.GANConfig(**(TINY | {"batch_size": 6})), emb, "cpu")
+    with pytest.raises(gan.GANError, match="beta1=1"):
+        gan.train_gan(images, feats, gan.GANConfig(**(TINY | {"beta1": 1})), emb, "cpu")
+    with pytest.raises(gan.GANError, match="features"):
+        gan.train_gan(images, feats[:5], gan.GANConfig(**TINY), emb, "cpu")
+    with pytest.raises(gan.GANError, match="uint8"):
+        gan.train_gan(images.astype(np.float32), feats, gan.GANConfig(**TINY), emb, "cpu")
+
+
+def _tiny_g(f_dim: int) -> sg.Generator:
+    G, _ = gan.build(gan.GANConfig(**TINY), 32, f_dim)
+    return G.eval()
+
+
+def test_tuning_changes_only_the_conditioning_path(emb, data):
+    images, feats = data
+    G = _tiny_g(feats.shape[1])
+    pred = feats + 0.3 * np.random.default_rng(1).normal(size=feats.shape).astype(np.float32)
+    tuned, hist = gan.tune_conditioning(G, pred, feats, emb, steps=3, batch_size=8)
+    cond = {n for n, _ in G.named_parameters() if any(f".{k}." in n for k in ("pre_0", "pre_1", "affine_0"))}
+    assert cond and len(hist["loss"]) == 3 and np.isfinite(hist["loss"]).all()
+    before, after = dict(G.named_parameters()), dict(tuned.named_parameters())
+    for n in set(before) - cond:
+        assert torch.equal(before[n], after[n]), n
+    assert not any(torch.equal(before[n], after[n]) for n in cond if n.endswith("affine_0.weight"))
+
+
+def test_noise_regulariser_closed_form():
+    # a constant map: autocorrelation 1 at both shifts and on both pyramid levels (16 and 8 px): 2 x 2 x 1^2
+    assert float(gan._noise_reg([torch.ones(1, 1, 16, 16)])) == pytest.approx(4.0)
+    white = torch.randn(1, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert float(gan._noise_reg([white])) < 0.01
+
+
+def test_latent_optimisation_raises_the_cosine_to_the_target(emb, data):
+    _, feats = data
+    G = _tiny_g(feats.shape[1])
+    images, hist = gan.optimise_latents(G, feats[:4], emb, steps=25, lr=0.1, batch=2)
+    assert images.shape == (4, 32, 32, 3) and images.dtype == np.uint8
+    assert hist["cosine"][-1] > hist["cosine"][1]
+
+
+def test_generate_is_deterministic_and_resize_keeps_shape(data):
+    _, feats = data
+    G = _tiny_g(feats.shape[1])
+    a = gan.generate(G, feats[:5], 0.25, seed=3)
+    assert np.array_equal(a, gan.generate(G, feats[:5], 0.25, seed=3)) and a.shape == (5, 32, 32, 3)
+    assert not np.array_equal(a, gan.generate(G, feats[:5], 0.25, seed=4))
+    assert gan.resize_images(a, 8).shape == (5, 8, 8, 3)
