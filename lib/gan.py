@@ -318,7 +318,7 @@ def tune_conditioning(G: sg.Generator, predicted: np.ndarray, true: np.ndarray, 
     if pixel and (images is None or len(images) != len(true)):
         raise GANError("pixel > 0 needs images: one stimulus per row of true")
     dev = next(G.parameters()).device
-    tuned = copy.deepcopy(G).train().requires_grad_(False)
+    tuned = copy.deepcopy(G).eval().requires_grad_(False)  # eval: the mapping keeps its w_avg
     params = conditioning_parameters(tuned)
     for p in params:
         p.requires_grad_(True)
