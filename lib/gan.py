@@ -201,7 +201,7 @@ def train_gan(images: np.ndarray, features: np.ndarray, cfg: GANConfig, embedder
 
     while step < end:
         idx = torch.as_tensor(rng.choice(len(images), cfg.batch_size, replace=False), device=dev)
-        real = real_all[idx].permute(0, 3, 1, 2).float() / 127.5 - 1
+        real = sg.from_uint8(real_all[idx])
         f = feat_all[idx]
         fts = perturb(f, cfg.feature_ratio, gen)
         z = torch.randn(cfg.batch_size, cfg.z_dim, generator=gen).to(dev)

@@ -514,9 +514,11 @@ def to_uint8(img: torch.Tensor) -> np.ndarray:
     return x.cpu().numpy()
 
 
-def from_uint8(images: np.ndarray, device="cpu") -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]."""
-    x = torch.as_tensor(np.asarray(images), device=device)
+def from_uint8(images: np.ndarray | torch.Tensor, device=None) -> torch.Tensor:
+    """uint8 (N, H, W, 3), an array or a tensor -> float (N, 3, H, W) in [-1, 1], on ``device`` (default: a
+    tensor's own device, else CPU)."""
+    x = images if isinstance(images, torch.Tensor) else torch.as_tensor(np.asarray(images))
+    x = x.to(device) if device is not None else x
     if x.dim() != 4 or x.shape[-1] != 3 or x.dtype != torch.uint8:
         raise StyleGANError(f"images: expected uint8 (N, H, W, 3), got {tuple(x.shape)} {x.dtype}")
     return x.permute(0, 3, 1, 2).float() / 127.5 - 1
