@@ -145,16 +145,20 @@ class _Decomposition(_Rows):
         rows = self.rows
         self.primal = self.p <= self.n
         if self.primal:
-            g = torch.zeros(self.p, self.p, dtype=dtype, device=device) if gram is None else gram
-            self.xty = torch.zeros(self.p, y.shape[1], dtype=torch.float64, device=device)
-            for xc, yc in self._chunks(x, y, np.arange(self.n)):
-                if gram is None:
+            g = gram
+            if g is None:
+                g = torch.zeros(self.p, self.p, dtype=dtype, device=device)
+                for xc, _ in self._chunks(x, y, np.arange(self.n)):
                     _add_gram(g, xc, outer=False)
-                self.xty += (xc.T @ yc).double()
-            xc = yc = None  # the last chunk must not live through the eigen-decomposition's peak
+                xc = None  # the last chunk must not live through the eigen-decomposition's peak
             s, self.v = _eigh(g)  # g is overwritten on CPU
             del g
             self.v = self.v.to(device)
+            # Xc'Yc after the decomposition, so that it does not add to its peak (Gram matrix plus LAPACK's
+            # workspace of twice its size); the extra pass over X costs about T / p of the Gram matrix's work
+            self.xty = torch.zeros(self.p, y.shape[1], dtype=torch.float64, device=device)
+            for xc, yc in self._chunks(x, y, np.arange(self.n)):
+                self.xty += (xc.T @ yc).double()
             self.q = self.v.T @ self.xty.to(dtype)  # (p, T)
         else:
             k = self._dual_gram(x) if gram is None else gram

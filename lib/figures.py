@@ -478,10 +478,11 @@ def reconstruction_grid(truth: np.ndarray, variants: dict[str, np.ndarray], n: i
 
 
 def gan_curves(gan: dict, tuning: dict | None = None, optimisation: dict | None = None,
-               chance: float = 0.5) -> plt.Figure:  # fmt: skip
-    """GAN training losses per step (and the monitored oracle 2-way identification), the fMRI-tuning loss, and
-    the mean cosine to the target during latent optimisation."""
-    panels = 1 + (tuning is not None) + (optimisation is not None)
+               chance: float = 0.5, alignment: dict | None = None) -> plt.Figure:  # fmt: skip
+    """GAN training losses per step (and the monitored oracle 2-way identification), the losses of the
+    conditioning path's alignment and fMRI tuning, and the mean cosine to the target during latent optimisation."""
+    tuned = {k: v for k, v in (("alignment (true embeddings)", alignment), ("fMRI tuning", tuning)) if v}
+    panels = 1 + bool(tuned) + (optimisation is not None)
     fig, axes = plt.subplots(1, panels, figsize=(4.4 * panels, 3.3), squeeze=False)
     ax = axes[0, 0]
     for k, key in enumerate(("loss_d", "loss_g", "itc")):
@@ -496,14 +497,16 @@ def gan_curves(gan: dict, tuning: dict | None = None, optimisation: dict | None 
         ax2.legend(frameon=False, fontsize=8, loc="lower right")
     ax.legend(frameon=False, fontsize=8, loc="upper right")
     k = 1
-    if tuning is not None:
+    if tuned:
         a = axes[0, k]
-        a.plot(*_smoothed(np.arange(1, len(tuning["loss"]) + 1), tuning["loss"], 10), color="C3")
-        a.set(title="fMRI tuning (conditioning path)", xlabel="step", ylabel="1 - cos(embedding, truth)")
+        for j, (name, h) in enumerate(tuned.items()):
+            a.plot(*_smoothed(np.arange(1, len(h["loss"]) + 1), h["loss"], 10), color=f"C{3 + j}", label=name)
+        a.set(title="conditioning path (10-step means)", xlabel="step", ylabel="1 - cos(embedding, truth)")
+        a.legend(frameon=False, fontsize=8)
         k += 1
     if optimisation is not None:
         a = axes[0, k]
-        a.plot(np.arange(1, len(optimisation["cosine"]) + 1), optimisation["cosine"], color="C4")
+        a.plot(np.arange(1, len(optimisation["cosine"]) + 1), optimisation["cosine"], color="C5")
         a.set(title="latent + noise optimisation", xlabel="step", ylabel="cos(embedding, predicted)")
     for a in axes.flat:
         a.grid(alpha=0.3)
@@ -529,9 +532,9 @@ def variant_scores(
             ax.text(i, v, f"{v:.2f}", ha="center", va="bottom", fontsize=7)
         if key in chance:
             ax.axhline(chance[key], color="k", ls=":", lw=1, label="chance")
-            ax.legend(frameon=False, fontsize=7)
+            ax.legend(frameon=False, fontsize=7, loc="lower right")
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
-        ax.set(title=key, ylim=(0, 1) if key == "two_way" else (min(0, min(vals)), max(vals) * 1.25 + 1e-3))
+        ax.set(title=key, ylim=(0, 1.1) if key == "two_way" else (min(0, min(vals)), max(vals) * 1.25 + 1e-3))
         ax.grid(alpha=0.3, axis="y")
     if ratios is not None:
         ax = axes[0, -1]
@@ -544,3 +547,4 @@ def variant_scores(
         ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
+

@@ -345,6 +345,24 @@ def tune_conditioning(G: sg.Generator, predicted: np.ndarray, true: np.ndarray, 
     return tuned.eval().requires_grad_(False), history
 
 
+def align_conditioning(
+    G: sg.Generator,
+    features: np.ndarray,
+    embedder,
+    steps: int = 300,
+    lr: float = 0.002,
+    batch_size: int = 32,
+    ratio: float = 1.0,
+    seed: int = 0,
+) -> tuple[sg.Generator, dict]:
+    """The generator's last training stage: its conditioning path fine-tuned so that images generated (z = 0)
+    from the training ``features`` have those embeddings (loss 1 - cos), the direct form of LAFITE's contrastive
+    term. A short adversarial run on CPU draws images but barely reads its condition; this stage makes it read
+    it. :func:`tune_conditioning` with the features as both input and target; returns (generator, history)."""
+    return tune_conditioning(G, features, features, embedder, steps=steps, lr=lr, batch_size=batch_size,
+                             ratio=ratio, seed=seed)  # fmt: skip
+
+
 def _noise_reg(noises: list[torch.Tensor]) -> torch.Tensor:
     """stylegan2-ada's projector regulariser: squared autocorrelation at one-pixel shifts, over a pyramid."""
     reg = 0.0
@@ -361,16 +379,20 @@ def _noise_reg(noises: list[torch.Tensor]) -> torch.Tensor:
 
 def optimise_latents(G: sg.Generator, targets: np.ndarray, embedder, steps: int = 100, lr: float = 0.1,
                      ratio: float = 0.25, noise_reg: float = 1e5, w_noise: float = 0.05, batch: int = 64,
-                     crop_min: float = 1.0, seed: int = 0) -> tuple[np.ndarray, dict]:  # fmt: skip
-    """Per target embedding, optimise one w (from w_avg, broadcast to every layer) and every noise map (from
-    randn) so that the embedding of G(w, condition = the target perturbed as in :func:`generate`, noises) has
-    the largest cosine with the target; batched over ``batch`` targets. The projector's schedule: learning rate
+                     crop_min: float = 1.0, start: str = "generated", seed: int = 0) -> tuple[np.ndarray, dict]:  # fmt: skip
+    """Per target embedding, optimise one w (broadcast to every layer) and every noise map so that the embedding
+    of G(w, condition = the target perturbed as in :func:`generate`, noises) has the largest cosine with the
+    target; batched over ``batch`` targets. ``start``: "generated" begins at :func:`generate`'s image (w of
+    z = 0, the constant noise maps), so the search refines the plain reconstruction; "w_avg" begins where
+    stylegan2-ada's unconditional projector does (w_avg, random noise maps). The projector's schedule: learning rate
     ``lr`` with a 5% warm-up and a cosine ramp-down over the last 25%, Gaussian noise on w of scale
     w_std * ``w_noise`` * max(0, 1 - t / 0.75)^2, ``noise_reg`` x the noise regulariser, and the noise maps
     renormalised after each step. Returns (uint8 images, history with mean ``loss`` and ``cosine`` per step)."""
     targets = np.asarray(targets, np.float32)
     if targets.ndim != 2:
         raise GANError(f"targets {targets.shape}: expected (N, D)")
+    if start not in ("generated", "w_avg"):
+        raise GANError(f"start={start!r}: expected 'generated' or 'w_avg'")
     dev = next(G.parameters()).device
     G = G.eval().requires_grad_(False)
     view = EmbeddingView(embedder, crop_min).to(dev)
@@ -380,6 +402,9 @@ def optimise_latents(G: sg.Generator, targets: np.ndarray, embedder, steps: int 
         w_samples = G.mapping(zs, None)[:, 0, :]
         w_avg = w_samples.mean(0, keepdim=True)
         w_std = float(((w_samples - w_avg).square().sum() / len(zs)).sqrt())
+        w_start = (
+            G.mapping(torch.zeros(1, G.z_dim, device=dev), None)[:, 0, :] if start == "generated" else w_avg
+        )
     layers = G.synthesis.noise_layers()
     out, hist_loss, hist_cos = [], np.zeros(steps), np.zeros(steps)
     gen_p = torch.Generator(device="cpu").manual_seed(seed)
@@ -388,9 +413,12 @@ def optimise_latents(G: sg.Generator, targets: np.ndarray, embedder, steps: int 
         nb = len(t)
         fts = (perturb(t, ratio, gen_p) if ratio < 1 else t).to(dev)
         t = t.to(dev)
-        w = w_avg.repeat(nb, 1).clone().requires_grad_(True)
-        noises = [torch.randn(nb, 1, la.resolution, la.resolution, generator=gen).to(dev).requires_grad_(True)
-                  for la in layers]  # fmt: skip
+        w = w_start.repeat(nb, 1).clone().requires_grad_(True)
+        if start == "generated":
+            noises = [la.noise_const.expand(nb, 1, -1, -1).clone().requires_grad_(True) for la in layers]
+        else:
+            noises = [torch.randn(nb, 1, la.resolution, la.resolution, generator=gen).to(dev).requires_grad_(True)
+                      for la in layers]  # fmt: skip
         opt = torch.optim.Adam([w, *noises], lr=lr, betas=(0.9, 0.999))
         for s in range(steps):
             frac = s / max(steps, 1)

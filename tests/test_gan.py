@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lib import embedding, gan
+from lib import embedding, gan, metrics
 from lib import stylegan2 as sg
 
 TINY = dict(z_dim=8, w_dim=16, mapping_layers=2, channel_base=64, channel_max=16, fts_hidden=16, batch_size=8,
@@ -83,6 +85,30 @@ def test_tuning_changes_only_the_conditioning_path(emb, data):
     assert not any(torch.equal(before[n], after[n]) for n in cond if n.endswith("affine_0.weight"))
 
 
+def _pooled_embedder(dim: int = 16):
+    """A stand-in embedder whose image tower sees colour layout (4 x 4 average pool, then linear): unlike a tiny
+    untrained network it gives different images clearly different embeddings."""
+    torch.manual_seed(0)
+    visual = torch.nn.Sequential(
+        torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(), torch.nn.Linear(48, dim, bias=False)
+    )
+    mean_std = (torch.full((1, 3, 1, 1), 0.5), torch.full((1, 3, 1, 1), 0.5))
+    return SimpleNamespace(model=SimpleNamespace(visual=visual), image_size=32, mean_std=mean_std)
+
+
+def test_alignment_raises_the_cosine_of_generated_images_to_their_condition(data):
+    emb = _pooled_embedder()
+    view = gan.EmbeddingView(emb)
+    feats = gan.embed_generated(view, data[0])  # conditions: embeddings of the random images
+    G = _tiny_g(feats.shape[1])
+
+    def cos(g):
+        return metrics.cosine_per_sample(gan.embed_generated(view, gan.generate(g, feats, 1.0)), feats).mean()
+
+    aligned, hist = gan.align_conditioning(G, feats, emb, steps=40, lr=0.01, batch_size=8)
+    assert len(hist["loss"]) == 40 and cos(aligned) > cos(G) + 0.1
+
+
 def test_noise_regulariser_closed_form():
     # a constant map: autocorrelation 1 at both shifts and on both pyramid levels (16 and 8 px): 2 x 2 x 1^2
     assert float(gan._noise_reg([torch.ones(1, 1, 16, 16)])) == pytest.approx(4.0)
@@ -96,6 +122,11 @@ def test_latent_optimisation_raises_the_cosine_to_the_target(emb, data):
     images, hist = gan.optimise_latents(G, feats[:4], emb, steps=25, lr=0.1, batch=2)
     assert images.shape == (4, 32, 32, 3) and images.dtype == np.uint8
     assert hist["cosine"][-1] > hist["cosine"][1]
+    # the default start is the plain reconstruction: no steps give generate()'s image
+    start, _ = gan.optimise_latents(G, feats[:3], emb, steps=0, ratio=1.0)
+    assert np.array_equal(start, gan.generate(G, feats[:3], 1.0))
+    with pytest.raises(gan.GANError, match="start='z'"):
+        gan.optimise_latents(G, feats[:3], emb, start="z")
 
 
 def test_generate_is_deterministic_and_resize_keeps_shape(data):

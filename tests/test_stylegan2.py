@@ -224,3 +224,58 @@ def test_snapshot_errors_name_the_file(tmp_path):
         sg.load_lafite(bad)
     with pytest.raises(sg.StyleGANError, match="no such snapshot"):
         sg.load_lafite(tmp_path / "none.pkl")
+
+
+@pytest.mark.parametrize("base, millions", [(32768, 45.0), (16384, 39.1)])
+def test_lafite_256px_configuration_matches_the_shared_table(base, millions):
+    # LAFITE's COCO generator: 256 px, z = w = 512, 8 mapping layers, 512-d CLIP condition (../shared/docs table);
+    # built on the meta device: shapes without memory
+    with torch.device("meta"):
+        G = sg.Generator(z_dim=512, w_dim=512, img_resolution=256, mapping_kwargs={"num_layers": 8},
+                         synthesis_kwargs={"channel_base": base, "channel_max": 512, "f_dim": 512})  # fmt: skip
+    shapes = {k: tuple(v.shape) for k, v in [*G.named_parameters(), *G.named_buffers()]}
+    assert sum(p.numel() for p in G.parameters()) / 1e6 == pytest.approx(millions, abs=0.05)
+    assert G.num_ws == 14
+    assert shapes["synthesis.b8.conv0.pre_0.weight"] == (512, 512)
+    assert shapes["synthesis.b8.conv0.pre_1.weight"] == (512, 512)
+    assert shapes["synthesis.b8.conv0.affine_0.weight"] == (512, 1024)
+    assert shapes["synthesis.b4.const"] == (512, 4, 4) and shapes["synthesis.b256.conv0.noise_const"] == (
+        256,
+        256,
+    )
+    assert shapes["synthesis.b256.torgb.weight"] == (3, min(base // 256, 512), 1, 1)
+    assert shapes["mapping.fc7.weight"] == (512, 512) and shapes["mapping.w_avg"] == (512,)
+    assert shapes["synthesis.b64.resample_filter"] == (4, 4)
+    assert not any(k.endswith(".affine.weight") for k in shapes)  # structure 2: affine_0 only
+
+
+def test_equalised_learning_rate_identities():
+    torch.manual_seed(0)
+    fc = sg.FullyConnectedLayer(400, 300, lr_multiplier=0.01, bias_init=1.0)
+    # stored as randn / lr_multiplier; at run time weight * lr / sqrt(in) and bias * lr
+    assert float(fc.weight.detach().std()) == pytest.approx(100.0, rel=0.02)
+    x = torch.randn(5, 400)
+    want = x @ (fc.weight * 0.01 / 20).T + 0.01 * fc.bias
+    torch.testing.assert_close(fc(x), want, rtol=1e-5, atol=1e-5)
+    conv = sg.Conv2dLayer(6, 4, 3, activation="lrelu")
+    xi = torch.randn(2, 6, 8, 8)
+    want = F.leaky_relu(F.conv2d(xi, conv.weight / np.sqrt(6 * 9), conv.bias, padding=1), 0.2) * np.sqrt(2)
+    torch.testing.assert_close(conv(xi), want, rtol=1e-5, atol=1e-5)
+
+
+def test_demodulation_normalises_each_output_channel_and_ignores_the_style_scale():
+    torch.manual_seed(0)
+    x, weight, styles = torch.randn(2, 4, 6, 6), torch.randn(5, 4, 3, 3), torch.randn(2, 4)
+    f = sg.setup_filter()
+    out = sg.modulated_conv2d(x, weight, styles, padding=1, resample_filter=f)
+    # a per-sample scale of the styles cancels in the demodulation
+    scaled = sg.modulated_conv2d(
+        x, weight, styles * torch.tensor([[3.0], [0.2]]), padding=1, resample_filter=f
+    )
+    torch.testing.assert_close(out, scaled, rtol=1e-4, atol=1e-5)
+    # on unit white noise each output channel then has unit variance in expectation (weights of unit norm)
+    noise = torch.randn(2, 4, 96, 96)
+    var = sg.modulated_conv2d(noise, weight, styles, padding=1, resample_filter=f)[..., 1:-1, 1:-1].var(
+        dim=[2, 3]
+    )
+    torch.testing.assert_close(var, torch.ones(2, 5), rtol=0.1, atol=0.1)
