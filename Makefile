@@ -44,10 +44,11 @@ format: $(STAMP)  ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff check --fix lib tests benchmarks notebooks
 	$(BIN)/ruff format lib tests benchmarks notebooks
 
-bench: $(STAMP)  ## benchmarks: NSD-size session read, NSD-scale ridge (vs scikit-learn, himalaya), MLP memory
+bench: $(STAMP)  ## benchmarks: NSD-size session read, NSD-scale ridge (vs scikit-learn, himalaya), MLP memory, LOO sweep
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	$(BIN)/python benchmarks/bench_nsd_read.py
 	$(BIN)/python benchmarks/bench_ridge.py
+	$(BIN)/python benchmarks/bench_loo.py
 	$(BIN)/python benchmarks/bench_mlp_memory.py
 
 data: $(STAMP)  ## generate mini-NSD for PROFILE under data/PROFILE (the pipeline also does this on first use)

@@ -548,3 +548,86 @@ def variant_scores(
     fig.tight_layout()
     return fig
 
+
+# ================================================================================================================
+# 04 leave-one-out
+
+
+def importance_brain(ds: NSD, subject: int, values: np.ndarray, voxel_ijk: np.ndarray, title: str,
+                     label: str = "importance") -> plt.Figure:  # fmt: skip
+    """Per-voxel importance on the MNI template: a glass brain (maximum projection) and axial slices."""
+    from nilearn import plotting
+
+    vol = np.zeros(ds.roi_mask(subject, "nsdgeneral").shape, np.float32)
+    vol[tuple(np.asarray(voxel_ijk).T)] = np.clip(values, 0, None)
+    img = volume_image(ds, subject, vol)
+    vmax = float(np.nanpercentile(values, 99.5)) if np.any(values > 0) else 1.0
+    fig = plt.figure(figsize=(13, 6.4))
+    plotting.plot_glass_brain(img, display_mode="lyrz", cmap="hot", vmax=vmax, threshold=0.1 * vmax, colorbar=True,
+                              plot_abs=False, axes=fig.add_axes([0.0, 0.5, 1.0, 0.48]), title=f"{title} (glass brain)")  # fmt: skip
+    plotting.plot_stat_map(img, bg_img=background_image(ds, subject), display_mode="z", cut_coords=[-12, -2, 8, 18],
+                           threshold=0.1 * vmax, vmax=vmax, cmap="hot", draw_cross=False, colorbar=True,
+                           axes=fig.add_axes([0.0, 0.0, 1.0, 0.48]), title=f"{title}: {label}")  # fmt: skip
+    return fig
+
+
+def roi_effects(group_mean: dict[str, float], group_sem: dict[str, float], voxel_mean: dict[str, float],
+                n_voxels: dict[str, int]) -> plt.Figure:  # fmt: skip
+    """ROI-group leave-one-out (every voxel of the group replaced at once) and the mean single-voxel importance
+    per group."""
+    names = list(group_mean)
+    colours = [_group_colour(n) for n in names]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(names) + 1.6))
+    y = np.arange(len(names))
+    axes[0].barh(y, [group_mean[n] for n in names], xerr=[group_sem[n] for n in names], color=colours)
+    axes[0].set(title="leave the ROI group out", xlabel="1 - cos(prediction, original)")
+    axes[1].barh(y, [voxel_mean[n] for n in names], color=colours)
+    axes[1].set(title="single voxels (mean per group)", xlabel="mean 1 - cos per voxel")
+    for ax in axes:
+        ax.set_yticks(y, [f"{n} ({n_voxels[n]})" for n in names], fontsize=8)
+        ax.invert_yaxis()
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_xscale("log")
+    fig.tight_layout()
+    return fig
+
+
+def effect_maps(maps: np.ndarray, titles: list[str], prf_xy: np.ndarray | None = None,
+                centres: np.ndarray | None = None, ncols: int = 6) -> plt.Figure:  # fmt: skip
+    """Image-space effect of leaving single voxels out (mean |generated - original| per pixel), one panel per
+    voxel; the voxel's true pRF centre (+) and the map's centre of mass (o), in map pixels."""
+    k = len(maps)
+    rows = int(np.ceil(k / ncols))
+    fig, axes = plt.subplots(rows, ncols, figsize=(2.1 * ncols, 2.3 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= k:
+            ax.axis("off")
+            continue
+        im = ax.imshow(maps[i], cmap="magma", extent=(0, maps.shape[2], maps.shape[1], 0))
+        if prf_xy is not None:
+            ax.plot(*prf_xy[i], "c+", ms=12, mew=2)
+        if centres is not None:
+            ax.plot(*centres[i], "wo", ms=6, mfc="none", mew=1.5)
+        ax.set(xlim=(0, maps.shape[2]), ylim=(maps.shape[1], 0))  # a pRF centre off the image stays off
+        ax.set_title(titles[i], fontsize=7)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def loo_agreement(loo_importance: np.ndarray, other: np.ndarray, groups: dict[str, np.ndarray], xlabel: str,
+                  ylabel: str, title: str) -> plt.Figure:  # fmt: skip
+    """Scatter of two per-voxel importances (log-log), coloured by ROI group, with Spearman's rho in the title."""
+    from scipy import stats
+
+    fig, ax = plt.subplots(figsize=(5.2, 4.6))
+    for name, cols in groups.items():
+        ax.scatter(loo_importance[cols], other[cols], s=3, alpha=0.5, color=_group_colour(name), label=name)
+    rho = stats.spearmanr(loo_importance, other)[0]
+    ax.set(xscale="log", yscale="log", xlabel=xlabel, ylabel=ylabel, title=f"{title}: Spearman {rho:.2f}")
+    ax.legend(frameon=False, fontsize=7, markerscale=3)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

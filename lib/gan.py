@@ -277,9 +277,10 @@ def train_gan(images: np.ndarray, features: np.ndarray, cfg: GANConfig, embedder
 
 @torch.no_grad()
 def generate(G: sg.Generator, features: np.ndarray, ratio: float = 0.25, seed: int = 0, z: str = "zero",
-             batch: int = 64, device: str | None = None) -> np.ndarray:  # fmt: skip
+             batch: int = 64, device: str | None = None, exact: bool = False) -> np.ndarray:  # fmt: skip
     """uint8 images (N, R, R, 3) from condition vectors ``features`` (N, D), perturbed as in training with
-    ``ratio`` (1 = no perturbation) by a fixed seed; ``z`` "zero" (Mind Reader) or "random"."""
+    ``ratio`` (1 = no perturbation) by a fixed seed; ``z`` "zero" (Mind Reader) or "random". ``exact``: float32
+    on the same 0-255 scale without rounding (differences smaller than one grey level stay visible)."""
     dev = next(G.parameters()).device if device is None else torch.device(device)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     f = F.normalize(torch.as_tensor(np.asarray(features, np.float32)), dim=-1)
@@ -288,8 +289,15 @@ def generate(G: sg.Generator, features: np.ndarray, ratio: float = 0.25, seed: i
         fb = f[i : i + batch]
         fts = perturb(fb, ratio, gen).to(dev) if ratio < 1 else fb.to(dev)
         zb = torch.zeros(len(fb), G.z_dim) if z == "zero" else torch.randn(len(fb), G.z_dim, generator=gen)
-        out.append(sg.to_uint8(G(zb.to(dev), fts=fts, noise_mode="const")))
-    return np.concatenate(out) if out else np.zeros((0, G.img_resolution, G.img_resolution, 3), np.uint8)
+        img = G(zb.to(dev), fts=fts, noise_mode="const")
+        out.append(_exact_0_255(img) if exact else sg.to_uint8(img))
+    empty = np.zeros((0, G.img_resolution, G.img_resolution, 3), np.float32 if exact else np.uint8)
+    return np.concatenate(out) if out else empty
+
+
+def _exact_0_255(img: torch.Tensor) -> np.ndarray:
+    """:func:`lib.stylegan2.to_uint8`'s mapping without the rounding."""
+    return (img.detach().float().permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).cpu().numpy()
 
 
 def embed_generated(view: EmbeddingView, images: np.ndarray, batch: int = 128) -> np.ndarray:

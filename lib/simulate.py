@@ -847,15 +847,19 @@ if __name__ == "__main__":
     sys.exit(main())
 
 
-def noise_free_for(ds, subject: int, voxel_ijk: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """The simulator's noise-free responses (ids x voxels) of the given voxels (NIfTI indices, all within
-    nsdgeneral) to the given 0-based nsdIds: the data an encoder's ceiling is measured on."""
-    gt = load_ground_truth(ds.ground_truth_path(subject))
+def truth_columns(gt: dict, voxel_ijk: np.ndarray) -> np.ndarray:
+    """Columns of the ground truth's per-voxel arrays for the given voxels (NIfTI indices, within nsdgeneral)."""
     col = {tuple(v): k for k, v in enumerate(gt["ijk"].tolist())}
     try:
-        cols = np.array([col[tuple(v)] for v in np.asarray(voxel_ijk).tolist()], dtype=np.int64)
+        return np.array([col[tuple(v)] for v in np.asarray(voxel_ijk).tolist()], dtype=np.int64)
     except KeyError as e:
         raise ValueError(
             f"voxel {e.args[0]} lies outside nsdgeneral: the ground truth has no response for it"
         ) from None
-    return gt["signal"][np.asarray(ids)][:, cols]
+
+
+def noise_free_for(ds, subject: int, voxel_ijk: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """The simulator's noise-free responses (ids x voxels) of the given voxels (NIfTI indices, all within
+    nsdgeneral) to the given 0-based nsdIds: the data an encoder's ceiling is measured on."""
+    gt = load_ground_truth(ds.ground_truth_path(subject))
+    return gt["signal"][np.asarray(ids)][:, truth_columns(gt, voxel_ijk)]

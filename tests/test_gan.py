@@ -135,4 +135,6 @@ def test_generate_is_deterministic_and_resize_keeps_shape(data):
     a = gan.generate(G, feats[:5], 0.25, seed=3)
     assert np.array_equal(a, gan.generate(G, feats[:5], 0.25, seed=3)) and a.shape == (5, 32, 32, 3)
     assert not np.array_equal(a, gan.generate(G, feats[:5], 0.25, seed=4))
+    exact = gan.generate(G, feats[:5], 0.25, seed=3, exact=True)  # the same images before the rounding
+    assert exact.dtype == np.float32 and np.array_equal(np.floor(exact).astype(np.uint8), a)
     assert gan.resize_images(a, 8).shape == (5, 8, 8, 3)

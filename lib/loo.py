@@ -1,0 +1,311 @@
+"""Leave-one-out perturbation analysis: the effect of single voxels and of ROI groups on the predicted embedding and
+on the generated image, batched (the exact closed form for a linear encoder, a rank-one update of the first layer for
+the MLP), gradient x input saliency for comparison, ROI-only inputs, and the checks against a simulator's truth."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import runtime
+from .encoders import MLPEncoder, RidgeEncoder
+
+REPLACEMENTS = ("mean", "zero", "noise")
+OUTPUTS = ("head", "retrieval")
+
+
+class LOOError(ValueError):
+    """Bad input to the perturbation analysis."""
+
+
+def replacement(x_train: np.ndarray, mode: str, n: int, seed: int = 0) -> np.ndarray:
+    """Values (n, V) that replace a left-out voxel, one row per sample: ``mean`` (the voxel's training mean),
+    ``zero``, or ``noise`` (a draw from N(training mean, training SD) per sample and voxel)."""
+    x_train = np.asarray(x_train)
+    if x_train.ndim != 2 or len(x_train) < 2:
+        raise LOOError(f"x_train {x_train.shape}: expected (trials >= 2, voxels)")
+    if mode not in REPLACEMENTS:
+        raise LOOError(f"replace={mode!r}: expected one of {', '.join(REPLACEMENTS)}")
+    v = x_train.shape[1]
+    if mode == "zero":
+        return np.zeros((n, v), np.float32)
+    mean = x_train.mean(0, dtype=np.float64).astype(np.float32)
+    if mode == "mean":
+        return np.broadcast_to(mean, (n, v)).copy()
+    sd = x_train.std(0, dtype=np.float64).astype(np.float32)
+    return (mean + sd * np.random.default_rng(seed).standard_normal((n, v), dtype=np.float32)).astype(
+        np.float32
+    )
+
+
+@dataclasses.dataclass
+class _Model:
+    """An encoder as torch pieces: ``first`` (weight (H, V), bias (H,)) is its linear first layer, ``rest`` maps
+    the first layer's output to the embedding (identity for a linear encoder)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    rest: object | None  # callable (B, H) -> (B, D), or None: linear
+    device: torch.device
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        h = x @ self.weight.T + self.bias
+        return h if self.rest is None else self.rest(h)
+
+
+def _model(encoder, output: str, device: str | torch.device | None) -> _Model:
+    if output not in OUTPUTS:
+        raise LOOError(f"output={output!r}: expected one of {', '.join(OUTPUTS)}")
+    if isinstance(encoder, RidgeEncoder):
+        if not hasattr(encoder, "coef_"):
+            raise LOOError("RidgeEncoder is not fitted")
+        dev = torch.device(runtime.pick_device(device or "auto"))
+        coef = np.atleast_2d(encoder.coef_)
+        w = torch.as_tensor(coef, dtype=torch.float32, device=dev)
+        b = torch.as_tensor(np.atleast_1d(encoder.intercept_), dtype=torch.float32, device=dev)
+        return _Model(w, b, None, dev)
+    if isinstance(encoder, MLPEncoder):
+        net = encoder.model.eval()
+        dev = encoder.device if device is None else torch.device(runtime.pick_device(device))
+        net = net.to(dev)
+        lin, tail = net.stem[0], net.stem[1:]
+        use_projector = output == "retrieval" and encoder.cfg.contrastive and net.projector is not None
+
+        def rest(h: torch.Tensor) -> torch.Tensor:
+            h = tail(h)
+            for block in net.blocks:
+                h = h + block(h)
+            e = net.head(h)
+            return net.projector(e) if use_projector else e
+
+        return _Model(lin.weight, lin.bias, rest, dev)
+    raise LOOError(f"encoder {type(encoder).__name__}: expected a RidgeEncoder or an MLPEncoder")
+
+
+def _check(x: np.ndarray, x_replace: np.ndarray, n_voxels: int) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(x, np.float32)
+    x_replace = np.asarray(x_replace, np.float32)
+    if x.ndim != 2 or x.shape[1] != n_voxels:
+        raise LOOError(f"x {x.shape}: expected (samples, {n_voxels}) for this encoder")
+    if x_replace.shape != x.shape:
+        raise LOOError(
+            f"x_replace {x_replace.shape}: expected the shape of x {x.shape} (see loo.replacement)"
+        )
+    return x, x_replace
+
+
+def _voxels(voxels, n_voxels: int) -> np.ndarray:
+    v = np.arange(n_voxels) if voxels is None else np.asarray(voxels, np.int64).ravel()
+    if len(v) and (v.min() < 0 or v.max() >= n_voxels):
+        raise LOOError(f"voxels: indices must lie in [0, {n_voxels}), got {v.min()}..{v.max()}")
+    return v
+
+
+def _changes(p: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """1 - cos(q, p) and |q - p| / |p| along the last axis (p broadcast against q)."""
+    cos = F.cosine_similarity(q, p.expand_as(q), dim=-1)
+    rel = (q - p).norm(dim=-1) / p.norm(dim=-1).clamp_min(1e-12)
+    return 1 - cos, rel
+
+
+@dataclasses.dataclass
+class VoxelEffects:
+    """Per sample and left-out voxel: ``cos_change`` = 1 - cos(perturbed, original prediction) and ``rel_change``
+    = |perturbed - original| / |original|, both (samples, voxels), in the order of ``voxels``."""
+
+    voxels: np.ndarray
+    cos_change: np.ndarray
+    rel_change: np.ndarray
+
+    def importance(self, kind: str = "cos") -> np.ndarray:
+        """Mean over samples, per voxel."""
+        return (self.cos_change if kind == "cos" else self.rel_change).mean(0)
+
+
+@torch.no_grad()
+def voxel_effects(encoder, x: np.ndarray, x_replace: np.ndarray, voxels=None, output: str = "head",
+                  method: str = "batched", chunk_elems: int = 2**21, device: str | None = None) -> VoxelEffects:  # fmt: skip
+    """Leave each of ``voxels`` (default: all) out in turn, replacing x[:, v] by x_replace[:, v], and measure the
+    change of the prediction (``output`` "head": the embedding; "retrieval": the MLP's projection, if trained).
+
+    ``method``: "batched" (default) computes the first layer once and updates it by (x_replace - x)[:, v] times the
+    voxel's column for many voxels at once: for a linear encoder (ridge) that is the exact closed form
+    p' = p + d_v w_v; for the MLP the rest of the network runs on samples x voxels rows, chunked so that about
+    ``chunk_elems`` floats are live. "naive" runs the whole encoder once per voxel on a copy of x (the reference).
+    """
+    m = _model(encoder, output, device)
+    n_vox = m.weight.shape[1]
+    x, x_replace = _check(x, x_replace, n_vox)
+    vox = _voxels(voxels, n_vox)
+    if method not in ("batched", "naive"):
+        raise LOOError(f"method={method!r}: expected 'batched' or 'naive'")
+    xt = torch.as_tensor(x, device=m.device)
+    d_all = torch.as_tensor(x_replace, device=m.device) - xt
+    p = m.predict(xt)  # (S, D)
+    s = len(x)
+    cos_out = torch.empty(s, len(vox))
+    rel_out = torch.empty(s, len(vox))
+    if method == "naive":
+        for j in runtime.progress(range(len(vox)), desc="LOO (naive)"):
+            xv = xt.clone()
+            xv[:, vox[j]] += d_all[:, vox[j]]
+            c, r = _changes(p, m.predict(xv))
+            cos_out[:, j], rel_out[:, j] = c.cpu(), r.cpu()
+    elif m.rest is None:  # linear: closed form from the weights, all voxels at once
+        w = m.weight[:, vox]  # (D, K)
+        d = d_all[:, vox]  # (S, K)
+        pw = p @ w  # (S, K)
+        pn2 = p.square().sum(1, keepdim=True)  # (S, 1)
+        qn2 = (pn2 + 2 * d * pw + d.square() * w.square().sum(0)).clamp_min(0)  # |p + d w|^2
+        cos = (pn2 + d * pw) / (pn2.sqrt() * qn2.sqrt()).clamp_min(1e-12)
+        cos_out = (1 - cos.clamp(-1, 1)).cpu()
+        rel_out = (d.abs() * w.norm(dim=0) / pn2.sqrt().clamp_min(1e-12)).cpu()
+    else:
+        h0 = xt @ m.weight.T + m.bias  # (S, H)
+        hidden = h0.shape[1]
+        step = max(1, chunk_elems // max(1, s * hidden))
+        for lo in runtime.progress(range(0, len(vox), step), desc="LOO (batched)"):
+            cols = torch.as_tensor(vox[lo : lo + step], device=m.device)
+            # (S, K, H): the first layer's output with voxel k moved to its replacement
+            h = h0[:, None, :] + d_all[:, cols, None] * m.weight[:, cols].T[None]
+            q = m.rest(h.reshape(-1, hidden)).reshape(s, len(cols), -1)
+            c, r = _changes(p[:, None, :], q)
+            cos_out[:, lo : lo + len(cols)], rel_out[:, lo : lo + len(cols)] = c.cpu(), r.cpu()
+    return VoxelEffects(vox, cos_out.numpy(), rel_out.numpy())
+
+
+@torch.no_grad()
+def perturbed_predictions(encoder, x: np.ndarray, x_replace: np.ndarray, voxels, output: str = "head",
+                          device: str | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The original predictions (S, D) and those with each of ``voxels`` left out (S, K, D), batched as in
+    :func:`voxel_effects`; for the image-space effect of a few voxels."""
+    m = _model(encoder, output, device)
+    x, x_replace = _check(x, x_replace, m.weight.shape[1])
+    vox = _voxels(voxels, m.weight.shape[1])
+    xt = torch.as_tensor(x, device=m.device)
+    d = torch.as_tensor(x_replace, device=m.device)[:, vox] - xt[:, vox]  # (S, K)
+    h0 = xt @ m.weight.T + m.bias
+    h = h0[:, None, :] + d[:, :, None] * m.weight[:, vox].T[None]
+    q = h if m.rest is None else m.rest(h.reshape(-1, h.shape[-1])).reshape(len(x), len(vox), -1)
+    p = m.predict(xt)
+    return p.cpu().numpy(), q.cpu().numpy()
+
+
+def _replace_columns(x: np.ndarray, x_replace: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    out = x.copy()
+    out[:, cols] = x_replace[:, cols]
+    return out
+
+
+@torch.no_grad()
+def group_effects(encoder, x: np.ndarray, x_replace: np.ndarray, groups: dict[str, np.ndarray],
+                  output: str = "head", device: str | None = None) -> dict[str, dict[str, np.ndarray]]:  # fmt: skip
+    """ROI-level leave-one-out: for each group (name -> voxel columns) every one of its voxels is replaced at once;
+    returns {name: {"cos_change": (S,), "rel_change": (S,)}}."""
+    m = _model(encoder, output, device)
+    x, x_replace = _check(x, x_replace, m.weight.shape[1])
+    p = m.predict(torch.as_tensor(x, device=m.device))
+    out = {}
+    for name, cols in groups.items():
+        cols = _voxels(cols, m.weight.shape[1])
+        q = m.predict(torch.as_tensor(_replace_columns(x, x_replace, cols), device=m.device))
+        c, r = _changes(p, q)
+        out[name] = {"cos_change": c.cpu().numpy(), "rel_change": r.cpu().numpy()}
+    return out
+
+
+def only_group(x: np.ndarray, x_replace: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """ROI-only input: the group's voxels keep their activity, every other voxel is set to its replacement (the
+    training mean for Brain-Diffuser's "ROI-optimal" images); the encoder and generator then run as usual."""
+    x, x_replace = np.asarray(x, np.float32), np.asarray(x_replace, np.float32)
+    if x_replace.shape != x.shape:
+        raise LOOError(f"x_replace {x_replace.shape}: expected the shape of x {x.shape}")
+    keep = np.zeros(x.shape[1], bool)
+    keep[_voxels(cols, x.shape[1])] = True
+    return np.where(keep, x, x_replace)
+
+
+def saliency(encoder, x: np.ndarray, x_replace: np.ndarray, output: str = "head", batch: int = 256,
+             device: str | None = None) -> np.ndarray:  # fmt: skip
+    """Gradient x input: |J[:, v] (x_replace - x)_v| / |p| per sample and voxel (S, V), the first-order estimate of
+    ``rel_change`` (exact for a linear encoder). One backward pass per output dimension."""
+    m = _model(encoder, output, device)
+    x, x_replace = _check(x, x_replace, m.weight.shape[1])
+    out = []
+    for lo in range(0, len(x), batch):
+        xt = torch.as_tensor(x[lo : lo + batch], device=m.device).requires_grad_(True)
+        d = torch.as_tensor(x_replace[lo : lo + batch], device=m.device) - xt.detach()
+        with torch.enable_grad():
+            p = m.predict(xt)
+            sq = torch.zeros_like(xt)
+            for k in range(p.shape[1]):
+                (g,) = torch.autograd.grad(p[:, k].sum(), xt, retain_graph=k < p.shape[1] - 1)
+                sq += (g * d).square()
+        out.append((sq.sqrt() / p.detach().norm(dim=1, keepdim=True).clamp_min(1e-12)).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, x.shape[1]), np.float32)
+
+
+# ================================================================================================================
+# image space and validation
+
+
+def image_effect_maps(G, p: np.ndarray, q: np.ndarray, ratio: float = 1.0, seed: int = 0) -> np.ndarray:
+    """Image-space effect of each perturbation: the mean over samples and colour channels of |G(q[:, k]) - G(p)|
+    (0-255 scale, not rounded: one voxel moves the image by less than a grey level), (K, R, R); ``p`` (S, D) original and ``q`` (S, K, D) perturbed predictions, generated as
+    :func:`lib.gan.generate` does (z = 0, constant noise, the same perturbation ``ratio`` and seed per sample)."""
+    from . import gan
+
+    p, q = np.asarray(p, np.float32), np.asarray(q, np.float32)
+    if q.ndim != 3 or q.shape[0] != p.shape[0] or q.shape[2] != p.shape[1]:
+        raise LOOError(f"q {q.shape}: expected (samples, perturbations, {p.shape[1]}) for p {p.shape}")
+    base = gan.generate(G, p, ratio, seed=seed, exact=True)
+    maps = []
+    for k in runtime.progress(range(q.shape[1]), desc="image effects"):
+        img = gan.generate(G, q[:, k], ratio, seed=seed, exact=True)
+        maps.append(np.abs(img - base).mean(axis=(0, 3)))
+    return np.stack(maps) if maps else np.zeros((0, *base.shape[1:3]), np.float32)
+
+
+def effect_centres(maps: np.ndarray, power: float = 2.0) -> np.ndarray:
+    """(K, 2) x, y centres of mass of ``maps`` (K, R, R) weighted by map**power, in pixels from the top-left corner
+    (pixel i spans [i, i + 1)); a map without any effect gives the image centre."""
+    maps = np.asarray(maps, np.float64)
+    if maps.ndim != 3:
+        raise LOOError(f"maps {maps.shape}: expected (K, rows, columns)")
+    w = maps**power
+    total = w.sum(axis=(1, 2))
+    yy, xx = np.mgrid[: maps.shape[1], : maps.shape[2]] + 0.5
+    safe = np.where(total > 0, total, 1.0)
+    cx = np.where(total > 0, (w * xx).sum(axis=(1, 2)) / safe, maps.shape[2] / 2)
+    cy = np.where(total > 0, (w * yy).sum(axis=(1, 2)) / safe, maps.shape[1] / 2)
+    return np.stack([cx, cy], 1)
+
+
+def prf_errors(
+    centres: np.ndarray, prf_xy: np.ndarray, shuffles: int = 1000, seed: int = 0
+) -> dict[str, float]:
+    """Distance between each voxel's effect centre and its true pRF centre (both (K, 2), the same pixel units):
+    the median, and chance as the median distance when the pRF centres are randomly re-paired with the voxels
+    (the mean over ``shuffles`` permutations, its 5th percentile, and the permutation p-value) - chance keeps both spatial distributions,
+    so a centre bias alone does not beat it."""
+    centres, prf_xy = np.asarray(centres, np.float64), np.asarray(prf_xy, np.float64)
+    if centres.shape != prf_xy.shape or centres.ndim != 2 or centres.shape[1] != 2 or len(centres) < 2:
+        raise LOOError(f"centres {centres.shape} and prf_xy {prf_xy.shape}: expected equal (K >= 2, 2)")
+    rng = np.random.default_rng(seed)
+    null = np.array(
+        [
+            np.median(np.linalg.norm(centres - prf_xy[rng.permutation(len(prf_xy))], axis=1))
+            for _ in range(shuffles)
+        ]
+    )
+    return {
+        "median_error": float(np.median(np.linalg.norm(centres - prf_xy, axis=1))),
+        "chance_median_error": float(null.mean()),
+        "chance_p05": float(np.percentile(null, 5)),
+        "p_value": float(
+            (1 + (null <= np.median(np.linalg.norm(centres - prf_xy, axis=1))).sum()) / (1 + shuffles)
+        ),
+    }

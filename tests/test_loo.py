@@ -1,0 +1,160 @@
+"""Leave-one-out analysis: batched against one-voxel-at-a-time loops, closed forms, ROI groups, saliency, and the
+validation helpers on cases with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from lib import encoders, gan, loo
+
+
+@pytest.fixture(scope="module")
+def xy():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((60, 40)).astype(np.float32)
+    y = (x[:, :8] @ rng.standard_normal((8, 6)) + 0.3 * rng.standard_normal((60, 6))).astype(np.float32)
+    return x, y
+
+
+@pytest.fixture(scope="module")
+def ridge(xy):
+    return encoders.RidgeEncoder(alphas=[1.0]).fit(*xy)
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    torch.manual_seed(0)
+    cfg = encoders.MLPConfig(width=32, depth=2, proj_width=16, dropout=0.1)
+    model = encoders.ResidualMLP(40, 6, cfg.width, cfg.depth, cfg.dropout, cfg.projector, cfg.proj_width)
+    return encoders.MLPEncoder(model.eval(), cfg, 40, 6, "cpu")
+
+
+def _cos_change(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    p, q = p.astype(np.float64), q.astype(np.float64)
+    return 1 - (p * q).sum(-1) / np.linalg.norm(p, axis=-1) / np.linalg.norm(q, axis=-1)
+
+
+def test_replacement_modes(xy):
+    x, _ = xy
+    np.testing.assert_allclose(loo.replacement(x, "mean", 3), np.tile(x.mean(0), (3, 1)), atol=1e-6)
+    assert not loo.replacement(x, "zero", 2).any()
+    big = np.random.default_rng(1).normal(2.0, 3.0, (4000, 3)).astype(np.float32)
+    noise = loo.replacement(big, "noise", 20000, seed=2)
+    np.testing.assert_allclose(noise.mean(0), big.mean(0), atol=0.1)
+    np.testing.assert_allclose(noise.std(0), big.std(0), rtol=0.03)
+    with pytest.raises(loo.LOOError, match="replace='median'"):
+        loo.replacement(x, "median", 2)
+
+
+@pytest.mark.parametrize("mode", ["mean", "noise"])
+def test_ridge_closed_form_equals_the_naive_loop_and_a_direct_computation(xy, ridge, mode):
+    x, _ = xy
+    r = loo.replacement(x, mode, len(x), seed=3)
+    fast = loo.voxel_effects(ridge, x, r)
+    slow = loo.voxel_effects(ridge, x, r, method="naive")
+    np.testing.assert_allclose(fast.cos_change, slow.cos_change, atol=1e-5)
+    np.testing.assert_allclose(fast.rel_change, slow.rel_change, rtol=1e-4, atol=1e-6)
+    # independent: numpy predictions of the encoder on explicitly edited copies
+    for v in (0, 7, 39):
+        xv = x.copy()
+        xv[:, v] = r[:, v]
+        want = _cos_change(ridge.predict(x), ridge.predict(xv))
+        np.testing.assert_allclose(fast.cos_change[:, v], want, atol=1e-5)
+
+
+@pytest.mark.parametrize("output", ["head", "retrieval"])
+def test_mlp_batched_equals_the_naive_loop(xy, mlp, output):
+    x, _ = xy
+    r = loo.replacement(x, "noise", len(x), seed=4)
+    vox = [0, 3, 17, 39]
+    fast = loo.voxel_effects(mlp, x, r, voxels=vox, output=output, chunk_elems=500)  # several chunks
+    slow = loo.voxel_effects(mlp, x, r, voxels=vox, output=output, method="naive")
+    np.testing.assert_allclose(fast.cos_change, slow.cos_change, atol=1e-5)
+    np.testing.assert_allclose(fast.rel_change, slow.rel_change, atol=1e-5)
+    head = mlp.predict if output == "head" else mlp.project
+    xv = x.copy()
+    xv[:, 17] = r[:, 17]
+    np.testing.assert_allclose(fast.cos_change[:, 2], _cos_change(head(x), head(xv)), atol=1e-5)
+    p, q = loo.perturbed_predictions(mlp, x, r, vox, output=output)
+    np.testing.assert_allclose(q[:, 2], head(xv), atol=1e-5)
+    np.testing.assert_allclose(p, head(x), atol=1e-6)
+
+
+def test_group_leave_out_equals_zeroing_its_voxels(xy, ridge, mlp):
+    x, _ = xy
+    groups = {"a": np.arange(0, 8), "b": np.array([8, 20, 33])}
+    for enc in (ridge, mlp):
+        out = loo.group_effects(enc, x, loo.replacement(x, "zero", len(x)), groups)
+        for name, cols in groups.items():
+            xz = x.copy()
+            xz[:, cols] = 0
+            np.testing.assert_allclose(out[name]["cos_change"], _cos_change(enc.predict(x), enc.predict(xz)),
+                                       atol=1e-5)  # fmt: skip
+
+
+def test_only_group_keeps_its_voxels_and_replaces_the_rest(xy):
+    x, _ = xy
+    r = loo.replacement(x, "mean", len(x))
+    o = loo.only_group(x, r, [2, 5])
+    assert np.array_equal(o[:, [2, 5]], x[:, [2, 5]])
+    rest = np.setdiff1d(np.arange(40), [2, 5])
+    assert np.array_equal(o[:, rest], r[:, rest])
+
+
+def test_saliency_is_exact_for_ridge_and_first_order_for_the_mlp(xy, ridge, mlp):
+    x, _ = xy
+    r = loo.replacement(x, "mean", len(x))
+    np.testing.assert_allclose(
+        loo.saliency(ridge, x, r), loo.voxel_effects(ridge, x, r).rel_change, rtol=1e-4
+    )
+    small = x + 1e-3 * np.random.default_rng(5).standard_normal(x.shape).astype(np.float32)
+    sal = loo.saliency(mlp, x, small, batch=25)
+    exact = loo.voxel_effects(mlp, x, small).rel_change
+    assert stats.spearmanr(sal.ravel(), exact.ravel())[0] > 0.99
+    np.testing.assert_allclose(sal.mean(), exact.mean(), rtol=0.02)
+
+
+def test_effect_centres_and_prf_errors_on_known_cases():
+    maps = np.zeros((3, 8, 8))
+    maps[0, 2, 5] = 1.0  # row 2, column 5: centre (5.5, 2.5)
+    maps[1, 4:6, 0:2] = 1.0  # a 2 x 2 square: centre (1, 5)
+    c = loo.effect_centres(maps)
+    np.testing.assert_allclose(c, [[5.5, 2.5], [1.0, 5.0], [4.0, 4.0]])
+    rng = np.random.default_rng(0)
+    prf = rng.uniform(0, 64, (200, 2))
+    exact = loo.prf_errors(prf + rng.normal(0, 1, prf.shape), prf, shuffles=200)
+    assert exact["median_error"] < 2 and exact["chance_median_error"] > 15 and exact["p_value"] < 0.01
+    unrelated = loo.prf_errors(rng.uniform(0, 64, (200, 2)), prf, shuffles=200)
+    assert unrelated["median_error"] == pytest.approx(unrelated["chance_median_error"], rel=0.15)
+    assert unrelated["p_value"] > 0.01
+
+
+def test_bad_input_is_named(xy, ridge):
+    x, _ = xy
+    with pytest.raises(loo.LOOError, match="x_replace"):
+        loo.voxel_effects(ridge, x, x[:, :5])
+    with pytest.raises(loo.LOOError, match=r"x \(60, 5\)"):
+        loo.voxel_effects(ridge, x[:, :5], x[:, :5])
+    with pytest.raises(loo.LOOError, match="voxels"):
+        loo.voxel_effects(ridge, x, x, voxels=[40])
+    with pytest.raises(loo.LOOError, match="output='proj'"):
+        loo.voxel_effects(ridge, x, x, output="proj")
+    with pytest.raises(loo.LOOError, match="encoder dict"):
+        loo.voxel_effects({}, x, x)
+
+
+def test_image_effect_maps_equal_the_generated_differences():
+    G, _ = gan.build(gan.GANConfig(z_dim=8, w_dim=16, channel_base=64, channel_max=16, fts_hidden=16), 16, 6)
+    G = G.eval()
+    rng = np.random.default_rng(0)
+    p = rng.standard_normal((3, 6)).astype(np.float32)
+    q = np.stack([p, p + 0.5 * rng.standard_normal((3, 6)).astype(np.float32)], 1)  # no change, a change
+    maps = loo.image_effect_maps(G, p, q)
+    assert maps.shape == (2, 16, 16) and not maps[0].any() and maps[1].mean() > 0
+    want = np.abs(gan.generate(G, q[:, 1], 1.0, exact=True) - gan.generate(G, p, 1.0, exact=True)).mean(
+        axis=(0, 3)
+    )
+    np.testing.assert_allclose(maps[1], want, rtol=1e-6)
