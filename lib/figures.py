@@ -401,18 +401,25 @@ def encoder_curves(histories: dict[str, dict], size_curve: dict[str, dict] | Non
     return fig
 
 
+def _positive_volume(ds: NSD, subject: int, values: np.ndarray, voxel_ijk: np.ndarray):
+    """Per-voxel values as a NIfTI image on the subject's grid, negative values set to 0 (the maps show the
+    positive part)."""
+    vol = np.zeros(ds.roi_mask(subject, "nsdgeneral").shape, np.float32)
+    vol[tuple(np.asarray(voxel_ijk).T)] = np.clip(values, 0, None)
+    return volume_image(ds, subject, vol)
+
+
 def voxel_map(ds: NSD, subject: int, values: np.ndarray, voxel_ijk: np.ndarray, title: str,
               by_group: dict[str, np.ndarray] | None = None, label: str = "r") -> plt.Figure:  # fmt: skip
     """Per-voxel values on the anatomy (axial slices; positive part), and their distribution per ROI group."""
     from nilearn import plotting
 
-    vol = np.zeros(ds.roi_mask(subject, "nsdgeneral").shape, np.float32)
-    vol[tuple(np.asarray(voxel_ijk).T)] = np.clip(values, 0, None)  # the map shows the positive part
+    img = _positive_volume(ds, subject, values, voxel_ijk)
     fig = plt.figure(figsize=(13, 3.6))
     ax_map = fig.add_axes([0.0, 0.0, 0.6 if by_group else 1.0, 1.0])
     vmax = float(np.nanpercentile(values, 99)) if np.any(values > 0) else 1.0
     plotting.plot_stat_map(
-        volume_image(ds, subject, vol), bg_img=background_image(ds, subject), display_mode="z",
+        img, bg_img=background_image(ds, subject), display_mode="z",
         cut_coords=[-12, -2, 8, 18], threshold=0.05 * vmax, cmap="hot", vmax=vmax, axes=ax_map, title=title,
         draw_cross=False, colorbar=True,
     )  # fmt: skip
@@ -558,9 +565,7 @@ def importance_brain(ds: NSD, subject: int, values: np.ndarray, voxel_ijk: np.nd
     """Per-voxel importance on the MNI template: a glass brain (maximum projection) and axial slices."""
     from nilearn import plotting
 
-    vol = np.zeros(ds.roi_mask(subject, "nsdgeneral").shape, np.float32)
-    vol[tuple(np.asarray(voxel_ijk).T)] = np.clip(values, 0, None)
-    img = volume_image(ds, subject, vol)
+    img = _positive_volume(ds, subject, values, voxel_ijk)
     vmax = float(np.nanpercentile(values, 99.5)) if np.any(values > 0) else 1.0
     fig = plt.figure(figsize=(13, 6.4))
     plotting.plot_glass_brain(img, display_mode="lyrz", cmap="hot", vmax=vmax, threshold=0.1 * vmax, colorbar=True,

@@ -43,8 +43,8 @@ def replacement(x_train: np.ndarray, mode: str, n: int, seed: int = 0) -> np.nda
 
 @dataclasses.dataclass
 class _Model:
-    """An encoder as torch pieces: ``first`` (weight (H, V), bias (H,)) is its linear first layer, ``rest`` maps
-    the first layer's output to the embedding (identity for a linear encoder)."""
+    """An encoder as torch pieces: ``weight`` (H, V) and ``bias`` (H,) are its linear first layer, ``rest`` maps
+    the first layer's output to the embedding (None for a linear encoder, whose first layer is the output)."""
 
     weight: torch.Tensor
     bias: torch.Tensor
@@ -102,6 +102,13 @@ def _voxels(voxels, n_voxels: int) -> np.ndarray:
     if len(v) and (v.min() < 0 or v.max() >= n_voxels):
         raise LOOError(f"voxels: indices must lie in [0, {n_voxels}), got {v.min()}..{v.max()}")
     return v
+
+
+def _perturbed(m: _Model, h0: torch.Tensor, d: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """Predictions (S, K, D) with voxel ``cols[k]`` moved by ``d[:, k]``: the first layer's output ``h0`` (S, H)
+    plus d times the voxel's column, then the rest of the network (nothing more for a linear encoder)."""
+    h = h0[:, None, :] + d[:, :, None] * m.weight[:, cols].T[None]
+    return h if m.rest is None else m.rest(h.reshape(-1, h.shape[-1])).reshape(len(h0), len(cols), -1)
 
 
 def _changes(p: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -169,10 +176,7 @@ def voxel_effects(encoder, x: np.ndarray, x_replace: np.ndarray, voxels=None, ou
         step = max(1, chunk_elems // max(1, s * hidden))
         for lo in runtime.progress(range(0, len(vox), step), desc="LOO (batched)"):
             cols = torch.as_tensor(vox[lo : lo + step], device=m.device)
-            # (S, K, H): the first layer's output with voxel k moved to its replacement
-            h = h0[:, None, :] + d_all[:, cols, None] * m.weight[:, cols].T[None]
-            q = m.rest(h.reshape(-1, hidden)).reshape(s, len(cols), -1)
-            c, r = _changes(p[:, None, :], q)
+            c, r = _changes(p[:, None, :], _perturbed(m, h0, d_all[:, cols], cols))
             cos_out[:, lo : lo + len(cols)], rel_out[:, lo : lo + len(cols)] = c.cpu(), r.cpu()
     return VoxelEffects(vox, cos_out.numpy(), rel_out.numpy())
 
@@ -186,12 +190,10 @@ def perturbed_predictions(encoder, x: np.ndarray, x_replace: np.ndarray, voxels,
     x, x_replace = _check(x, x_replace, m.weight.shape[1])
     vox = _voxels(voxels, m.weight.shape[1])
     xt = torch.as_tensor(x, device=m.device)
-    d = torch.as_tensor(x_replace, device=m.device)[:, vox] - xt[:, vox]  # (S, K)
-    h0 = xt @ m.weight.T + m.bias
-    h = h0[:, None, :] + d[:, :, None] * m.weight[:, vox].T[None]
-    q = h if m.rest is None else m.rest(h.reshape(-1, h.shape[-1])).reshape(len(x), len(vox), -1)
-    p = m.predict(xt)
-    return p.cpu().numpy(), q.cpu().numpy()
+    cols = torch.as_tensor(vox, device=m.device)
+    d = torch.as_tensor(x_replace, device=m.device)[:, cols] - xt[:, cols]  # (S, K)
+    q = _perturbed(m, xt @ m.weight.T + m.bias, d, cols)
+    return m.predict(xt).cpu().numpy(), q.cpu().numpy()
 
 
 def _replace_columns(x: np.ndarray, x_replace: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -254,8 +256,9 @@ def saliency(encoder, x: np.ndarray, x_replace: np.ndarray, output: str = "head"
 
 def image_effect_maps(G, p: np.ndarray, q: np.ndarray, ratio: float = 1.0, seed: int = 0) -> np.ndarray:
     """Image-space effect of each perturbation: the mean over samples and colour channels of |G(q[:, k]) - G(p)|
-    (0-255 scale, not rounded: one voxel moves the image by less than a grey level), (K, R, R); ``p`` (S, D) original and ``q`` (S, K, D) perturbed predictions, generated as
-    :func:`lib.gan.generate` does (z = 0, constant noise, the same perturbation ``ratio`` and seed per sample)."""
+    (0-255 scale, not rounded: one voxel moves the image by less than a grey level), (K, R, R); ``p`` (S, D)
+    original and ``q`` (S, K, D) perturbed predictions, generated as :func:`lib.gan.generate` does (z = 0,
+    constant noise, the same perturbation ``ratio`` and seed per sample)."""
     from . import gan
 
     p, q = np.asarray(p, np.float32), np.asarray(q, np.float32)
@@ -289,11 +292,12 @@ def prf_errors(
 ) -> dict[str, float]:
     """Distance between each voxel's effect centre and its true pRF centre (both (K, 2), the same pixel units):
     the median, and chance as the median distance when the pRF centres are randomly re-paired with the voxels
-    (the mean over ``shuffles`` permutations, its 5th percentile, and the permutation p-value) - chance keeps both spatial distributions,
-    so a centre bias alone does not beat it."""
+    (the mean over ``shuffles`` permutations, its 5th percentile, and the permutation p-value) - chance keeps
+    both spatial distributions, so a centre bias alone does not beat it."""
     centres, prf_xy = np.asarray(centres, np.float64), np.asarray(prf_xy, np.float64)
     if centres.shape != prf_xy.shape or centres.ndim != 2 or centres.shape[1] != 2 or len(centres) < 2:
         raise LOOError(f"centres {centres.shape} and prf_xy {prf_xy.shape}: expected equal (K >= 2, 2)")
+    median = float(np.median(np.linalg.norm(centres - prf_xy, axis=1)))
     rng = np.random.default_rng(seed)
     null = np.array(
         [
@@ -302,10 +306,8 @@ def prf_errors(
         ]
     )
     return {
-        "median_error": float(np.median(np.linalg.norm(centres - prf_xy, axis=1))),
+        "median_error": median,
         "chance_median_error": float(null.mean()),
         "chance_p05": float(np.percentile(null, 5)),
-        "p_value": float(
-            (1 + (null <= np.median(np.linalg.norm(centres - prf_xy, axis=1))).sum()) / (1 + shuffles)
-        ),
+        "p_value": float((1 + (null <= median).sum()) / (1 + shuffles)),
     }
