@@ -272,12 +272,19 @@ def image_effect_maps(G, p: np.ndarray, q: np.ndarray, ratio: float = 1.0, seed:
     return np.stack(maps) if maps else np.zeros((0, *base.shape[1:3]), np.float32)
 
 
-def effect_centres(maps: np.ndarray, power: float = 2.0) -> np.ndarray:
+def effect_centres(maps: np.ndarray, power: float = 2.0, quantile: float | None = None) -> np.ndarray:
     """(K, 2) x, y centres of mass of ``maps`` (K, R, R) weighted by map**power, in pixels from the top-left corner
-    (pixel i spans [i, i + 1)); a map without any effect gives the image centre."""
+    (pixel i spans [i, i + 1)); a map without any effect gives the image centre. With ``quantile`` (e.g. 0.9) each
+    map is first lowered by its own quantile and clipped at 0, so only its peak region counts: a whole-map centre
+    of mass is pulled towards the image centre by the effect's diffuse part, most for pRFs near the edge."""
     maps = np.asarray(maps, np.float64)
     if maps.ndim != 3:
         raise LOOError(f"maps {maps.shape}: expected (K, rows, columns)")
+    if quantile is not None:
+        if not 0 <= quantile < 1:
+            raise LOOError(f"quantile={quantile}: expected a value in [0, 1)")
+        level = np.quantile(maps.reshape(len(maps), -1), quantile, axis=1)[:, None, None]
+        maps = np.clip(maps - level, 0, None)
     w = maps**power
     total = w.sum(axis=(1, 2))
     yy, xx = np.mgrid[: maps.shape[1], : maps.shape[2]] + 0.5
@@ -311,3 +318,74 @@ def prf_errors(
         "chance_p05": float(np.percentile(null, 5)),
         "p_value": float((1 + (null <= median).sum()) / (1 + shuffles)),
     }
+
+
+def in_stimulus(prf_xy: np.ndarray, size: float) -> np.ndarray:
+    """Boolean (K,): pRF centres (K, 2) that lie inside the square stimulus of ``size`` pixels; a voxel whose pRF
+    centre is outside the image cannot place its effect at that centre (NSD's images span 8.4 degrees)."""
+    prf_xy = np.asarray(prf_xy, np.float64)
+    return np.isfinite(prf_xy).all(1) & (prf_xy >= 0).all(1) & (prf_xy < size).all(1)
+
+
+def layout(images: np.ndarray, grid: int) -> np.ndarray:
+    """The colour layout of uint8 ``images`` (N, S, S, 3): area means on a grid x grid raster in [0, 1] (block means
+    when S is a multiple of ``grid``), flattened to (N, grid * grid * 3) in (row, column, channel) order."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[1] != images.shape[2] or images.shape[3] != 3:
+        raise LOOError(f"images {images.shape}: expected (N, size, size, 3)")
+    if not 1 <= grid <= images.shape[1]:
+        raise LOOError(f"grid={grid}: expected 1..{images.shape[1]} (the image size)")
+    out = []
+    for lo in range(0, len(images), 256):
+        x = torch.as_tensor(images[lo : lo + 256]).permute(0, 3, 1, 2).double() / 255
+        out.append(F.adaptive_avg_pool2d(x, grid).permute(0, 2, 3, 1).reshape(len(x), -1).float().numpy())
+    return np.concatenate(out) if out else np.zeros((0, grid * grid * 3), np.float32)
+
+
+def fit_layout_readout(features: np.ndarray, images: np.ndarray, grid: int = 16, alphas=(0.01, 0.1, 1.0, 10.0, 100.0),
+                       device: str | None = None) -> RidgeEncoder:  # fmt: skip
+    """A linear read-out of the stimuli's colour layout (:func:`layout`) from their embeddings (ridge, alpha by
+    leave-one-out CV): how much of the image's spatial arrangement the joint embedding carries, and so the most
+    any generator conditioned on it can place a voxel's effect. Fit it on training stimuli only."""
+    features = np.asarray(features, np.float32)
+    if features.ndim != 2 or len(features) != len(images):
+        raise LOOError(f"features {features.shape}: expected one row per image ({len(images)})")
+    return RidgeEncoder(alphas=list(alphas), device=device or "auto").fit(features, layout(images, grid))
+
+
+def layout_effect_maps(readout: RidgeEncoder, p: np.ndarray, q: np.ndarray, grid: int) -> np.ndarray:
+    """The effect of each perturbation on the layout the embedding implies: the mean over samples of
+    |R(q[:, k]) - R(p)| summed over colour channels, (K, grid, grid), for a :func:`fit_layout_readout` R and the
+    original (S, D) and perturbed (S, K, D) predictions of :func:`perturbed_predictions`."""
+    p, q = np.asarray(p, np.float32), np.asarray(q, np.float32)
+    if q.ndim != 3 or q.shape[0] != p.shape[0] or q.shape[2] != p.shape[1]:
+        raise LOOError(f"q {q.shape}: expected (samples, perturbations, {p.shape[1]}) for p {p.shape}")
+    coef = np.atleast_2d(readout.coef_)  # (grid * grid * 3, D); the intercept cancels in the difference
+    if coef.shape != (grid * grid * 3, p.shape[1]):
+        raise LOOError(f"readout maps {coef.shape[1]}-d vectors to {coef.shape[0]} values: expected "
+                       f"{p.shape[1]} -> {grid * grid * 3} (grid {grid})")  # fmt: skip
+    change = np.abs(np.einsum("skd,od->sko", q - p[:, None, :], coef, optimize=True))
+    return change.mean(0).reshape(q.shape[1], grid, grid, 3).sum(-1)
+
+
+def ideal_readout(signal: np.ndarray, noise_var: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Ground-truth read-out weights (V, D): the least-squares linear read-out of ``targets`` (N, D) from
+    standardised inputs x = (signal + noise) / SD, where ``signal`` (N, V) is each voxel's noise-free response
+    and the noise is independent across voxels with variance ``noise_var`` (V,). The population solution
+    (C_s + diag(noise_var))^-1 C_sy, computed from the truth instead of noisy data, scaled by each input's SD
+    sqrt(var(signal) + noise_var) to the units of z-scored betas. Its row norms are the weight each voxel carries
+    in the best linear decoder of the embedding, what leave-one-out importance estimates."""
+    s = np.asarray(signal, np.float64)
+    nv = np.asarray(noise_var, np.float64).ravel()
+    y = np.asarray(targets, np.float64)
+    if s.ndim != 2 or y.ndim != 2 or len(y) != len(s):
+        raise LOOError(f"signal {s.shape} and targets {y.shape}: expected (N, V) and (N, D) with equal N")
+    if nv.shape != (s.shape[1],) or not (np.isfinite(nv).all() and (nv >= 0).all()):
+        raise LOOError(f"noise_var {nv.shape}: expected {s.shape[1]} finite variances >= 0")
+    s = s - s.mean(0)
+    y = y - y.mean(0)
+    cov = s.T @ s / len(s)
+    var = cov.diagonal() + nv
+    cov[np.diag_indices_from(cov)] = var
+    w = np.linalg.solve(cov, s.T @ y / len(s))
+    return (w * np.sqrt(var)[:, None]).astype(np.float32)

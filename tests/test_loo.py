@@ -158,3 +158,63 @@ def test_image_effect_maps_equal_the_generated_differences():
         axis=(0, 3)
     )
     np.testing.assert_allclose(maps[1], want, rtol=1e-6)
+
+
+def test_ideal_readout_is_the_least_squares_fit_to_many_noisy_draws():
+    """The closed form from the truth against scikit-learn's regression on 4,000 noisy repeats of each image."""
+    from sklearn.linear_model import LinearRegression
+
+    rng = np.random.default_rng(4)
+    n, v, d, reps = 30, 6, 3, 4000
+    signal = rng.standard_normal((n, v))
+    signal[:, 1] = 0.8 * signal[:, 0] + 0.2 * signal[:, 1]  # correlated voxels share the weight
+    targets = signal[:, :3] @ rng.standard_normal((3, d)) + 0.5 * rng.standard_normal((n, d))
+    noise_var = np.array([0.5, 1.0, 2.0, 0.2, 4.0, 1.0])
+    x = np.tile(signal, (reps, 1)) + rng.standard_normal((n * reps, v)) * np.sqrt(noise_var)
+    fit = LinearRegression().fit(x / x.std(0), np.tile(targets, (reps, 1)))
+    ideal = loo.ideal_readout(signal, noise_var, targets)
+    np.testing.assert_allclose(ideal, fit.coef_.T, atol=0.03)
+    assert np.abs(ideal).max() > 0.3
+    with pytest.raises(loo.LOOError, match="noise_var"):
+        loo.ideal_readout(signal, noise_var[:3], targets)
+
+
+def test_effect_centres_at_a_quantile_find_an_edge_peak_that_the_whole_map_centre_misses():
+    maps = np.ones((1, 16, 16))
+    maps[0, 1:4, 1:4] = 5.0  # 9 of 256 pixels: above the 0.9 quantile, which is the background
+    np.testing.assert_allclose(loo.effect_centres(maps, quantile=0.9), [[2.5, 2.5]])
+    whole = loo.effect_centres(maps, power=2.0)
+    assert np.linalg.norm(whole - 2.5) > 3  # pulled towards the image centre (8, 8)
+    with pytest.raises(loo.LOOError, match="quantile=1"):
+        loo.effect_centres(maps, quantile=1.0)
+
+
+def test_layout_is_the_block_mean():
+    from skimage.transform import downscale_local_mean
+
+    images = np.random.default_rng(5).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    expected = np.stack([downscale_local_mean(im / 255, (4, 4, 1)).ravel() for im in images])
+    np.testing.assert_allclose(loo.layout(images, 8), expected, atol=1e-6)
+    assert loo.in_stimulus(np.array([[1.0, 31.0], [-1.0, 5.0], [5.0, 32.0], [np.nan, 1.0]]), 32).tolist() == [
+        True, False, False, False,
+    ]  # fmt: skip
+
+
+def test_layout_readout_places_a_perturbation_at_its_block():
+    """Embeddings that are an invertible linear image of the layout: the read-out recovers it, and a perturbation
+    along one block's direction has its layout effect, and its centre, at that block."""
+    rng = np.random.default_rng(6)
+    grid = 8
+    images = rng.integers(0, 256, (400, 32, 32, 3), dtype=np.uint8)
+    mix = rng.standard_normal((grid * grid * 3, 256)).astype(np.float32)
+    feats = loo.layout(images, grid) @ mix
+    readout = loo.fit_layout_readout(feats, images, grid, alphas=(1e-4,), device="cpu")
+    row, col = 2, 6
+    one = np.zeros(grid * grid * 3, np.float32)
+    one[(row * grid + col) * 3] = 1.0  # red channel of block (row, col)
+    p = feats[:5]
+    q = p[:, None, :] + (one @ mix)[None, None, :]
+    maps = loo.layout_effect_maps(readout, p, q, grid)
+    assert maps.shape == (1, grid, grid)
+    assert np.unravel_index(np.argmax(maps[0]), maps[0].shape) == (row, col)
+    np.testing.assert_allclose(loo.effect_centres(maps, quantile=0.9), [[col + 0.5, row + 0.5]], atol=0.3)
