@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 PROFILE ?= mini
 export HF_HUB_OFFLINE := 1
 
-.PHONY: help venv figures pipeline test unit nbval lab lint format bench data clean
+.PHONY: help venv figures pipeline report test unit nbval lab lint format bench data clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -19,11 +19,15 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)  ## create .venv and install the project (editable) with its test tools
 
-figures: $(STAMP)  ## regenerate every report figure of the embedded default (mini-NSD) into figures/
+figures: $(STAMP)  ## regenerate every report figure of the embedded default (mini-NSD) into figures/, and the report
 	$(BIN)/python -m lib.pipeline --profile mini
+	$(BIN)/python -m lib.report --profile mini
 
 pipeline: $(STAMP)  ## run the notebooks on another profile: make pipeline PROFILE=quick|nsd
 	$(BIN)/python -m lib.pipeline --profile $(PROFILE)
+
+report: $(STAMP)  ## rebuild build/PROFILE/report.html and render it in headless chromium to report.png (apt: chromium)
+	$(BIN)/python -m lib.report --profile $(PROFILE) --screenshot
 
 test: $(STAMP)  ## the whole suite: unit tests, then every notebook under nbval on the quick profile
 	$(BIN)/python -m lib.pipeline --profile quick --prepare-only

@@ -658,3 +658,47 @@ def prf_check(prf_xy: np.ndarray, centres: dict[str, np.ndarray], checks: dict[s
     axes[0, 0].legend(frameon=False, fontsize=7, loc="lower left")
     fig.tight_layout()
     return fig
+
+
+def metric_family(table: dict[str, dict], labels: list[str], title: str, published=None,
+                  chance: dict[str, float] | None = None, lower_better: bool = False) -> plt.Figure:  # fmt: skip
+    """One metric family: a group of bars per metric (``labels``), one bar per variant of ``table``
+    ({variant: {metric: value or None}}); a metric without a value is marked n/a (weights unavailable). Published
+    rows (a DataFrame with a ``method`` column and these metric columns) are drawn as grey markers, labelled as
+    another dataset; ``chance`` per metric as a dashed line."""
+    variants = list(table)
+    n = len(variants)
+    width = 0.8 / max(n, 1)
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.6 * len(labels) + 2.5), 4.2))
+    colours = plt.get_cmap("tab10")(np.arange(n) % 10)
+    for i, v in enumerate(variants):  # legend entries, also when the first metric has no values
+        ax.bar(0, 0, 0, color=colours[i], label=v)
+    for j, label in enumerate(labels):
+        for i, v in enumerate(variants):
+            x = j - 0.4 + (i + 0.5) * width
+            val = table[v].get(label)
+            if val is None:
+                ax.text(x, 0.02, "n/a", rotation=90, ha="center", va="bottom", fontsize=6, color="0.4")
+            else:
+                ax.bar(x, val, width * 0.92, color=colours[i])
+        if chance and label in chance:
+            ax.hlines(chance[label], j - 0.45, j + 0.45, colors="k", linestyles="--", lw=1,
+                      label="chance" if j == 0 else None)  # fmt: skip
+        if published is not None and label in published:
+            vals = published[["method", label]].dropna()
+            for k, (_, row) in enumerate(vals.iterrows()):
+                ax.plot(j + 0.46, row[label], "d", color=str(0.25 + 0.5 * k / max(1, len(vals))), ms=5,
+                        label="published on NSD (not comparable)" if j == 0 and k == 0 else None)  # fmt: skip
+    if not any(v is not None for row in table.values() for v in (row.get(lb) for lb in labels)):
+        ax.text(0.5, 0.5, "no pretrained weights for these metrics here", transform=ax.transAxes,
+                ha="center", va="center", fontsize=9, color="0.3")  # fmt: skip
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set(
+        ylabel="lower is better" if lower_better else "higher is better",
+        title=title,
+        xlim=(-0.6, len(labels)),
+    )
+    ax.legend(frameon=False, fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -175,16 +175,17 @@ def ssim_per_image(
     g = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float64) / sigma) ** 2)
     g = (g / g.sum()).float()
 
+    gx, gy = g.view(1, 1, 1, -1).repeat(5, 1, 1, 1), g.view(1, 1, -1, 1).repeat(5, 1, 1, 1)
+
     def blur(a):  # separable, valid region only (= scikit-image's filter cropped by the window radius)
-        a = F.conv2d(a, g.view(1, 1, 1, -1))
-        return F.conv2d(a, g.view(1, 1, -1, 1))
+        return F.conv2d(F.conv2d(a, gx, groups=5), gy, groups=5)  # 5 maps at once, one channel each
 
     c1, c2 = 0.01**2, 0.03**2
     out = []
     for r, t in _resized_pair(recons, targets, size):
         x, y = (r * grey).sum(1, keepdim=True), (t * grey).sum(1, keepdim=True)
-        mx, my = blur(x), blur(y)
-        vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+        mx, my, xx, yy, xy = blur(torch.cat([x, y, x * x, y * y, x * y], 1)).split(1, dim=1)
+        vx, vy, cxy = xx - mx * mx, yy - my * my, xy - mx * my
         s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
         out.append(s.double().mean(dim=[1, 2, 3]).numpy())
     return np.concatenate(out)

@@ -1,0 +1,249 @@
+"""One self-contained HTML report per profile: every figure of notebooks 00-05 with a paragraph each, the key
+tables from their metrics files, and the published results beside ours; images are embedded, so the page is one
+file. ``python -m lib.report --profile mini [--screenshot]`` rebuilds it (notebook 05 does at its end), and
+``--screenshot`` renders it in headless Chromium to check it displays."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from . import paths
+from .io import atomic_path, write_bytes
+
+PUBLISHED = paths.PROJ_ROOT / "data_manifests" / "published_results.csv"
+
+SECTIONS = {
+    "00": ("Data preparation", "NSD betas of one subject become the voxels of an ROI group: z-scored per session, "
+           "repeats of the shared test images averaged, train and test split on the shared images."),
+    "01": ("Joint embedding", "The CLIP-style image and caption space the encoders predict (learned from the "
+           "stimuli and their captions unless a real CLIP checkpoint is given), and DINO self-supervised features."),
+    "02": ("fMRI encoders", "Ridge and a residual MLP map the voxels to the embedding; retrieval and 2-way "
+           "identification on the test images, against a noise-free ceiling."),
+    "03": ("Generator", "A CLIP-conditioned StyleGAN2 as in LAFITE draws images from embeddings: trained on the "
+           "stimuli, aligned to its condition, tuned on fMRI predictions, and refined by latent optimisation."),
+    "04": ("Leave-one-out", "Every voxel and ROI group left out in turn: how each moves the predicted embedding "
+           "and the image, mapped on the brain and checked against the simulator's truth."),
+    "05": ("Evaluation", "The field's metrics for every reconstruction variant, with the published NSD results "
+           "beside them for orientation (a different dataset: not comparable)."),
+}  # fmt: skip
+
+#: one paragraph per figure; tests/test_report.py checks that every figure a notebook writes has one
+FIGURES = {
+    "00_roi_map.png": "The ROI groups on the subject's anatomy: nsdgeneral, the early visual areas (V1-hV4), "
+    "the streams and the category-selective (floc) regions.",
+    "00_ncsnr.png": "Noise-ceiling SNR per voxel (NSD's ncsnr, from the repeated images) and its distribution per "
+    "ROI group; it bounds how well any encoder can predict a voxel.",
+    "00_stimuli.png": "Example stimuli with their captions: what the subject saw and what the joint embedding "
+    "learns to align.",
+    "00_zscore_effect.png": "Per-session means before and after z-scoring, and test-retest reliability with and "
+    "without it: session drifts dominate raw betas.",
+    "00_voxel_counts.png": "Voxels per ROI group, the input sizes of the encoders.",
+    "01_training_curves.png": "Contrastive and DINO training losses, with held-out retrieval during training.",
+    "01_similarity.png": "Image-caption cosine similarity on held-out pairs: a strong diagonal means matching "
+    "pairs are found.",
+    "01_retrieval_examples.png": "Caption-to-image retrieval examples from held-out stimuli.",
+    "01_dino_knn.png": "k-nearest-neighbour probes of the DINO features against the known scene attributes.",
+    "01_embedding_2d.png": "A 2-D projection of the image embeddings coloured by scene attributes.",
+    "02_roi_comparison.png": "Retrieval and 2-way identification per ROI group and encoder, against the noise-free "
+    "ceiling and chance.",
+    "02_learning_curves.png": "MLP training curves and ridge accuracy against the number of training trials.",
+    "02_voxel_accuracy.png": "Per-voxel accuracy of the encoding direction on the brain.",
+    "02_predicted_vs_true.png": "Predicted against true embedding values on the test images.",
+    "03_reconstructions.png": "Test stimuli and their reconstructions: the oracle (true embedding), the plain fMRI "
+    "reconstruction, the fMRI-tuned generator and latent optimisation.",
+    "03_training_curves.png": "Generator training: adversarial losses, conditioning alignment, fMRI tuning and latent "
+    "optimisation.",
+    "03_scores.png": "2-way identification, PixCorr and SSIM per variant, and the effect of the perturbation ratio.",
+    "04_importance_brain.png": "Leave-one-voxel-out importance (mean 1 - cos change of the predicted embedding) on "
+    "the brain, glass brain and slices on the MNI template.",
+    "04_roi_effects.png": "Leaving out whole ROI groups against the mean single-voxel effect in each group.",
+    "04_effect_maps.png": "Image-space effect of single voxels: mean change of the generated image; + the true "
+    "pRF centre, o the map's centre.",
+    "04_loo_vs_saliency.png": "Leave-one-out against gradient x input saliency, per voxel.",
+    "04_roi_only.png": "ROI-only reconstructions: one group's activity, every other voxel at its training mean.",
+    "04_validation.png": "LOO importance against each voxel's true weight in the ideal linear read-out of the "
+    "embedding, computed from the simulator's truth.",
+    "04_prf_check.png": "Where single early voxels move the image, against their true pRF centres, through the "
+    "generator and through the embedding's layout read-out, with chance from re-paired centres.",
+    "05_low_level.png": "PixCorr and SSIM per variant (MindEye's definitions at 425 px), published NSD values as "
+    "grey markers.",
+    "05_two_way.png": "2-way identification on network features per variant (chance 0.5); n/a where the "
+    "pretrained weights are not on this machine.",
+    "05_distance.png": "Feature correlation distance (lower is better); n/a where weights are absent.",
+    "05_retrieval.png": "Top-1 retrieval among 300 test samples of the 02 encoders, both directions.",
+    "05_roi_groups.png": "ROI-only reconstructions scored per ROI group: early groups carry layout, higher groups "
+    "category.",
+}
+
+CAVEATS = (
+    "NSD's train and test images share semantic clusters: CLIP-guided reconstructions are partly classification "
+    "plus hallucination and degrade on category-disjoint splits (arXiv 2405.10078). PixCorr, SSIM and the AlexNet "
+    "scores track human judgement poorly. Published numbers come from NSD at 425 px on 982-1,000 test images; "
+    "the embedded default is mini-NSD, a simulator with a known ground truth: its numbers show that the pipeline "
+    "works, not how it would score on NSD."
+)
+
+
+def published_table(path: str | Path = PUBLISHED) -> pd.DataFrame:
+    """The published NSD results (data_manifests/published_results.csv): method, set, source and one column per
+    metric as a fraction (2-way and retrieval 0-1; EffNet-B and SwAV are distances, lower is better)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the published results table is missing")
+    table = pd.read_csv(path)
+    missing = {"method", "set", "source"} - set(table.columns)
+    if missing:
+        raise ValueError(f"{path}: expected columns method, set and source (missing {sorted(missing)})")
+    return table
+
+
+def _metrics(folder: Path, stem: str) -> dict:
+    path = folder / f"{stem}.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and v != v):
+        return "n/a"
+    return f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
+
+
+def _table(rows: dict[str, dict], caption: str = "") -> str:
+    cols: list[str] = []
+    for r in rows.values():
+        cols += [c for c in r if c not in cols]
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join(
+        f"<tr><th>{html.escape(str(k))}</th>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in cols) + "</tr>"
+        for k, r in rows.items()
+    )
+    cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+    return f"<table>{cap}<thead><tr><th></th>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _tables(nb: str, m: dict[str, dict]) -> list[str]:
+    """The key tables of notebook ``nb`` from the metrics files ``m`` (stem -> dict)."""
+    out = []
+    if nb == "02" and m.get("02_fmri_encoder"):
+        keys = ("two_way", "img_retrieval_top1", "brain_retrieval_top1", "cosine", "fraction_of_ceiling")
+        enc = m["02_fmri_encoder"].get("encoders", {})
+        out.append(
+            _table({e: {k: r.get(k) for k in keys} for e, r in enc.items()}, "encoders on the test images")
+        )
+    if nb == "03" and m.get("03_stylegan2"):
+        out.append(_table(m["03_stylegan2"].get("variants", {}), "reconstruction variants (03's own scores)"))
+    if nb == "04" and m.get("04_leave_one_out"):
+        r = m["04_leave_one_out"]
+        keys = [k for k in r if k.startswith(("spearman_", "prf_")) and not isinstance(r[k], dict)]
+        out.append(_table({"validation": {k: r[k] for k in keys}}, "leave-one-out checks against the truth"))
+    if nb == "05" and m.get("05_evaluation"):
+        r = m["05_evaluation"]
+        out.append(
+            _table(r.get("table", {}), "every variant, every metric (n/a: pretrained weights unavailable)")
+        )
+        if r.get("unavailable"):
+            out.append(_table({k: {"why": v} for k, v in r["unavailable"].items()}, "unavailable metrics"))
+        if r.get("roi_table"):
+            out.append(_table(r["roi_table"], "ROI-only reconstructions per ROI group"))
+        pub = published_table()
+        rows = {f"{a} ({b})": {c: (None if pd.isna(v) else float(v)) for c, v in row.items()}
+                for (a, b), row in pub.drop(columns="source").set_index(["method", "set"]).iterrows()}  # fmt: skip
+        out.append(_table(rows, "published on NSD (different data, size and split: not comparable)"))
+        out.append(f"<p class='caveat'>{html.escape(CAVEATS)}</p>")
+    return out
+
+
+STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
+figure{margin:1.2em 0}figure img{max-width:100%;border:1px solid #eee}figcaption{font-size:.9em;color:#444}
+table{border-collapse:collapse;font-size:.8em;margin:1em 0;display:block;overflow-x:auto}
+th,td{border:1px solid #ddd;padding:.25em .5em;text-align:right}thead th{background:#f3f3f3}
+tbody th{text-align:left;white-space:nowrap}caption{text-align:left;font-weight:600;padding:.3em 0}
+.caveat{background:#fff7e0;border-left:4px solid #e0a000;padding:.6em}"""
+
+
+def build(profile: str, out: str | Path | None = None) -> Path:
+    """Write the report of ``profile`` to ``out`` (default build/<profile>/report.html; the embedded default's is
+    also copied to figures/report.html) from the figures and metrics files its notebooks wrote."""
+    figs, mdir = paths.output_dir(profile), paths.metrics_dir(profile)
+    m = {p.stem: _metrics(mdir, p.stem) for p in sorted(mdir.glob("*.json"))} if mdir.is_dir() else {}
+    parts = [f"<h1>NSD reconstruction workbench: report, profile <code>{html.escape(profile)}</code></h1>",
+             f"<p>Figures and tables regenerated by the notebooks (<code>make figures</code> for the embedded "
+             f"default). {html.escape(CAVEATS)}</p>"]  # fmt: skip
+    for nb, (title, text) in SECTIONS.items():
+        pngs = sorted(figs.glob(f"{nb}_*.png")) if figs.is_dir() else []
+        tables = _tables(nb, m)
+        if not pngs and not tables:
+            continue
+        parts.append(f"<h2>{nb} · {html.escape(title)}</h2><p>{html.escape(text)}</p>")
+        parts += tables
+        for png in pngs:
+            data = base64.b64encode(png.read_bytes()).decode()
+            caption = FIGURES.get(png.name, png.stem)
+            parts.append(f"<figure><img alt='{png.stem}' src='data:image/png;base64,{data}'>"
+                         f"<figcaption><b>{png.name}</b>: {html.escape(caption)}</figcaption></figure>")  # fmt: skip
+    page = (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>NSD workbench report: "
+        f"{html.escape(profile)}</title><style>{STYLE}</style></head><body>"
+        + "\n".join(parts)
+        + "</body></html>\n"
+    )
+    default = paths.BUILD_DIR / profile / "report.html"
+    out = Path(out) if out else default
+    write_bytes(out, page.encode())
+    if out == default and profile == paths.EMBEDDED_PROFILE:
+        write_bytes(paths.FIGURES_DIR / "report.html", page.encode())
+    return out
+
+
+def browser() -> str | None:
+    """A headless-capable Chromium on PATH (Debian's ``chromium`` package), or None."""
+    return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+def screenshot(
+    page: str | Path, png: str | Path, width: int = 1200, height: int = 3000, timeout: int = 120
+) -> Path:
+    """Render ``page`` in headless Chromium and save a screenshot of the top ``height`` pixels to ``png``."""
+    exe = browser()
+    if exe is None:
+        raise FileNotFoundError("no chromium on PATH: install Debian's chromium package to check the report")
+    page, png = Path(page).resolve(), Path(png)
+    if not page.is_file():
+        raise FileNotFoundError(f"{page}: no report to render (python -m lib.report --profile ...)")
+    with atomic_path(png, ".png") as tmp:
+        cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--screenshot={tmp}",
+               f"--window-size={width},{height}", page.as_uri()]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0 or not tmp.stat().st_size:
+            raise RuntimeError(f"chromium could not render {page}: {done.stderr.strip()[-300:]}")
+    return png
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lib.report", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", default=paths.EMBEDDED_PROFILE)
+    ap.add_argument("--screenshot", action="store_true", help="render it in headless Chromium to report.png")
+    a = ap.parse_args(argv)
+    path = build(a.profile)
+    print(f"wrote {path}")
+    if a.screenshot:
+        try:
+            print(f"rendered {screenshot(path, path.with_suffix('.png'))}")
+        except (FileNotFoundError, RuntimeError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""The HTML report: a paragraph for every figure the notebooks write, self-contained pages with every figure and
+table, the published table, and (where Debian's chromium is installed) a real browser rendering it."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from html.parser import HTMLParser
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from lib import paths, report  # noqa: E402
+
+
+def _written_figures() -> set[str]:
+    names = set()
+    for nb in paths.NOTEBOOKS_DIR.glob("*.ipynb"):
+        names |= set(re.findall(r"(\d\d_[a-z0-9_]+\.png)", nb.read_text()))
+    return names
+
+
+def test_every_figure_a_notebook_writes_has_a_paragraph_and_no_paragraph_is_stale():
+    written = _written_figures()
+    assert len(written) >= 25
+    assert written == set(report.FIGURES)
+
+
+def test_the_published_table_has_its_sources_and_fractions():
+    pub = report.published_table()
+    assert {"MindEye 1", "Brain-Diffuser", "MindEye 2, 40 sessions"} <= set(pub["method"])
+    assert pub["source"].notna().all()
+    values = pub.drop(columns=["method", "set", "source"]).to_numpy(float)
+    assert np.nanmin(values) > 0 and np.nanmax(values) <= 1
+    with pytest.raises(FileNotFoundError, match="published results"):
+        report.published_table("/nonexistent.csv")
+
+
+class _Tags(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.open, self.imgs, self.tables = [], [], 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.imgs.append(dict(attrs)["src"])
+        elif tag not in ("meta",):
+            self.open.append(tag)
+        self.tables += tag == "table"
+
+    def handle_endtag(self, tag):
+        assert self.open and self.open.pop() == tag, f"</{tag}> closes {self.open[-1:]}"
+
+
+@pytest.fixture
+def small_report(tmp_path, monkeypatch):
+    figs, mets = tmp_path / "figures", tmp_path / "metrics"
+    figs.mkdir()
+    mets.mkdir()
+    for name in ("00_roi_map.png", "05_low_level.png"):
+        fig, ax = plt.subplots(figsize=(3, 2))
+        ax.plot([0, 1], [1, 0])
+        fig.savefig(figs / name)
+        plt.close(fig)
+    table = {
+        "ridge · plain": {"PixCorr": 0.123, "Alex(2)": None},
+        "oracle": {"PixCorr": 0.5, "Alex(2)": None},
+    }
+    (mets / "05_evaluation.json").write_text(
+        json.dumps({"table": table, "unavailable": {"Alex(2)": "no file"}})
+    )
+    monkeypatch.setattr(report.paths, "output_dir", lambda profile: figs)
+    monkeypatch.setattr(report.paths, "metrics_dir", lambda profile: mets)
+    return report.build("test", tmp_path / "report.html")
+
+
+def test_the_report_embeds_every_figure_and_table(small_report):
+    page = small_report.read_text()
+    tags = _Tags()
+    tags.feed(page)
+    assert tags.open == []  # well nested
+    assert len(tags.imgs) == 2 and all(s.startswith("data:image/png;base64,") for s in tags.imgs)
+    assert tags.tables == 3  # our table, the unavailable metrics, the published one
+    assert "0.123" in page and "n/a" in page and "MindEye 1" in page and "not comparable" in page
+    assert html.escape(report.FIGURES["00_roi_map.png"]) in page
+    assert "http://" not in page and "https://" not in page  # self-contained
+
+
+@pytest.mark.skipif(report.browser() is None, reason="no chromium on PATH (Debian package chromium)")
+def test_the_report_renders_in_headless_chromium(small_report):
+    png = report.screenshot(small_report, small_report.with_suffix(".png"), width=900, height=1200)
+    img = plt.imread(png)[..., :3]
+    assert img.shape[:2] == (1200, 900)
+    assert img.std() > 0.05  # not a blank page
+    assert (img.mean(-1) < 0.3).mean() > 0.001  # dark pixels: text and lines drawn
