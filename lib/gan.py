@@ -361,14 +361,18 @@ def align_conditioning(
     lr: float = 0.002,
     batch_size: int = 32,
     ratio: float = 1.0,
+    pixel: float = 0.0,
+    images: np.ndarray | None = None,
     seed: int = 0,
 ) -> tuple[sg.Generator, dict]:
     """The generator's last training stage: its conditioning path fine-tuned so that images generated (z = 0)
     from the training ``features`` have those embeddings (loss 1 - cos), the direct form of LAFITE's contrastive
-    term. A short adversarial run on CPU draws images but barely reads its condition; this stage makes it read
-    it. :func:`tune_conditioning` with the features as both input and target; returns (generator, history)."""
+    term, plus ``pixel`` x the squared error to the stimuli ``images`` (uint8, at the generator's resolution),
+    which keeps their layout. A short adversarial run on CPU draws images but barely reads its condition; this
+    stage makes it read it. :func:`tune_conditioning` with the features as both input and target; returns
+    (generator, history)."""
     return tune_conditioning(G, features, features, embedder, steps=steps, lr=lr, batch_size=batch_size,
-                             ratio=ratio, seed=seed)  # fmt: skip
+                             ratio=ratio, pixel=pixel, images=images, seed=seed)  # fmt: skip
 
 
 def _noise_reg(noises: list[torch.Tensor]) -> torch.Tensor:

@@ -147,9 +147,8 @@ def _tables(nb: str, m: dict[str, dict]) -> list[str]:
         out.append(_table({"validation": {k: r[k] for k in keys}}, "leave-one-out checks against the truth"))
     if nb == "05" and m.get("05_evaluation"):
         r = m["05_evaluation"]
-        out.append(
-            _table(r.get("table", {}), "every variant, every metric (n/a: pretrained weights unavailable)")
-        )
+        rows = r.get("table", {}) | ({"chance": r["chance"]} if r.get("chance") else {})
+        out.append(_table(rows, "every variant, every metric (n/a: pretrained weights unavailable)"))
         if r.get("unavailable"):
             out.append(_table({k: {"why": v} for k, v in r["unavailable"].items()}, "unavailable metrics"))
         if r.get("roi_table"):

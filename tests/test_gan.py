@@ -107,6 +107,13 @@ def test_alignment_raises_the_cosine_of_generated_images_to_their_condition(data
 
     aligned, hist = gan.align_conditioning(G, feats, emb, steps=40, lr=0.01, batch_size=8)
     assert len(hist["loss"]) == 40 and cos(aligned) > cos(G) + 0.1
+    # with the pixel term the generated images also move towards the stimuli themselves
+    pix, _ = gan.align_conditioning(G, feats, emb, steps=40, lr=0.01, batch_size=8, pixel=5.0, images=data[0])
+
+    def err(g):
+        return np.mean((gan.generate(g, feats, 1.0).astype(float) - data[0].astype(float)) ** 2)
+
+    assert err(pix) < 0.9 * min(err(G), err(aligned))
 
 
 def test_noise_regulariser_closed_form():
