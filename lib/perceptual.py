@@ -196,10 +196,9 @@ class FeatureNet:
             return model
         state = torch.load(path, map_location="cpu", weights_only=True)
         if network == "swav_resnet50":  # a DataParallel checkpoint with the projection head beside the trunk
-            state = {
-                k.removeprefix("module."): v for k, v in state.items() if not k.startswith("module.proj")
-            }
-            state = {k: v for k, v in state.items() if not k.startswith("module.prototypes")}
+            state = state.get("state_dict", state)  # the file may wrap it
+            state = {k.removeprefix("module."): v for k, v in state.items()}
+            state = {k: v for k, v in state.items() if not k.startswith(("projection_head.", "prototypes."))}
             missing, _ = model.load_state_dict(state, strict=False)
             if [m for m in missing if not m.startswith("fc.")]:
                 raise PerceptualError(f"{path}: not a SwAV ResNet-50 checkpoint (missing {missing[:3]} ...)")

@@ -89,3 +89,20 @@ def test_bad_input_names_the_variant_or_the_metric(images):
         perceptual.evaluate({"small": noisy[:3]}, base, [])
     with pytest.raises(perceptual.PerceptualError, match="Alex9"):
         perceptual.evaluate({"a": noisy}, base, ["Alex9"])
+
+
+def test_a_swav_style_checkpoint_loads_its_trunk_and_skips_its_heads(tmp_path):
+    """A DataParallel ResNet-50 state with SwAV's projection head and prototypes: the trunk's weights are used."""
+    import torchvision
+
+    torch.manual_seed(5)
+    trunk = torchvision.models.resnet50(weights=None).state_dict()
+    state = {f"module.{k}": v for k, v in trunk.items() if not k.startswith("fc.")}
+    state["module.projection_head.0.weight"] = torch.zeros(2048, 2048)
+    state["module.prototypes.weight"] = torch.zeros(3000, 128)
+    torch.save(state, tmp_path / perceptual.SWAV_FILE)
+    net = perceptual.FeatureNet("swav_resnet50", ["avgpool"], folder=tmp_path, device="cpu")
+    torch.testing.assert_close(net.model.conv1.weight, trunk["conv1.weight"])
+    torch.save({"module.conv1.weight": trunk["conv1.weight"]}, tmp_path / perceptual.SWAV_FILE)
+    with pytest.raises(perceptual.PerceptualError, match="not a SwAV ResNet-50"):
+        perceptual.FeatureNet("swav_resnet50", ["avgpool"], folder=tmp_path, device="cpu")
