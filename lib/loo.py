@@ -254,6 +254,14 @@ def saliency(encoder, x: np.ndarray, x_replace: np.ndarray, output: str = "head"
 # image space and validation
 
 
+def _check_pq(p: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Original (S, D) and perturbed (S, K, D) predictions as float32, shapes checked."""
+    p, q = np.asarray(p, np.float32), np.asarray(q, np.float32)
+    if q.ndim != 3 or q.shape[0] != p.shape[0] or q.shape[2] != p.shape[1]:
+        raise LOOError(f"q {q.shape}: expected (samples, perturbations, {p.shape[1]}) for p {p.shape}")
+    return p, q
+
+
 def image_effect_maps(G, p: np.ndarray, q: np.ndarray, ratio: float = 1.0, seed: int = 0) -> np.ndarray:
     """Image-space effect of each perturbation: the mean over samples and colour channels of |G(q[:, k]) - G(p)|
     (0-255 scale, not rounded: one voxel moves the image by less than a grey level), (K, R, R); ``p`` (S, D)
@@ -261,9 +269,7 @@ def image_effect_maps(G, p: np.ndarray, q: np.ndarray, ratio: float = 1.0, seed:
     constant noise, the same perturbation ``ratio`` and seed per sample)."""
     from . import gan
 
-    p, q = np.asarray(p, np.float32), np.asarray(q, np.float32)
-    if q.ndim != 3 or q.shape[0] != p.shape[0] or q.shape[2] != p.shape[1]:
-        raise LOOError(f"q {q.shape}: expected (samples, perturbations, {p.shape[1]}) for p {p.shape}")
+    p, q = _check_pq(p, q)
     base = gan.generate(G, p, ratio, seed=seed, exact=True)
     maps = []
     for k in runtime.progress(range(q.shape[1]), desc="image effects"):
@@ -357,9 +363,7 @@ def layout_effect_maps(readout: RidgeEncoder, p: np.ndarray, q: np.ndarray, grid
     """The effect of each perturbation on the layout the embedding implies: the mean over samples of
     |R(q[:, k]) - R(p)| summed over colour channels, (K, grid, grid), for a :func:`fit_layout_readout` R and the
     original (S, D) and perturbed (S, K, D) predictions of :func:`perturbed_predictions`."""
-    p, q = np.asarray(p, np.float32), np.asarray(q, np.float32)
-    if q.ndim != 3 or q.shape[0] != p.shape[0] or q.shape[2] != p.shape[1]:
-        raise LOOError(f"q {q.shape}: expected (samples, perturbations, {p.shape[1]}) for p {p.shape}")
+    p, q = _check_pq(p, q)
     coef = np.atleast_2d(readout.coef_)  # (grid * grid * 3, D); the intercept cancels in the difference
     if coef.shape != (grid * grid * 3, p.shape[1]):
         raise LOOError(f"readout maps {coef.shape[1]}-d vectors to {coef.shape[0]} values: expected "
@@ -389,3 +393,25 @@ def ideal_readout(signal: np.ndarray, noise_var: np.ndarray, targets: np.ndarray
     cov[np.diag_indices_from(cov)] = var
     w = np.linalg.solve(cov, s.T @ y / len(s))
     return (w * np.sqrt(var)[:, None]).astype(np.float32)
+
+
+def prf_check(G, encoder, x: np.ndarray, x_replace: np.ndarray, voxels, reference, prf_xy: np.ndarray, size: int,
+              readout: RidgeEncoder | None = None, grid: int = 16, ratio: float = 1.0, quantile: float = 0.9,
+              seed: int = 0, device: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, dict]]:  # fmt: skip
+    """Where leaving each of ``voxels`` out moves the image, against their true pRF centres ``prf_xy`` (K, 2), in
+    pixels of the ``size``-pixel stimulus. "through the generator": :func:`image_effect_maps` divided by the mean
+    map of the ``reference`` voxels (the generator's own spatial bias), centred by :func:`effect_centres` at
+    ``quantile``; with a ``readout`` (:func:`fit_layout_readout` on a ``grid``), also "embedding's layout
+    read-out": the same for :func:`layout_effect_maps`. Returns (centres {name: (K, 2)}, {name: :func:`prf_errors`})."""
+    voxels, reference = np.asarray(voxels), np.asarray(reference)
+    k = len(voxels)
+    p, q = perturbed_predictions(encoder, x, x_replace, np.r_[voxels, reference], device=device)
+    m = image_effect_maps(G, p, q, ratio, seed=seed)
+    ref = m[k:].mean(0) if len(reference) else 1.0
+    centres = {
+        "through the generator": effect_centres(m[:k] / (ref + 1e-6), quantile=quantile) * size / m.shape[-1]
+    }
+    if readout is not None:
+        layout_maps = layout_effect_maps(readout, p, q[:, :k], grid)
+        centres["embedding's layout read-out"] = effect_centres(layout_maps, quantile=quantile) * size / grid
+    return centres, {name: prf_errors(c, prf_xy, seed=seed) for name, c in centres.items()}

@@ -122,25 +122,28 @@ def _images(a: np.ndarray, name: str):
     return torch.as_tensor(x).permute(0, 3, 1, 2).float() / 255
 
 
+def resize(x, size: int):
+    """Float images (N, C, H, W) resized to ``size`` x ``size``: bilinear, as torchvision's Resize on tensors,
+    antialiased only when shrinking; unchanged when already that size."""
+    import torch.nn.functional as F
+
+    if x.shape[-2:] == (size, size):
+        return x
+    shrink = x.shape[-1] > size or x.shape[-2] > size
+    return F.interpolate(x, (size, size), mode="bilinear", align_corners=False, antialias=shrink)
+
+
 def _resized_pair(recons: np.ndarray, targets: np.ndarray, size: int, chunk: int = 32):
     """Both batches as float tensors in [0, 1], resized to ``size`` (bilinear, as torchvision's Resize on tensors;
     antialiased only when shrinking), yielded in chunks of ``chunk`` pairs."""
-    import torch.nn.functional as F
-
     r, t = _images(recons, "recons"), _images(targets, "targets")
     if len(r) != len(t) or len(r) == 0:
         raise ValueError(
             f"recons ({len(r)}) and targets ({len(t)}): expected the same number of images, >= 1"
         )
 
-    def rs(x):
-        if x.shape[-2:] == (size, size):
-            return x
-        shrink = x.shape[-1] > size or x.shape[-2] > size
-        return F.interpolate(x, (size, size), mode="bilinear", align_corners=False, antialias=shrink)
-
     for i in range(0, len(r), chunk):
-        yield rs(r[i : i + chunk]), rs(t[i : i + chunk])
+        yield resize(r[i : i + chunk], size), resize(t[i : i + chunk], size)
 
 
 def pixcorr_per_image(recons: np.ndarray, targets: np.ndarray, size: int = METRIC_SIZE) -> np.ndarray:

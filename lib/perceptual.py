@@ -218,9 +218,7 @@ class FeatureNet:
         out: dict[str, list[np.ndarray]] = {n: [] for n in self.nodes}
         for lo in range(0, len(x), batch):
             t = torch.as_tensor(x[lo : lo + batch], device=self.device).permute(0, 3, 1, 2).float() / 255
-            if t.shape[-2:] != (resize, resize):
-                shrink = max(t.shape[-2:]) > resize
-                t = F.interpolate(t, (resize, resize), mode="bilinear", align_corners=False, antialias=shrink)
+            t = metrics.resize(t, resize)
             feats = self.extract((t - mean) / std)
             for n in self.nodes:
                 out[n].append(feats[n].flatten(1).float().cpu().numpy())

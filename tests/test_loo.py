@@ -218,3 +218,23 @@ def test_layout_readout_places_a_perturbation_at_its_block():
     assert maps.shape == (1, grid, grid)
     assert np.unravel_index(np.argmax(maps[0]), maps[0].shape) == (row, col)
     np.testing.assert_allclose(loo.effect_centres(maps, quantile=0.9), [[col + 0.5, row + 0.5]], atol=0.3)
+
+
+def test_prf_check_composes_the_maps_centres_and_errors(xy, ridge):
+    """prf_check against its pieces called by hand: maps over reference voxels, centres, errors."""
+    x, y = xy
+    G, _ = gan.build(gan.GANConfig(z_dim=8, w_dim=16, channel_base=64, channel_max=16, fts_hidden=16), 16, 6)
+    G = G.eval()
+    r = loo.replacement(x, "mean", 5)
+    vox, ref = np.array([0, 1, 2]), np.array([10, 11, 12])
+    prf = np.array([[3.0, 4.0], [20.0, 10.0], [30.0, 30.0]])
+    images = np.random.default_rng(7).integers(0, 256, (len(y), 32, 32, 3), dtype=np.uint8)
+    readout = loo.fit_layout_readout(y, images, 8, alphas=(1.0,), device="cpu")
+    centres, checks = loo.prf_check(G, ridge, x[:5], r, vox, ref, prf, 32, readout, grid=8)
+    p, q = loo.perturbed_predictions(ridge, x[:5], r, np.r_[vox, ref])
+    m = loo.image_effect_maps(G, p, q)
+    gen = loo.effect_centres(m[:3] / (m[3:].mean(0) + 1e-6), quantile=0.9) * 2  # 16-px maps, 32-px stimulus
+    lay = loo.effect_centres(loo.layout_effect_maps(readout, p, q[:, :3], 8), quantile=0.9) * 4
+    np.testing.assert_allclose(centres["through the generator"], gen)
+    np.testing.assert_allclose(centres["embedding's layout read-out"], lay)
+    assert checks["through the generator"] == loo.prf_errors(gen, prf)

@@ -91,6 +91,23 @@ def test_the_report_embeds_every_figure_and_table(small_report):
     assert "http://" not in page and "https://" not in page  # self-contained
 
 
+def test_the_committed_copy_links_the_figures_beside_it(small_report, tmp_path, monkeypatch):
+    figs = small_report.parent / "figures"
+    monkeypatch.setattr(report.paths, "FIGURES_DIR", figs)
+    monkeypatch.setattr(report.paths, "BUILD_DIR", tmp_path / "build")
+    monkeypatch.setattr(report.paths, "EMBEDDED_PROFILE", "test")
+    built = report.build("test")
+    embedded, linked = _Tags(), _Tags()
+    embedded.feed(built.read_text())
+    linked.feed((figs / "report.html").read_text())
+    assert built == tmp_path / "build" / "test" / "report.html"
+    assert all(s.startswith("data:image/png;base64,") for s in embedded.imgs) and len(embedded.imgs) == 2
+    assert sorted(linked.imgs) == ["00_roi_map.png", "05_low_level.png"]
+    assert all((figs / s).is_file() for s in linked.imgs)
+    strip = re.compile(r"src='[^']*'")
+    assert strip.sub("", built.read_text()) == strip.sub("", (figs / "report.html").read_text())
+
+
 @pytest.mark.skipif(report.browser() is None, reason="no chromium on PATH (Debian package chromium)")
 def test_the_report_renders_in_headless_chromium(small_report):
     png = report.screenshot(small_report, small_report.with_suffix(".png"), width=900, height=1200)
