@@ -30,6 +30,7 @@ class ResNetBackbone(nn.Module):
         trunk = ModifiedResNet(layers=list(layers), output_dim=8, heads=1, image_size=32, width=width)
         del trunk.attnpool
         self.trunk = trunk
+        self.width, self.layers = width, tuple(layers)
         self.dim = width * 32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -256,13 +257,61 @@ def train_dino(
     return student, teacher, history
 
 
-def normalise(images: np.ndarray, ids_fit: np.ndarray | None = None) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W) standardised per channel with the mean and standard deviation
-    of the rows ``ids_fit`` (the training images; default all)."""
+def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and standard deviation (float32 (3,), on the 0-1 scale) of uint8 (N, H, W, 3) images."""
     x = torch.as_tensor(np.asarray(images)).permute(0, 3, 1, 2).float() / 255
-    fit = x if ids_fit is None else x[torch.as_tensor(ids_fit)]
-    mean, std = fit.mean((0, 2, 3), keepdim=True), fit.std((0, 2, 3), keepdim=True).clamp_min(1e-6)
-    return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+    return x.mean((0, 2, 3)).numpy(), x.std((0, 2, 3)).clamp_min(1e-6).numpy()
+
+
+def normalise(images: np.ndarray, ids_fit: np.ndarray | None = None, mean=None, std=None) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) standardised per channel with the mean and standard deviation
+    of the rows ``ids_fit`` (the training images; default all), or with the given ``mean`` and ``std`` (a
+    pretrained backbone's, from :func:`channel_stats` of its training images)."""
+    images = np.asarray(images)
+    if mean is None or std is None:
+        mean, std = channel_stats(images if ids_fit is None else images[np.asarray(ids_fit)])
+    x = torch.as_tensor(images).permute(0, 3, 1, 2).float() / 255
+    m = torch.as_tensor(np.asarray(mean), dtype=torch.float32).view(1, 3, 1, 1)
+    s = torch.as_tensor(np.asarray(std), dtype=torch.float32).view(1, 3, 1, 1)
+    return ((x - m) / s).contiguous(memory_format=torch.channels_last)
+
+
+BACKBONE_FORMAT = "lib.dino.backbone/1"
+
+
+def save_backbone(path: str | Path, backbone: ResNetBackbone, stats, meta: dict | None = None) -> Path:
+    """A DINO backbone as safetensors (float16 weights; width, layers and normalisation in the header)."""
+    import json
+
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
+    state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    header = {"format": BACKBONE_FORMAT, "width": str(backbone.width), "layers": json.dumps(list(backbone.layers)),
+              "mean": json.dumps([float(v) for v in stats[0]]), "std": json.dumps([float(v) for v in stats[1]]),
+              "meta": json.dumps(meta or {})}  # fmt: skip
+    return io.write_bytes(path, save(state, metadata=header))
+
+
+def load_backbone(path: str | Path) -> tuple[ResNetBackbone, tuple[np.ndarray, np.ndarray]]:
+    """(backbone in eval mode, (mean, std)) from a file of :func:`save_backbone`."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__})") from None
+    if meta.get("format") != BACKBONE_FORMAT:
+        raise ValueError(f"{path}: not a {BACKBONE_FORMAT} file")
+    net = ResNetBackbone(layers=tuple(json.loads(meta["layers"])), width=int(meta["width"]))
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    stats = (np.array(json.loads(meta["mean"]), np.float32), np.array(json.loads(meta["std"]), np.float32))
+    return net.to(memory_format=torch.channels_last).eval(), stats
 
 
 @torch.no_grad()

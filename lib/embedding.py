@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,43 @@ def _quiet_open_clip():
         yield
     finally:
         logger.setLevel(level)
+
+
+class GrammarTokenizer:
+    """open_clip's BPE tokenizer with its ids mapped onto a small vocabulary: ``vocab`` lists the BPE ids a
+    caption grammar uses (ids 2, 3, ... in that order); padding stays 0, any other piece becomes 1 (unknown),
+    start-of-text is V - 2 and end-of-text V - 1 (V = ``vocab_size``), so that the end token keeps the highest
+    id, which open_clip's argmax pooling looks for. Shrinks a text tower's token table from 49,408 rows to V."""
+
+    UNKNOWN = 1
+
+    def __init__(self, vocab, vocab_size: int, context_length: int) -> None:
+        from open_clip.tokenizer import SimpleTokenizer
+
+        self.base = SimpleTokenizer(context_length=context_length)
+        self.vocab = torch.as_tensor(np.asarray(vocab), dtype=torch.long)
+        sot, eot = self.base.sot_token_id, self.base.eot_token_id
+        if len(self.vocab) + 4 > vocab_size or torch.isin(self.vocab, torch.tensor([0, sot, eot])).any():
+            raise EmbeddingError(
+                f"vocab: {len(self.vocab)} ids do not fit vocab_size={vocab_size} (or hold 0/SOT/EOT)"
+            )
+        table = torch.full((len(self.base.encoder),), self.UNKNOWN, dtype=torch.long)
+        table[0] = 0
+        table[self.vocab] = torch.arange(2, 2 + len(self.vocab))
+        table[sot], table[eot] = vocab_size - 2, vocab_size - 1
+        self.table = table
+
+    def __call__(self, texts) -> torch.Tensor:
+        return self.table[self.base(texts)]
+
+
+def grammar_vocab(texts: list[str], context_length: int = 77) -> np.ndarray:
+    """The sorted BPE ids (without padding, start and end) that ``texts`` use: a :class:`GrammarTokenizer`'s
+    vocabulary."""
+    oc = _open_clip()
+    ids = oc.tokenizer.SimpleTokenizer(context_length=context_length)(texts).unique().numpy()
+    sot, eot = oc.tokenizer.SimpleTokenizer().sot_token_id, oc.tokenizer.SimpleTokenizer().eot_token_id
+    return np.setdiff1d(ids, [0, sot, eot])
 
 
 @dataclass
@@ -153,10 +191,17 @@ class Embedder:
         return mean / np.linalg.norm(mean, axis=1, keepdims=True).clip(1e-12), each
 
 
-def create(
-    arch: str, image_size: int | None = None, device: str = "auto", seed: int | None = None
-) -> Embedder:
-    """A randomly initialised open_clip model of ``arch`` (to train), optionally at another ``image_size``."""
+def _tokenizer(arch: str, model, vocab) -> object:
+    """open_clip's tokenizer of ``arch``, or a :class:`GrammarTokenizer` over ``vocab`` for a shrunk text tower."""
+    if vocab is None:
+        return _open_clip().get_tokenizer(arch)
+    return GrammarTokenizer(vocab, int(model.vocab_size), int(model.context_length))
+
+
+def create(arch: str, image_size: int | None = None, device: str = "auto", seed: int | None = None,
+           vocab=None) -> Embedder:  # fmt: skip
+    """A randomly initialised open_clip model of ``arch`` (to train), optionally at another ``image_size``;
+    ``vocab`` (BPE ids, see :func:`grammar_vocab`) for an architecture whose text tower has a small vocabulary."""
     _check_arch(arch)
     oc = _open_clip()
     dev = torch.device(runtime.pick_device(device))
@@ -165,8 +210,9 @@ def create(
     with _quiet_open_clip():
         model = oc.create_model(arch, pretrained=None, force_image_size=image_size, device=dev)
     model.visual.to(memory_format=torch.channels_last)
-    emb = Embedder(model, oc.get_tokenizer(arch), arch, dev, "", "random init")
-    emb.key = io.content_key({"arch": arch, "image_size": emb.image_size, "seed": seed, "weights": "random"})
+    emb = Embedder(model, _tokenizer(arch, model, vocab), arch, dev, "", "random init")
+    emb.key = io.content_key({"arch": arch, "image_size": emb.image_size, "seed": seed, "weights": "random",
+                              "vocab": None if vocab is None else np.asarray(vocab).tolist()})  # fmt: skip
     return emb
 
 
@@ -209,8 +255,11 @@ def load(arch: str | None = None, checkpoint: str | Path | None = None, pretrain
             raise EmbeddingError(
                 f"checkpoint={str(path)!r}: no such file (a local open_clip or lib checkpoint)"
             )
-        state = _read_weights(path)
+        state, vocab = _read_weights(path), None
+        if path.suffix == ".safetensors":
+            state = _from_safetensors(path, state)
         if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT:
+            vocab = state.get("vocab")
             if arch is not None and arch != state["arch"]:
                 raise EmbeddingError(f"{path}: holds arch {state['arch']!r}, not arch={arch!r}")
             if image_size is not None and image_size != (state.get("image_size") or image_size):
@@ -224,7 +273,8 @@ def load(arch: str | None = None, checkpoint: str | Path | None = None, pretrain
             state = state["state_dict"]
         if not isinstance(state, dict):
             raise EmbeddingError(f"{path}: expected a state dict, got {type(state).__name__}")
-        state = {k.removeprefix("module."): v for k, v in state.items() if k not in _NON_PARAMETER_KEYS}
+        state = {k.removeprefix("module."): v.float() if v.is_floating_point() else v
+                 for k, v in state.items() if k not in _NON_PARAMETER_KEYS}  # fmt: skip
         _check_arch(arch)
         with _quiet_open_clip():
             model = oc.create_model(arch, pretrained=None, force_image_size=image_size, device="cpu")
@@ -252,20 +302,57 @@ def load(arch: str | None = None, checkpoint: str | Path | None = None, pretrain
         raise EmbeddingError("load(): give checkpoint= (a local file) or pretrained= (an open_clip tag)")
     model = model.to(dev).eval()
     model.visual.to(memory_format=torch.channels_last)
-    emb = Embedder(model, oc.get_tokenizer(arch), arch, dev, "", source)
+    emb = Embedder(
+        model, _tokenizer(arch, model, vocab if checkpoint is not None else None), arch, dev, "", source
+    )
     emb.key = io.content_key({"arch": arch, "image_size": emb.image_size, "weights": weights})
     return emb
 
 
-def save_checkpoint(path: str | Path, embedder: Embedder, meta: dict | None = None) -> Path:
-    """Write the model's weights with its architecture and image size (atomically), loadable by :func:`load`."""
+def _from_safetensors(path: Path, tensors: dict) -> dict:
+    """A :data:`CHECKPOINT_FORMAT` dict from a ``.safetensors`` file written by :func:`save_checkpoint` (its
+    header metadata names the format, architecture and image size), or the plain state dict of any other."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        return tensors
+    vocab = tensors.pop(_VOCAB_KEY, None)
+    size = meta.get("image_size")
+    return {"format": CHECKPOINT_FORMAT, "arch": meta["arch"], "image_size": int(size) if size else None,
+            "state_dict": tensors, "vocab": vocab, "meta": json.loads(meta.get("meta", "{}"))}  # fmt: skip
+
+
+_VOCAB_KEY = "tokenizer.vocab"  # a shrunk text tower's BPE ids, stored beside the weights
+
+
+def save_checkpoint(
+    path: str | Path, embedder: Embedder, meta: dict | None = None, half: bool = False
+) -> Path:
+    """Write the model's weights with its architecture and image size (atomically), loadable by :func:`load`:
+    a torch file, or with a ``.safetensors`` suffix a safetensors file (``half``: float16 weights, loaded back as
+    float32), the vocabulary of a :class:`GrammarTokenizer` stored with it."""
     size = embedder.image_size
     default = _open_clip().get_model_config(embedder.arch)["vision_cfg"].get("image_size")
+    weights = {k: v.detach().cpu().contiguous() for k, v in embedder.model.state_dict().items()}
+    if half:
+        weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
+    vocab = embedder.tokenizer.vocab if isinstance(embedder.tokenizer, GrammarTokenizer) else None
+    if Path(path).suffix == ".safetensors":
+        from safetensors.torch import save
+
+        if vocab is not None:
+            weights[_VOCAB_KEY] = vocab
+        header = {"format": CHECKPOINT_FORMAT, "arch": embedder.arch,
+                  "image_size": "" if size == default else str(size), "meta": json.dumps(meta or {})}  # fmt: skip
+        return io.write_bytes(path, save(weights, metadata=header))
     state = {
         "format": CHECKPOINT_FORMAT,
         "arch": embedder.arch,
         "image_size": None if size == default else size,
-        "state_dict": {k: v.detach().cpu().contiguous() for k, v in embedder.model.state_dict().items()},
+        "state_dict": weights,
+        "vocab": vocab,
         "meta": meta or {},
     }
     return io.write_bytes(path, io.torch_bytes(state))

@@ -564,6 +564,20 @@ def simulate(out: str | Path, profile: str = "mini", n_subjects: int = 1, seed: 
     return summary
 
 
+def _scene_draws(cfg: SimConfig, n_images: int, rng: np.random.Generator):
+    """(scene, captions) of each stimulus in order, drawn from the stimulus stream ``rng``."""
+    for _ in range(n_images):
+        s = sc.sample_scene(rng)
+        yield s, sc.captions(s, rng, cfg.n_captions)
+
+
+def stimulus_scenes(profile: str, seed: int = 0, n_subjects: int = 1) -> list[tuple[sc.Scene, list[str]]]:
+    """The (scene, captions) of every stimulus :func:`simulate` draws for these settings, without rendering."""
+    cfg = PROFILES[profile]
+    s_stim = np.random.SeedSequence(seed).spawn(2 + n_subjects)[0]
+    return list(_scene_draws(cfg, cfg.n_shared + n_subjects * cfg.n_unique, np.random.default_rng(s_stim)))
+
+
 def _simulate_into(root: Path, cfg: SimConfig, profile: str, n_subjects: int, seed: int) -> dict:
     ss = np.random.SeedSequence(seed)
     s_stim, s_design, *s_subjects = ss.spawn(2 + n_subjects)
@@ -574,12 +588,13 @@ def _simulate_into(root: Path, cfg: SimConfig, profile: str, n_subjects: int, se
     # ---- stimuli, captions, attributes
     images = np.zeros((n_images, cfg.image_size, cfg.image_size, 3), np.uint8)
     coverage, scene_list, caps, feats, objects = [], [], [], [], []
+    draws = _scene_draws(cfg, n_images, rng_stim)
     for i in progress(range(n_images), desc="render stimuli", leave=False):
-        s = sc.sample_scene(rng_stim)
+        s, c = next(draws)
         images[i], cov = sc.render(s, cfg.image_size)
         coverage.append(cov)
         scene_list.append(s)
-        caps.append(sc.captions(s, rng_stim, cfg.n_captions))
+        caps.append(c)
         feats.append(sc.global_features(s, cov))
         objects.append([(sc.SHAPES.index(o.shape), list(sc.COLOURS).index(o.colour)) for o in s.objects])
     feats = np.stack(feats)

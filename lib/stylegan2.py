@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import io as _io
+import json
 import pickle
 from pathlib import Path
 
@@ -528,11 +529,41 @@ def from_uint8(images: np.ndarray | torch.Tensor, device=None) -> torch.Tensor:
 # our checkpoints
 
 
-def save_generator(path: str | Path, G: Generator, meta: dict | None = None) -> Path:
-    """The generator's configuration and weights as a torch file readable with ``weights_only=True``."""
-    blob = {"format": GENERATOR_FORMAT, "init_kwargs": G.init_kwargs, "meta": dict(meta or {}),
-            "state_dict": {k: v.detach().cpu() for k, v in G.state_dict().items()}}  # fmt: skip
+def save_generator(path: str | Path, G: Generator, meta: dict | None = None, half: bool = False) -> Path:
+    """The generator's configuration and weights as a torch file readable with ``weights_only=True``, or with a
+    ``.safetensors`` suffix as safetensors (configuration in its header; ``half``: float16 weights)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in G.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    if Path(path).suffix == ".safetensors":
+        from safetensors.torch import save
+
+        header = {"format": GENERATOR_FORMAT, "init_kwargs": json.dumps(G.init_kwargs),
+                  "meta": json.dumps(dict(meta or {}))}  # fmt: skip
+        return io.write_bytes(path, save(state, metadata=header))
+    blob = {
+        "format": GENERATOR_FORMAT,
+        "init_kwargs": G.init_kwargs,
+        "meta": dict(meta or {}),
+        "state_dict": state,
+    }
     return io.write_bytes(path, io.torch_bytes(blob))
+
+
+def _read_safetensors(path: Path) -> dict:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        raise StyleGANError(f"{path}: not a readable safetensors file ({type(e).__name__})") from None
+    if meta.get("format") != GENERATOR_FORMAT:
+        return {}
+    return {"format": GENERATOR_FORMAT, "init_kwargs": json.loads(meta["init_kwargs"]),
+            "meta": json.loads(meta.get("meta", "{}")), "state_dict": state}  # fmt: skip
 
 
 def load_generator(path: str | Path, device: str = "cpu") -> Generator:
@@ -540,14 +571,17 @@ def load_generator(path: str | Path, device: str = "cpu") -> Generator:
     path = Path(path)
     if not path.is_file():
         raise StyleGANError(f"{path}: no such generator checkpoint")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise StyleGANError(f"{path}: not a generator checkpoint ({type(e).__name__})") from None
+    if path.suffix == ".safetensors":
+        blob = _read_safetensors(path)
+    else:
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+            raise StyleGANError(f"{path}: not a generator checkpoint ({type(e).__name__})") from None
     if not isinstance(blob, dict) or blob.get("format") != GENERATOR_FORMAT:
         raise StyleGANError(f"{path}: not a {GENERATOR_FORMAT} file (a LAFITE .pkl: use load_lafite)")
     G = Generator(**blob["init_kwargs"])
-    G.load_state_dict(blob["state_dict"])
+    G.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()})
     return G.to(device).eval().requires_grad_(False)
 
 

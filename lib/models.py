@@ -1,0 +1,83 @@
+"""The shipped pretrained mini-world models (``models/``): their manifest, checksum-verified paths and loaders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from . import io, paths
+
+MODELS_DIR = paths.PROJ_ROOT / "models"
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "lib.models.manifest/1"
+#: the file of each pretrained model (stage name of :mod:`lib.pretrain` -> file name)
+FILES = {"clip": "mini_clip.safetensors", "dino": "mini_dino.safetensors", "gan": "mini_lafite.safetensors"}
+
+
+class ModelError(ValueError):
+    """A model file that is missing, not in its manifest, or whose checksum does not match it."""
+
+
+def read_manifest(path: str | Path) -> dict:
+    path = Path(path)
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelError(f"{path}: unreadable model manifest ({type(e).__name__})") from None
+    if manifest.get("format") != MANIFEST_FORMAT or not isinstance(manifest.get("models"), dict):
+        raise ModelError(f"{path}: not a {MANIFEST_FORMAT} manifest")
+    return manifest
+
+
+def entry(path: str | Path) -> dict:
+    """The manifest entry of model file ``path`` (the manifest lies beside it)."""
+    path = Path(path)
+    manifest = read_manifest(path.with_name(MANIFEST))
+    if path.name not in manifest["models"]:
+        raise ModelError(f"{path}: not listed in {path.with_name(MANIFEST)}")
+    return manifest["models"][path.name]
+
+
+def verified(path: str | Path) -> Path:
+    """``path`` after checking its size and sha256 against the manifest beside it; a mismatch is an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file (shipped under models/, or made by make pretrain)")
+    want = entry(path)
+    got = io.file_sha256(path, n=64)
+    if path.stat().st_size != want["bytes"] or got != want["sha256"]:
+        raise ModelError(
+            f"{path}: sha256 {got[:16]}... does not match the manifest's {want['sha256'][:16]}... "
+            "(restore it with git checkout, or rerun make pretrain)"
+        )
+    return path
+
+
+def path(stage: str, folder: str | Path | None = None) -> Path:
+    """The verified file of pretrained model ``stage`` (clip, dino or gan) in ``folder`` (default models/)."""
+    if stage not in FILES:
+        raise ModelError(f"stage={stage!r}: expected one of {sorted(FILES)}")
+    return verified(Path(folder or MODELS_DIR) / FILES[stage])
+
+
+def load_embedding(folder: str | Path | None = None, device: str = "auto"):
+    """The pretrained joint embedding as a :class:`lib.embedding.Embedder` (checksum verified)."""
+    from . import embedding
+
+    return embedding.load(checkpoint=path("clip", folder), device=device)
+
+
+def load_dino(folder: str | Path | None = None, device: str = "auto"):
+    """(backbone, (mean, std)) of the pretrained DINO teacher (checksum verified)."""
+    from . import dino, runtime
+
+    backbone, stats = dino.load_backbone(path("dino", folder))
+    return backbone.to(runtime.pick_device(device)), stats
+
+
+def load_generator(folder: str | Path | None = None, device: str = "auto"):
+    """The pretrained LAFITE-style generator (checksum verified), in eval mode."""
+    from . import runtime
+    from . import stylegan2 as sg
+
+    return sg.load_generator(path("gan", folder), runtime.pick_device(device))

@@ -1,0 +1,520 @@
+"""Pretraining of the mini world's stand-ins for CLIP, DINO and LAFITE on the scene corpus (:mod:`lib.corpus`),
+resumable, and the shipped model files with their manifest: ``python -m lib.pretrain --profile full|quick``.
+
+- **Joint embedding** (open_clip ``mini-clip``: ModifiedResNet image tower, 2-layer text transformer over the
+  caption grammar's 89-piece vocabulary): CLIP's symmetric InfoNCE on corpus scenes and one of their captions,
+  a quarter of each batch being hard negatives (an anchor's copy with one attribute changed, and its caption);
+  beside it, linear attribute heads on both towers' normalised embeddings (the scene generator's labels: shape,
+  colour, size and 3 x 3 cell of the largest object, count, background kind and colour; shared by the towers, so
+  that images and captions put an attribute in the same direction) and a small pixel decoder reading a 32 px
+  image back from the image embedding (so that the embedding keeps the layout a generator needs). Heads and
+  decoder are training aids only; the shipped file is the open_clip model.
+- **DINO** (:mod:`lib.dino`, the same ResNet trunk) on corpus images, with milder crops than natural-image DINO
+  and no flips, so that size and position survive the augmentations.
+- **Generator** (:mod:`lib.stylegan2`, LAFITE's architecture and names, 64 px) conditioned on the frozen
+  embedding of each corpus image (plus a little noise, as a predicted embedding has), z = 0 and constant noise
+  as at inference: L1 and a low-pass squared error to the image first, then the adversarial loss of LAFITE's
+  conditional discriminator added for sharpness. The conditioning layers ``pre_0``/``pre_1`` carry StyleGAN's
+  0.01 learning-rate multiplier; their Adam step is scaled up by its inverse so they learn at the rate of the rest.
+
+Each model is scored on held-out corpus scenes (never seen in training) and written as safetensors (float16)
+with an entry in ``manifest.json``: sha256, bytes, the command, the git commit, corpus seed and size, training
+seconds and those scores. :mod:`lib.models` loads them, refusing a file whose checksum does not match.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import corpus as cp
+from . import dino, embedding, gan, io, losses, metrics, models, paths, runtime
+from . import stylegan2 as sg
+
+STATE_FORMAT = "lib.pretrain.state/1"
+#: first batch index of each stage's stream (disjoint ranges of the same corpus), and of the held-out scenes
+OFFSETS = {"clip": 0, "gan": 1_000_000, "dino": 2_000_000, "vocab": 8_000_000, "heldout": 9_000_000}
+
+
+@dataclass
+class PretrainConfig:
+    seed: int = 0  # corpus seed (scenes) and initialisation
+    image_size: int = 64
+    # joint embedding
+    clip_arch: str = "mini-clip"
+    clip_steps: int = 1200
+    clip_batch: int = 256
+    clip_lr: float = 2e-3
+    hard_negatives: float = 0.25  # fraction of each batch made of one-attribute partners
+    attr_weight: float = 0.5  # cross-entropy of each attribute head, image and text
+    pixel_weight: float = 10.0  # squared error of the 32 px read-back from the image embedding
+    # DINO
+    dino_steps: int = 800
+    dino_batch: int = 64
+    dino_images: int = 24000  # corpus images DINO trains on
+    dino_width: int = 16
+    # generator
+    gan_steps: int = 1500
+    gan_adv_steps: int = 200  # of gan_steps, the last ones add the adversarial loss
+    gan_batch: int = 32
+    gan_lr: float = 0.002
+    gan_channel_base: int = 2048
+    gan_channel_max: int = 128
+    gan_fts_hidden: int = 128
+    gan_z_dim: int = 64
+    gan_w_dim: int = 128
+    gan_mapping_layers: int = 2
+    gan_adv: float = 0.05  # weight of the adversarial term in the last phase
+    gan_lowpass: float = 4.0  # weight of the squared error at 1/4 resolution
+    gan_noise: float = 0.2  # norm of the Gaussian noise added to each unit condition vector
+    # evaluation on held-out corpus scenes
+    heldout_train: int = 3000
+    heldout_test: int = 600
+    checkpoint_every: int = 100
+
+    def check(self) -> None:
+        for name in ("clip_steps", "clip_batch", "dino_steps", "dino_batch", "dino_images", "gan_steps",
+                     "gan_batch", "heldout_train", "heldout_test", "checkpoint_every"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: expected >= 1")
+        if not 0 <= self.gan_adv_steps <= self.gan_steps:
+            raise ValueError(f"gan_adv_steps={self.gan_adv_steps}: expected 0..gan_steps ({self.gan_steps})")
+        if self.gan_batch % 4:
+            raise ValueError(
+                f"gan_batch={self.gan_batch}: expected a multiple of 4 (minibatch-stddev groups)"
+            )
+
+
+PROFILES = {
+    # the shipped models (about an hour on 2 CPU cores, minutes on a GPU)
+    "full": PretrainConfig(),
+    # the same code in seconds, for CI: tiny steps and batches, 32 px
+    "quick": PretrainConfig(
+        image_size=32,
+        clip_steps=6,
+        clip_batch=32,
+        dino_steps=4,
+        dino_batch=16,
+        dino_images=64,
+        gan_steps=4,
+        gan_adv_steps=2,
+        gan_batch=8,
+        gan_channel_base=256,
+        gan_channel_max=32,
+        gan_fts_hidden=32,
+        heldout_train=96,
+        heldout_test=48,
+        checkpoint_every=2,
+    ),  # fmt: skip
+}
+
+
+# ================================================================================================================
+# training aids of the joint embedding
+
+
+class AttributeHeads(nn.Module):
+    """One linear classifier per corpus label on a unit embedding (scaled by sqrt(dim))."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.scale = float(np.sqrt(dim))
+        self.heads = nn.ModuleDict({k: nn.Linear(dim, len(v)) for k, v in cp.LABELS.items()})
+
+    def loss(self, e: torch.Tensor, labels: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(F.cross_entropy(h(e * self.scale), labels[k]) for k, h in self.heads.items())
+
+
+class PixelDecoder(nn.Module):
+    """A unit embedding -> a 32 px RGB image in [0, 1] (4 -> 8 -> 16 -> 32 px, nearest upsampling + 3x3 convs)."""
+
+    def __init__(self, dim: int, width: int = 64) -> None:
+        super().__init__()
+        self.width = width
+        self.fc = nn.Linear(dim, width * 16)
+        layers: list[nn.Module] = []
+        for _ in range(3):
+            layers += [nn.Upsample(scale_factor=2), nn.Conv2d(width, width, 3, padding=1), nn.GELU()]
+        self.body = nn.Sequential(*layers, nn.Conv2d(width, 3, 3, padding=1))
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        x = self.fc(e * np.sqrt(e.shape[-1])).view(-1, self.width, 4, 4)
+        return torch.sigmoid(self.body(F.gelu(x)))
+
+
+def _targets(images: np.ndarray, size: int, dev: torch.device) -> torch.Tensor:
+    x = torch.as_tensor(images, device=dev).permute(0, 3, 1, 2).float() / 255
+    return F.adaptive_avg_pool2d(x, size)
+
+
+def grammar_vocab(corp: cp.Corpus, n: int = 20000) -> np.ndarray:
+    """BPE ids of the caption grammar, from ``n`` corpus scenes' captions (a fixed range of batches)."""
+    texts = [
+        c for i in range(0, n, 1000) for cs in corp.scenes(OFFSETS["vocab"] + i // 1000, 1000)[2] for c in cs
+    ]
+    return embedding.grammar_vocab(texts)
+
+
+def _state(state_dir, name, key):
+    return io.training_state(state_dir, f"pretrain-{name}", STATE_FORMAT, key)
+
+
+def _rng_state(gen: torch.Generator, rng: np.random.Generator) -> dict:
+    return {"gen": gen.get_state(), "rng": rng.bit_generator.state, "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(s: dict, gen: torch.Generator, rng: np.random.Generator) -> None:
+    gen.set_state(s["gen"])
+    rng.bit_generator.state = s["rng"]
+    torch.set_rng_state(s["torch"])
+
+
+def train_embedding(cfg: PretrainConfig, corp: cp.Corpus, state_dir: Path | None, device: str = "auto",
+                    stop_after: int | None = None) -> tuple[embedding.Embedder, dict]:  # fmt: skip
+    """The joint embedding (see the module docstring); returns the trained :class:`Embedder` and its history."""
+    dev = torch.device(runtime.pick_device(device))
+    vocab = grammar_vocab(corp)
+    emb = embedding.create(cfg.clip_arch, cfg.image_size, str(dev), cfg.seed, vocab=vocab)
+    aids = nn.ModuleDict({"heads": AttributeHeads(emb.dim), "decoder": PixelDecoder(emb.dim)}).to(dev)
+    params = nn.ModuleDict({"model": emb.model, "aids": aids})
+    opt = runtime.adamw_for(params, cfg.clip_lr, 0.1, no_decay=("logit_scale", "embedding"))
+    key = io.content_key(
+        {"stage": "clip", "config": dataclasses.asdict(cfg), "model": emb.key, "device": dev.type}
+    )
+    rng, gen = np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed)
+    history: dict = {"loss": [], "clip": [], "attr": [], "pixel": [], "seconds": 0.0, "scenes": 0}
+    step = 0
+    state_path, state = _state(state_dir, "clip", key)
+    if state is not None:
+        io.restore(state, params=params, opt=opt)
+        _set_rng_state(state["rng"], gen, rng)
+        history, step = state["history"], state["step"]
+    end = cfg.clip_steps if stop_after is None else min(cfg.clip_steps, step + stop_after)
+    warmup = max(1, cfg.clip_steps // 20)
+    bar = runtime.progress(total=cfg.clip_steps, initial=step, desc="pretrain joint embedding")
+    params.train()
+    while step < end:
+        t0 = time.perf_counter()
+        b = corp.batch(OFFSETS["clip"] + step, cfg.clip_batch)
+        for g in opt.param_groups:
+            g["lr"] = losses.warmup_cosine(step, cfg.clip_steps, warmup, cfg.clip_lr)
+        pick = rng.integers(0, [len(c) for c in b.captions])
+        tokens = emb.tokenize([c[i] for c, i in zip(b.captions, pick, strict=True)])
+        labels = {k: torch.as_tensor(v, device=dev) for k, v in b.labels.items()}
+        with torch.autocast(dev.type, torch.bfloat16, enabled=dev.type == "cuda"):
+            img, txt, scale = emb.model(emb.preprocess(b.images), tokens)
+        img, txt = img.float(), txt.float()
+        l_clip = losses.clip_loss(img, txt, scale.float())
+        l_attr = aids["heads"].loss(img, labels) + aids["heads"].loss(txt, labels)
+        l_pix = F.mse_loss(aids["decoder"](img), _targets(b.images, 32, dev))
+        loss = l_clip + cfg.attr_weight * l_attr + cfg.pixel_weight * l_pix
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            emb.model.logit_scale.clamp_(0, float(np.log(100)))
+        step += 1
+        for k, v in (("loss", loss), ("clip", l_clip), ("attr", l_attr), ("pixel", l_pix)):
+            history[k].append(float(v.detach()))
+        history["scenes"] += len(b.images)
+        history["seconds"] += time.perf_counter() - t0
+        bar.update(1)
+        bar.set_postfix(clip=f"{history['clip'][-1]:.2f}", attr=f"{history['attr'][-1]:.2f}",
+                        pix=f"{history['pixel'][-1]:.4f}")  # fmt: skip
+        if state_path is not None and (step % cfg.checkpoint_every == 0 or step == end):
+            io.write_bytes(state_path, io.torch_bytes(
+                {"format": STATE_FORMAT, "key": key, "step": step, "params": params.state_dict(),
+                 "opt": opt.state_dict(), "rng": _rng_state(gen, rng), "history": history}))  # fmt: skip
+    bar.close()
+    emb.model.eval()
+    history["done"] = step >= cfg.clip_steps
+    return emb, history
+
+
+# ================================================================================================================
+# generator
+
+
+def _condition_groups(G: sg.Generator, lr: float) -> list[dict]:
+    """Adam groups: ``pre_0``/``pre_1`` (learning-rate multiplier 0.01) at 100 x ``lr``, everything else at ``lr``."""
+    cond, rest = [], []
+    for name, p in G.named_parameters():
+        (cond if ".pre_0." in name or ".pre_1." in name else rest).append(p)
+    return [{"params": rest, "lr": lr}, {"params": cond, "lr": lr * 100}]
+
+
+@torch.no_grad()
+def _embed(emb: embedding.Embedder, images: np.ndarray) -> torch.Tensor:
+    return F.normalize(emb.model.encode_image(emb.preprocess(images)).float(), dim=-1)
+
+
+def gan_config(cfg: PretrainConfig) -> gan.GANConfig:
+    return gan.GANConfig(z_dim=cfg.gan_z_dim, w_dim=cfg.gan_w_dim, mapping_layers=cfg.gan_mapping_layers,
+                         channel_base=cfg.gan_channel_base, channel_max=cfg.gan_channel_max,
+                         fts_hidden=cfg.gan_fts_hidden, batch_size=cfg.gan_batch, seed=cfg.seed)  # fmt: skip
+
+
+def train_generator(cfg: PretrainConfig, corp: cp.Corpus, emb: embedding.Embedder, state_dir: Path | None,
+                    device: str = "auto", stop_after: int | None = None) -> tuple[sg.Generator, dict]:  # fmt: skip
+    """The generator (see the module docstring) on the frozen embedding ``emb``; returns (G_ema, history)."""
+    dev = torch.device(runtime.pick_device(device))
+    emb.model.to(dev).eval().requires_grad_(False)
+    torch.manual_seed(cfg.seed)
+    G, D = gan.build(gan_config(cfg), cfg.image_size, emb.dim)
+    G, D = G.to(dev).train(), D.to(dev).train()
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    opt_g = torch.optim.Adam(_condition_groups(G, cfg.gan_lr), betas=(0.9, 0.99), eps=1e-8)
+    c = 16 / 17  # lazy R1 every 16 steps, D's Adam adjusted as stylegan2-ada
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.gan_lr * c, betas=(0.9**c, 0.99**c), eps=1e-8)
+    gamma = 0.0002 * cfg.image_size**2 / cfg.gan_batch
+    key = io.content_key(
+        {"stage": "gan", "config": dataclasses.asdict(cfg), "embedder": emb.key, "device": dev.type}
+    )
+    rng, gen = np.random.default_rng(cfg.seed + 1), torch.Generator().manual_seed(cfg.seed + 1)
+    history: dict = {"l1": [], "adv_g": [], "loss_d": [], "seconds": 0.0, "scenes": 0}
+    step = 0
+    state_path, state = _state(state_dir, "gan", key)
+    if state is not None:
+        io.restore(state, G=G, D=D, G_ema=G_ema, opt_g=opt_g, opt_d=opt_d)
+        _set_rng_state(state["rng"], gen, rng)
+        history, step = state["history"], state["step"]
+    end = cfg.gan_steps if stop_after is None else min(cfg.gan_steps, step + stop_after)
+    adv_from = cfg.gan_steps - cfg.gan_adv_steps
+    z = torch.zeros(cfg.gan_batch, G.z_dim, device=dev)
+    bar = runtime.progress(total=cfg.gan_steps, initial=step, desc="pretrain generator")
+    while step < end:
+        t0 = time.perf_counter()
+        for g, base in zip(opt_g.param_groups, (cfg.gan_lr, cfg.gan_lr * 100), strict=True):
+            g["lr"] = losses.warmup_cosine(step, cfg.gan_steps, max(1, cfg.gan_steps // 50), base, base * 0.1)
+        b = corp.batch(OFFSETS["gan"] + step, cfg.gan_batch)
+        real = sg.from_uint8(b.images, dev)
+        f = _embed(emb, b.images)
+        noise = torch.randn(f.shape, generator=gen).to(dev) * cfg.gan_noise / np.sqrt(f.shape[1])
+        fts = F.normalize(f + noise, dim=-1)
+        adv = step >= adv_from and cfg.gan_adv > 0
+        G.requires_grad_(True)
+        D.requires_grad_(False)
+        fake = G(z, fts=fts, noise_mode="const")
+        l1 = (fake - real).abs().mean()
+        low = F.mse_loss(F.avg_pool2d(fake, 4), F.avg_pool2d(real, 4))
+        loss_g = l1 + cfg.gan_lowpass * low
+        adv_g = torch.zeros((), device=dev)
+        if adv:
+            logit, _ = D(fake, fts)
+            adv_g = F.softplus(-logit).mean()
+            loss_g = loss_g + cfg.gan_adv * adv_g
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        opt_g.step()
+        loss_d = torch.zeros((), device=dev)
+        if adv:
+            G.requires_grad_(False)
+            D.requires_grad_(True)
+            r1_step = (step - adv_from) % 16 == 0
+            real_in = real.detach().requires_grad_(r1_step)
+            logit_f, _ = D(fake.detach(), fts)
+            logit_r, _ = D(real_in, fts)
+            loss_d = F.softplus(logit_f).mean() + F.softplus(-logit_r).mean()
+            if r1_step:
+                (grad,) = torch.autograd.grad(logit_r.sum(), real_in, create_graph=True)
+                loss_d = loss_d + (gamma / 2) * grad.square().sum([1, 2, 3]).mean() * 16
+            opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            opt_d.step()
+        step += 1
+        beta = 0.5 ** (cfg.gan_batch / max(min(2000.0, step * cfg.gan_batch * 0.1), 1e-8))
+        with torch.no_grad():
+            for pe, p in zip(G_ema.parameters(), G.parameters(), strict=True):
+                pe.copy_(p.detach().lerp(pe, beta))
+        for k, v in (("l1", l1), ("adv_g", adv_g), ("loss_d", loss_d)):
+            history[k].append(float(v.detach()))
+        history["scenes"] += len(b.images)
+        history["seconds"] += time.perf_counter() - t0
+        bar.update(1)
+        bar.set_postfix(l1=f"{history['l1'][-1]:.3f}", adv=f"{history['adv_g'][-1]:.2f}")
+        if state_path is not None and (step % cfg.checkpoint_every == 0 or step == end):
+            io.write_bytes(state_path, io.torch_bytes(
+                {"format": STATE_FORMAT, "key": key, "step": step, "G": G.state_dict(), "D": D.state_dict(),
+                 "G_ema": G_ema.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                 "rng": _rng_state(gen, rng), "history": history}))  # fmt: skip
+    bar.close()
+    history["done"] = step >= cfg.gan_steps
+    return G_ema.eval().requires_grad_(False), history
+
+
+# ================================================================================================================
+# DINO
+
+
+def dino_config(cfg: PretrainConfig) -> dino.DinoConfig:
+    return dino.DinoConfig(
+        steps=cfg.dino_steps, batch_size=cfg.dino_batch, lr=1e-3, out_dim=1024, n_global=2, n_local=4,
+        global_size=cfg.image_size, local_size=max(32, cfg.image_size // 2), global_scale=(0.6, 1.0),
+        local_scale=(0.2, 0.5), flip=False, width=cfg.dino_width, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
+    )  # fmt: skip
+
+
+def train_dino(cfg: PretrainConfig, corp: cp.Corpus, state_dir: Path | None, device: str = "auto"):
+    """DINO on ``dino_images`` corpus images; returns (teacher backbone, (mean, std) of the normalisation, history)."""
+    images = corp.take(cfg.dino_images, start=OFFSETS["dino"]).images
+    x = dino.normalise(images)
+    mean, std = dino.channel_stats(images)
+    _, teacher, history = dino.train_dino(x, dino_config(cfg), state_dir=state_dir, device=device)
+    history["scenes"] = cfg.dino_images
+    return teacher[0].eval(), (mean, std), history
+
+
+# ================================================================================================================
+# held-out scores
+
+
+def heldout(cfg: PretrainConfig, corp: cp.Corpus):
+    """(training, test) batches of held-out corpus scenes for the models' own scores."""
+    tr = corp.take(cfg.heldout_train, start=OFFSETS["heldout"])
+    te = corp.take(cfg.heldout_test, start=OFFSETS["heldout"] + 1000)
+    return tr, te
+
+
+def _table(b: cp.Batch):
+    import pandas as pd
+
+    return pd.DataFrame({k: np.asarray(cp.LABELS[k], dtype=object)[v] for k, v in b.labels.items()})
+
+
+def score_embedding(emb: embedding.Embedder, tr: cp.Batch, te: cp.Batch) -> dict:
+    a, b = emb.embed_images(tr.images), emb.embed_images(te.images)
+    probes = dino.linear_probe_accuracy(a, b, _table(tr), _table(te))
+    n = min(300, len(te.images))
+    txt, _ = emb.embed_captions(te.captions[:n])
+    i2t, t2i = embedding.retrieval_top1(b[:n], txt)
+    return {"linear_probe": probes, "img2txt_top1": i2t, "txt2img_top1": t2i, "retrieval_pool": n}
+
+
+def score_dino(backbone: nn.Module, stats, tr: cp.Batch, te: cp.Batch, cfg: PretrainConfig) -> dict:
+    mean, std = stats
+    fa = dino.features(backbone, dino.normalise(tr.images, mean=mean, std=std))
+    fb = dino.features(backbone, dino.normalise(te.images, mean=mean, std=std))
+    rand, _ = dino.build(dino_config(cfg))
+    ra = dino.features(rand[0], dino.normalise(tr.images, mean=mean, std=std))
+    rb = dino.features(rand[0], dino.normalise(te.images, mean=mean, std=std))
+    return {"knn": dino.knn_accuracy(fa, fb, _table(tr), _table(te)),
+            "knn_random_init": dino.knn_accuracy(ra, rb, _table(tr), _table(te))}  # fmt: skip
+
+
+def score_generator(G: sg.Generator, emb: embedding.Embedder, te: cp.Batch) -> dict:
+    rec = gan.generate(G, emb.embed_images(te.images), ratio=1.0)
+    return {"pixcorr": metrics.pixcorr(rec, te.images), "ssim": metrics.ssim(rec, te.images), "n": len(rec)}
+
+
+# ================================================================================================================
+# files and manifest
+
+
+def git_commit() -> str:
+    """HEAD's commit of the repository this code is in, with ``+dirty`` when tracked files are modified."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=paths.PROJ_ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "lib"],
+                               cwd=paths.PROJ_ROOT, capture_output=True, text=True).stdout.strip()  # fmt: skip
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def record(out: Path, name: str, entry: dict) -> Path:
+    """Add or replace the manifest entry of model file ``out/name`` (sha256 and bytes from the file)."""
+    path = out / models.MANIFEST
+    manifest = (
+        models.read_manifest(path) if path.exists() else {"format": models.MANIFEST_FORMAT, "models": {}}
+    )
+    f = out / name
+    manifest["models"][name] = {"sha256": io.file_sha256(f, n=64), "bytes": f.stat().st_size, **entry}
+    return io.write_json(path, manifest)
+
+
+def run(profile: str = "full", out: str | Path | None = None, stages: tuple[str, ...] = ("clip", "gan", "dino"),
+        device: str = "auto", state_dir: str | Path | None = None) -> dict:  # fmt: skip
+    """Pretrain ``stages`` of ``profile`` into ``out`` (default: ``models/`` for full, else
+    ``build/pretrain/<profile>/models``), resuming from ``state_dir`` (default ``build/pretrain/<profile>``)."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile={profile!r}: expected one of {sorted(PROFILES)}")
+    bad = set(stages) - {"clip", "gan", "dino"}
+    if bad:
+        raise ValueError(f"stages {sorted(bad)}: expected clip, gan, dino")
+    cfg = PROFILES[profile]
+    cfg.check()
+    work = Path(state_dir) if state_dir else paths.BUILD_DIR / "pretrain" / profile
+    out = Path(out) if out else (models.MODELS_DIR if profile == "full" else work / "models")
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    command = "python -m lib.pretrain " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("pretrain.py") else (
+        f"python -m lib.pretrain --profile {profile}")  # fmt: skip
+    commit = git_commit()
+    corp = cp.Corpus(cfg.seed, cfg.image_size, hard_negatives=cfg.hard_negatives)
+    tr, te = heldout(cfg, corp)
+    common = {"command": command, "git_commit": commit, "profile": profile, "torch_threads": torch.get_num_threads(),
+              "device": runtime.pick_device(device)}  # fmt: skip
+    corpus_info = lambda n: {"seed": cfg.seed, "scenes_seen": int(n), "hard_negatives": cfg.hard_negatives}  # noqa: E731
+    done: dict = {}
+    emb = None
+    if "clip" in stages:
+        emb, hist = train_embedding(cfg, corp, work, device)
+        scores = score_embedding(emb, tr, te)
+        embedding.save_checkpoint(out / models.FILES["clip"], emb, {"profile": profile}, half=True)
+        record(out, models.FILES["clip"], {**common, "corpus": corpus_info(hist["scenes"]),
+               "train_seconds": hist["seconds"], "steps": cfg.clip_steps, "scores": scores,
+               "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k.startswith("clip") or k in
+                          ("hard_negatives", "attr_weight", "pixel_weight", "image_size")}})  # fmt: skip
+        done["clip"] = scores
+        print(f"joint embedding: {hist['seconds']:.0f} s, {json.dumps(scores)}", flush=True)
+    if "gan" in stages:
+        if emb is None:
+            emb = embedding.load(checkpoint=models.verified(out / models.FILES["clip"]), device=device)
+        G, hist = train_generator(cfg, corp, emb, work, device)
+        scores = score_generator(G, emb, te)
+        sg.save_generator(out / models.FILES["gan"], G, {"profile": profile, "embedding": models.FILES["clip"]},
+                          half=True)  # fmt: skip
+        record(out, models.FILES["gan"], {**common, "corpus": corpus_info(hist["scenes"]),
+               "train_seconds": hist["seconds"], "steps": cfg.gan_steps, "scores": scores,
+               "conditioned_on": models.FILES["clip"],
+               "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k.startswith("gan")}})  # fmt: skip
+        done["gan"] = scores
+        print(f"generator: {hist['seconds']:.0f} s, {json.dumps(scores)}", flush=True)
+    if "dino" in stages:
+        backbone, stats, hist = train_dino(cfg, corp, work, device)
+        scores = score_dino(backbone, stats, tr, te, cfg)
+        dino.save_backbone(out / models.FILES["dino"], backbone, stats, {"profile": profile})
+        record(out, models.FILES["dino"], {**common, "corpus": corpus_info(hist["scenes"]),
+               "train_seconds": hist["seconds"], "steps": cfg.dino_steps, "scores": scores,
+               "config": dataclasses.asdict(dino_config(cfg))})  # fmt: skip
+        done["dino"] = scores
+        print(f"DINO: {hist['seconds']:.0f} s, {json.dumps(scores)}", flush=True)
+    return done
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lib.pretrain", description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="full", choices=sorted(PROFILES))
+    ap.add_argument("--out", default=None, help="model folder (default: models/ for full, else under build/)")
+    ap.add_argument("--only", default="clip,gan,dino", help="comma-separated stages: clip, gan, dino")
+    ap.add_argument("--device", default="auto")
+    a = ap.parse_args(argv)
+    run(a.profile, a.out, tuple(s for s in a.only.split(",") if s), a.device)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
