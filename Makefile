@@ -5,9 +5,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PROFILE ?= mini
+PRETRAIN ?= full
 export HF_HUB_OFFLINE := 1
 
-.PHONY: help venv figures pipeline report test unit nbval lab lint format bench data clean
+.PHONY: help venv pretrain figures pipeline report test unit nbval lab lint format bench data clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -18,6 +19,9 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 venv: $(STAMP)  ## create .venv and install the project (editable) with its test tools
+
+pretrain: $(STAMP)  ## retrain the shipped mini-world models into models/ (about an hour on 2 cores); PRETRAIN=quick: seconds, under build/
+	$(BIN)/python -m lib.pretrain --profile $(PRETRAIN)
 
 figures: $(STAMP)  ## regenerate every report figure of the embedded default (mini-NSD) into figures/, and the report
 	$(BIN)/python -m lib.pipeline --profile mini

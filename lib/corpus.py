@@ -139,6 +139,7 @@ class Batch:
     labels: dict[str, np.ndarray]  # attribute -> int64 (N,), codes of LABELS
     identities: list[str]
     partner: np.ndarray  # int64 (N,): row of the hard negative of each row, -1 for none
+    objects: np.ndarray  # float32 (N, S, S): visible coverage of all objects (0 background .. 1 object)
 
 
 class Corpus:
@@ -187,10 +188,12 @@ class Corpus:
     def batch(self, index: int, n: int) -> Batch:
         """Batch ``index`` of ``n`` rendered scenes with captions, labels, identities and hard-negative rows."""
         scene_list, partner, caps = self.scenes(index, n)
-        images = np.stack([sc.render(s, self.image_size)[0] for s in scene_list])
+        drawn = [sc.render(s, self.image_size) for s in scene_list]
+        images = np.stack([img for img, _ in drawn])
+        objects = np.stack([cov.sum(0).clip(0, 1) for _, cov in drawn]).astype(np.float32)
         codes = [label_codes(s) for s in scene_list]
         labels = {k: np.array([c[k] for c in codes], np.int64) for k in LABELS}
-        return Batch(images, caps, labels, [scene_identity(s) for s in scene_list], partner)
+        return Batch(images, caps, labels, [scene_identity(s) for s in scene_list], partner, objects)
 
     def take(self, n: int, batch_size: int = 512, start: int = 0) -> Batch:
         """``n`` scenes as one batch, from consecutive batches starting at index ``start`` (e.g. a probe set)."""
@@ -205,4 +208,5 @@ class Corpus:
             np.concatenate(
                 [np.where(p.partner >= 0, p.partner + o, -1) for p, o in zip(parts, off, strict=True)]
             ),
+            np.concatenate([p.objects for p in parts]),
         )

@@ -283,29 +283,17 @@ def save_backbone(path: str | Path, backbone: ResNetBackbone, stats, meta: dict 
     """A DINO backbone as safetensors (float16 weights; width, layers and normalisation in the header)."""
     import json
 
-    from safetensors.torch import save
-
-    state = {k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
-    state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     header = {"format": BACKBONE_FORMAT, "width": str(backbone.width), "layers": json.dumps(list(backbone.layers)),
               "mean": json.dumps([float(v) for v in stats[0]]), "std": json.dumps([float(v) for v in stats[1]]),
               "meta": json.dumps(meta or {})}  # fmt: skip
-    return io.write_bytes(path, save(state, metadata=header))
+    return io.write_bytes(path, io.safetensors_bytes(backbone.state_dict(), header, half=True))
 
 
 def load_backbone(path: str | Path) -> tuple[ResNetBackbone, tuple[np.ndarray, np.ndarray]]:
     """(backbone in eval mode, (mean, std)) from a file of :func:`save_backbone`."""
     import json
 
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        state = load_file(str(path))
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise ValueError(f"{path}: not a readable safetensors file ({type(e).__name__})") from None
+    state, meta = io.read_safetensors(path)
     if meta.get("format") != BACKBONE_FORMAT:
         raise ValueError(f"{path}: not a {BACKBONE_FORMAT} file")
     net = ResNetBackbone(layers=tuple(json.loads(meta["layers"])), width=int(meta["width"]))

@@ -7,7 +7,7 @@ import contextlib
 import functools
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +110,7 @@ class Embedder:
     device: torch.device
     key: str
     source: str  # "random init", a checkpoint path or a pretrained tag
+    meta: dict = field(default_factory=dict)  # what a lib checkpoint recorded of its origin
 
     @property
     def dim(self) -> int:
@@ -221,14 +222,7 @@ _NON_PARAMETER_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
 def _read_weights(path: Path) -> dict:
-    """A state dict from a ``.safetensors`` file or a torch file read with ``weights_only=True``."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path))
-        except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-            raise EmbeddingError(f"{path}: not a readable safetensors file ({e})") from None
+    """A state dict from a torch file read with ``weights_only=True``."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
@@ -255,11 +249,10 @@ def load(arch: str | None = None, checkpoint: str | Path | None = None, pretrain
             raise EmbeddingError(
                 f"checkpoint={str(path)!r}: no such file (a local open_clip or lib checkpoint)"
             )
-        state, vocab = _read_weights(path), None
-        if path.suffix == ".safetensors":
-            state = _from_safetensors(path, state)
+        state = _from_safetensors(path) if path.suffix == ".safetensors" else _read_weights(path)
+        vocab, meta = None, {}
         if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT:
-            vocab = state.get("vocab")
+            vocab, meta = state.get("vocab"), dict(state.get("meta") or {})
             if arch is not None and arch != state["arch"]:
                 raise EmbeddingError(f"{path}: holds arch {state['arch']!r}, not arch={arch!r}")
             if image_size is not None and image_size != (state.get("image_size") or image_size):
@@ -302,20 +295,17 @@ def load(arch: str | None = None, checkpoint: str | Path | None = None, pretrain
         raise EmbeddingError("load(): give checkpoint= (a local file) or pretrained= (an open_clip tag)")
     model = model.to(dev).eval()
     model.visual.to(memory_format=torch.channels_last)
-    emb = Embedder(
-        model, _tokenizer(arch, model, vocab if checkpoint is not None else None), arch, dev, "", source
-    )
+    if checkpoint is None:
+        vocab, meta = None, {}
+    emb = Embedder(model, _tokenizer(arch, model, vocab), arch, dev, "", source, meta)
     emb.key = io.content_key({"arch": arch, "image_size": emb.image_size, "weights": weights})
     return emb
 
 
-def _from_safetensors(path: Path, tensors: dict) -> dict:
+def _from_safetensors(path: Path) -> dict:
     """A :data:`CHECKPOINT_FORMAT` dict from a ``.safetensors`` file written by :func:`save_checkpoint` (its
     header metadata names the format, architecture and image size), or the plain state dict of any other."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata() or {}
+    tensors, meta = io.read_safetensors(path, EmbeddingError)
     if meta.get("format") != CHECKPOINT_FORMAT:
         return tensors
     vocab = tensors.pop(_VOCAB_KEY, None)
@@ -336,17 +326,14 @@ def save_checkpoint(
     size = embedder.image_size
     default = _open_clip().get_model_config(embedder.arch)["vision_cfg"].get("image_size")
     weights = {k: v.detach().cpu().contiguous() for k, v in embedder.model.state_dict().items()}
-    if half:
-        weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
     vocab = embedder.tokenizer.vocab if isinstance(embedder.tokenizer, GrammarTokenizer) else None
     if Path(path).suffix == ".safetensors":
-        from safetensors.torch import save
-
-        if vocab is not None:
-            weights[_VOCAB_KEY] = vocab
         header = {"format": CHECKPOINT_FORMAT, "arch": embedder.arch,
                   "image_size": "" if size == default else str(size), "meta": json.dumps(meta or {})}  # fmt: skip
-        return io.write_bytes(path, save(weights, metadata=header))
+        extra = {} if vocab is None else {_VOCAB_KEY: vocab}
+        return io.write_bytes(path, io.safetensors_bytes({**weights, **extra}, header, half))
+    if half:
+        weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
     state = {
         "format": CHECKPOINT_FORMAT,
         "arch": embedder.arch,
@@ -449,3 +436,26 @@ def project_2d(x: np.ndarray, seed: int = 0) -> np.ndarray:
 
     perplexity = float(min(30, max(2, (len(x) - 1) / 3)))
     return TSNE(2, perplexity=perplexity, metric="cosine", init="pca", random_state=seed).fit_transform(x)
+
+
+def compare(embedders: dict[str, Embedder], images_train: np.ndarray, images_test: np.ndarray, attrs_train,
+            attrs_test, captions_test: list[list[str]]) -> dict[str, dict]:  # fmt: skip
+    """For each named model: linear probes of its image embedding (fitted on the training images' attributes,
+    scored on the test images'; :func:`lib.dino.linear_probe_accuracy`) and top-1 retrieval both ways between the
+    test images and their mean caption embeddings."""
+    from .dino import linear_probe_accuracy
+
+    out = {}
+    for name, emb in embedders.items():
+        a, b = emb.embed_images(images_train), emb.embed_images(images_test)
+        txt, _ = emb.embed_captions(captions_test)
+        i2t, t2i = retrieval_top1(b, txt)
+        out[name] = {"linear_probe": linear_probe_accuracy(a, b, attrs_train, attrs_test),
+                     "img2txt_top1": i2t, "txt2img_top1": t2i}  # fmt: skip
+    return out
+
+
+def random_like(emb: Embedder, seed: int = 0) -> Embedder:
+    """A randomly initialised model of ``emb``'s architecture, image size and vocabulary (the probes' floor)."""
+    vocab = emb.tokenizer.vocab if isinstance(emb.tokenizer, GrammarTokenizer) else None
+    return create(emb.arch, emb.image_size, str(emb.device), seed, vocab=vocab)

@@ -702,3 +702,22 @@ def metric_family(table: dict[str, dict], labels: list[str], title: str, publish
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def readback_table(
+    table: dict[str, dict[str, float]], chance: dict[str, float], title: str = ""
+) -> plt.Figure:
+    """The attribute read-back as a table: one row per image set (stimuli first), one column per attribute, the
+    accuracy printed in each cell and coloured by how far it lies between chance (white) and 1 (dark)."""
+    rows, cols = list(table), list(chance)
+    acc = np.array([[table[r][c] for c in cols] for r in rows])
+    lift = (acc - np.array([chance[c] for c in cols])) / (1 - np.array([chance[c] for c in cols]))
+    fig, ax = plt.subplots(figsize=(1.3 * len(cols) + 3.5, 0.36 * len(rows) + 1.4))
+    ax.imshow(np.clip(lift, 0, 1), cmap="Greens", vmin=0, vmax=1.3, aspect="auto")
+    for i in range(len(rows)):
+        for j in range(len(cols)):
+            ax.text(j, i, f"{acc[i, j]:.2f}", ha="center", va="center", fontsize=8)
+    ax.set_xticks(range(len(cols)), [f"{c}\n(chance {chance[c]:.2f})" for c in cols], fontsize=8)
+    ax.set_yticks(range(len(rows)), rows, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    return fig

@@ -136,3 +136,27 @@ def restore(state: dict, **objects) -> None:
     """``obj.load_state_dict(state[name])`` for each ``name=obj`` (models, optimisers, losses of a training state)."""
     for name, obj in objects.items():
         obj.load_state_dict(state[name])
+
+
+def safetensors_bytes(state: dict, metadata: dict[str, str], half: bool = False) -> bytes:
+    """A state dict (tensors moved to the CPU, made contiguous; floating ones as float16 with ``half``) and
+    string ``metadata`` serialised as safetensors, for :func:`write_bytes`."""
+    from safetensors.torch import save
+
+    out = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    if half:
+        out = {k: v.half() if v.is_floating_point() else v for k, v in out.items()}
+    return save(out, metadata=metadata)
+
+
+def read_safetensors(
+    path: str | os.PathLike, error: type[Exception] = ValueError
+) -> tuple[dict, dict[str, str]]:
+    """(tensors, header metadata) of a safetensors file; an unreadable file raises ``error`` naming it."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})  # noqa: SIM118
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        raise error(f"{path}: not a readable safetensors file ({type(e).__name__})") from None

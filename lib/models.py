@@ -81,3 +81,20 @@ def load_generator(folder: str | Path | None = None, device: str = "auto"):
     from . import stylegan2 as sg
 
     return sg.load_generator(path("gan", folder), runtime.pick_device(device))
+
+
+def provenance(stage: str, folder: str | Path | None = None) -> dict:
+    """What a copy or a product of pretrained model ``stage`` records of it: file name and sha256."""
+    p = path(stage, folder)
+    return {"file": p.name, "sha256": entry(p)["sha256"]}
+
+
+def conditioned_on(folder: str | Path | None = None) -> dict:
+    """:func:`provenance` of the embedding the pretrained generator was trained on (from the manifest)."""
+    g = entry(path("gan", folder))
+    clip = read_manifest(Path(folder or MODELS_DIR) / MANIFEST)["models"].get(g["conditioned_on"])
+    if clip is None:
+        raise ModelError(
+            f"{FILES['gan']}: conditioned on {g['conditioned_on']}, which the manifest does not list"
+        )
+    return {"file": g["conditioned_on"], "sha256": clip["sha256"]}

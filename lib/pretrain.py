@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
 import json
 import subprocess
 import sys
@@ -45,7 +46,14 @@ from . import stylegan2 as sg
 
 STATE_FORMAT = "lib.pretrain.state/1"
 #: first batch index of each stage's stream (disjoint ranges of the same corpus), and of the held-out scenes
-OFFSETS = {"clip": 0, "gan": 1_000_000, "dino": 2_000_000, "vocab": 8_000_000, "heldout": 9_000_000}
+OFFSETS = {
+    "clip": 0,
+    "gan": 1_000_000,
+    "dino": 2_000_000,
+    "refine": 3_000_000,
+    "vocab": 8_000_000,
+    "heldout": 9_000_000,
+}
 
 
 @dataclass
@@ -79,6 +87,12 @@ class PretrainConfig:
     gan_adv: float = 0.05  # weight of the adversarial term in the last phase
     gan_lowpass: float = 4.0  # weight of the squared error at 1/4 resolution
     gan_noise: float = 0.2  # norm of the Gaussian noise added to each unit condition vector
+    # generator, second phase (from the first phase's weights): objects weighted up, LAFITE's image-condition term
+    refine_steps: int = 2000
+    refine_adv_steps: int = 300
+    refine_lr: float = 0.002
+    refine_itc: float = 1.0  # weight of 1 - cos(embedding of the generated image, its condition)
+    refine_object_weight: float = 4.0  # extra L1 weight on pixels covered by an object
     # evaluation on held-out corpus scenes
     heldout_train: int = 3000
     heldout_test: int = 600
@@ -114,6 +128,8 @@ PROFILES = {
         gan_channel_base=256,
         gan_channel_max=32,
         gan_fts_hidden=32,
+        refine_steps=4,
+        refine_adv_steps=2,
         heldout_train=96,
         heldout_test=48,
         checkpoint_every=2,
@@ -159,8 +175,11 @@ def _targets(images: np.ndarray, size: int, dev: torch.device) -> torch.Tensor:
     return F.adaptive_avg_pool2d(x, size)
 
 
-def grammar_vocab(corp: cp.Corpus, n: int = 20000) -> np.ndarray:
-    """BPE ids of the caption grammar, from ``n`` corpus scenes' captions (a fixed range of batches)."""
+@functools.cache
+def grammar_vocab(seed: int, n: int = 20000) -> np.ndarray:
+    """BPE ids of the caption grammar, from the captions of ``n`` corpus scenes (a fixed range of batches of
+    corpus ``seed``; cached per process)."""
+    corp = cp.Corpus(seed, exclude=frozenset())
     texts = [
         c for i in range(0, n, 1000) for cs in corp.scenes(OFFSETS["vocab"] + i // 1000, 1000)[2] for c in cs
     ]
@@ -185,7 +204,7 @@ def train_embedding(cfg: PretrainConfig, corp: cp.Corpus, state_dir: Path | None
                     stop_after: int | None = None) -> tuple[embedding.Embedder, dict]:  # fmt: skip
     """The joint embedding (see the module docstring); returns the trained :class:`Embedder` and its history."""
     dev = torch.device(runtime.pick_device(device))
-    vocab = grammar_vocab(corp)
+    vocab = grammar_vocab(corp.seed)
     emb = embedding.create(cfg.clip_arch, cfg.image_size, str(dev), cfg.seed, vocab=vocab)
     aids = nn.ModuleDict({"heads": AttributeHeads(emb.dim), "decoder": PixelDecoder(emb.dim)}).to(dev)
     params = nn.ModuleDict({"model": emb.model, "aids": aids})
@@ -266,39 +285,66 @@ def gan_config(cfg: PretrainConfig) -> gan.GANConfig:
                          fts_hidden=cfg.gan_fts_hidden, batch_size=cfg.gan_batch, seed=cfg.seed)  # fmt: skip
 
 
+@dataclass(frozen=True)
+class GanPhase:
+    """One phase of the generator's pretraining: its name (state file, corpus stream), steps, how many of the last
+    steps add the adversarial loss, learning rate, and the weights of the image-condition term and of objects."""
+
+    name: str
+    steps: int
+    adv_steps: int
+    lr: float
+    itc: float = 0.0
+    object_weight: float = 0.0
+
+
+def gan_phases(cfg: PretrainConfig) -> tuple[GanPhase, GanPhase]:
+    """(first phase: from scratch, pixel losses; second: from the first's weights, objects weighted up and the
+    generated image's embedding pulled to its condition), each ending with the adversarial loss added."""
+    return (GanPhase("gan", cfg.gan_steps, cfg.gan_adv_steps, cfg.gan_lr),
+            GanPhase("refine", cfg.refine_steps, cfg.refine_adv_steps, cfg.refine_lr, cfg.refine_itc,
+                     cfg.refine_object_weight))  # fmt: skip
+
+
 def train_generator(cfg: PretrainConfig, corp: cp.Corpus, emb: embedding.Embedder, state_dir: Path | None,
-                    device: str = "auto", stop_after: int | None = None) -> tuple[sg.Generator, dict]:  # fmt: skip
-    """The generator (see the module docstring) on the frozen embedding ``emb``; returns (G_ema, history)."""
+                    device: str = "auto", stop_after: int | None = None, phase: GanPhase | None = None,
+                    init: sg.Generator | None = None) -> tuple[sg.Generator, dict]:  # fmt: skip
+    """One phase of the generator (see the module docstring; default the first) on the frozen embedding ``emb``,
+    starting from ``init``'s weights when given; returns (G_ema, history)."""
+    phase = phase or gan_phases(cfg)[0]
     dev = torch.device(runtime.pick_device(device))
     emb.model.to(dev).eval().requires_grad_(False)
     torch.manual_seed(cfg.seed)
     G, D = gan.build(gan_config(cfg), cfg.image_size, emb.dim)
+    if init is not None:
+        G.load_state_dict(init.state_dict())
     G, D = G.to(dev).train(), D.to(dev).train()
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    opt_g = torch.optim.Adam(_condition_groups(G, cfg.gan_lr), betas=(0.9, 0.99), eps=1e-8)
+    view = gan.EmbeddingView(emb).to(dev) if phase.itc else None
+    opt_g = torch.optim.Adam(_condition_groups(G, phase.lr), betas=(0.9, 0.99), eps=1e-8)
     c = 16 / 17  # lazy R1 every 16 steps, D's Adam adjusted as stylegan2-ada
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.gan_lr * c, betas=(0.9**c, 0.99**c), eps=1e-8)
+    opt_d = torch.optim.Adam(D.parameters(), lr=phase.lr * c, betas=(0.9**c, 0.99**c), eps=1e-8)
     gamma = 0.0002 * cfg.image_size**2 / cfg.gan_batch
-    key = io.content_key(
-        {"stage": "gan", "config": dataclasses.asdict(cfg), "embedder": emb.key, "device": dev.type}
-    )
+    init_key = None if init is None else io.array_key(*(v.cpu().numpy() for v in init.state_dict().values()))
+    key = io.content_key({"stage": phase.name, "config": dataclasses.asdict(cfg), "phase": dataclasses.asdict(phase),
+                          "init": init_key, "embedder": emb.key, "device": dev.type})  # fmt: skip
     rng, gen = np.random.default_rng(cfg.seed + 1), torch.Generator().manual_seed(cfg.seed + 1)
-    history: dict = {"l1": [], "adv_g": [], "loss_d": [], "seconds": 0.0, "scenes": 0}
+    history: dict = {"l1": [], "itc": [], "adv_g": [], "loss_d": [], "seconds": 0.0, "scenes": 0}
     step = 0
-    state_path, state = _state(state_dir, "gan", key)
+    state_path, state = _state(state_dir, phase.name, key)
     if state is not None:
         io.restore(state, G=G, D=D, G_ema=G_ema, opt_g=opt_g, opt_d=opt_d)
         _set_rng_state(state["rng"], gen, rng)
         history, step = state["history"], state["step"]
-    end = cfg.gan_steps if stop_after is None else min(cfg.gan_steps, step + stop_after)
-    adv_from = cfg.gan_steps - cfg.gan_adv_steps
+    end = phase.steps if stop_after is None else min(phase.steps, step + stop_after)
+    adv_from = phase.steps - phase.adv_steps
     z = torch.zeros(cfg.gan_batch, G.z_dim, device=dev)
-    bar = runtime.progress(total=cfg.gan_steps, initial=step, desc="pretrain generator")
+    bar = runtime.progress(total=phase.steps, initial=step, desc=f"pretrain generator ({phase.name})")
     while step < end:
         t0 = time.perf_counter()
-        for g, base in zip(opt_g.param_groups, (cfg.gan_lr, cfg.gan_lr * 100), strict=True):
-            g["lr"] = losses.warmup_cosine(step, cfg.gan_steps, max(1, cfg.gan_steps // 50), base, base * 0.1)
-        b = corp.batch(OFFSETS["gan"] + step, cfg.gan_batch)
+        for g, base in zip(opt_g.param_groups, (phase.lr, phase.lr * 100), strict=True):
+            g["lr"] = losses.warmup_cosine(step, phase.steps, max(1, phase.steps // 50), base, base * 0.1)
+        b = corp.batch(OFFSETS[phase.name] + step, cfg.gan_batch)
         real = sg.from_uint8(b.images, dev)
         f = _embed(emb, b.images)
         noise = torch.randn(f.shape, generator=gen).to(dev) * cfg.gan_noise / np.sqrt(f.shape[1])
@@ -307,9 +353,14 @@ def train_generator(cfg: PretrainConfig, corp: cp.Corpus, emb: embedding.Embedde
         G.requires_grad_(True)
         D.requires_grad_(False)
         fake = G(z, fts=fts, noise_mode="const")
-        l1 = (fake - real).abs().mean()
+        weight = 1 + phase.object_weight * torch.as_tensor(b.objects, device=dev)[:, None]
+        l1 = (weight * (fake - real).abs()).mean() / weight.mean()
         low = F.mse_loss(F.avg_pool2d(fake, 4), F.avg_pool2d(real, 4))
         loss_g = l1 + cfg.gan_lowpass * low
+        itc = torch.zeros((), device=dev)
+        if view is not None:
+            itc = (1 - (view(fake) * f).sum(1)).mean()
+            loss_g = loss_g + phase.itc * itc
         adv_g = torch.zeros((), device=dev)
         if adv:
             logit, _ = D(fake, fts)
@@ -338,7 +389,7 @@ def train_generator(cfg: PretrainConfig, corp: cp.Corpus, emb: embedding.Embedde
         with torch.no_grad():
             for pe, p in zip(G_ema.parameters(), G.parameters(), strict=True):
                 pe.copy_(p.detach().lerp(pe, beta))
-        for k, v in (("l1", l1), ("adv_g", adv_g), ("loss_d", loss_d)):
+        for k, v in (("l1", l1), ("itc", itc), ("adv_g", adv_g), ("loss_d", loss_d)):
             history[k].append(float(v.detach()))
         history["scenes"] += len(b.images)
         history["seconds"] += time.perf_counter() - t0
@@ -350,7 +401,7 @@ def train_generator(cfg: PretrainConfig, corp: cp.Corpus, emb: embedding.Embedde
                  "G_ema": G_ema.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
                  "rng": _rng_state(gen, rng), "history": history}))  # fmt: skip
     bar.close()
-    history["done"] = step >= cfg.gan_steps
+    history["done"] = step >= phase.steps
     return G_ema.eval().requires_grad_(False), history
 
 
@@ -445,15 +496,18 @@ def record(out: Path, name: str, entry: dict) -> Path:
     return io.write_json(path, manifest)
 
 
-def run(profile: str = "full", out: str | Path | None = None, stages: tuple[str, ...] = ("clip", "gan", "dino"),
+STAGES = ("clip", "gan", "refine", "dino")
+
+
+def run(profile: str = "full", out: str | Path | None = None, stages: tuple[str, ...] = STAGES,
         device: str = "auto", state_dir: str | Path | None = None) -> dict:  # fmt: skip
     """Pretrain ``stages`` of ``profile`` into ``out`` (default: ``models/`` for full, else
     ``build/pretrain/<profile>/models``), resuming from ``state_dir`` (default ``build/pretrain/<profile>``)."""
     if profile not in PROFILES:
         raise ValueError(f"profile={profile!r}: expected one of {sorted(PROFILES)}")
-    bad = set(stages) - {"clip", "gan", "dino"}
+    bad = set(stages) - set(STAGES)
     if bad:
-        raise ValueError(f"stages {sorted(bad)}: expected clip, gan, dino")
+        raise ValueError(f"stages {sorted(bad)}: expected some of {STAGES}")
     cfg = PROFILES[profile]
     cfg.check()
     work = Path(state_dir) if state_dir else paths.BUILD_DIR / "pretrain" / profile
@@ -480,19 +534,36 @@ def run(profile: str = "full", out: str | Path | None = None, stages: tuple[str,
                           ("hard_negatives", "attr_weight", "pixel_weight", "image_size")}})  # fmt: skip
         done["clip"] = scores
         print(f"joint embedding: {hist['seconds']:.0f} s, {json.dumps(scores)}", flush=True)
-    if "gan" in stages:
+    stage1 = work / "generator_phase1.safetensors"  # the first phase's generator, where the second starts
+    for phase in gan_phases(cfg):
+        if phase.name not in stages:
+            continue
         if emb is None:
             emb = embedding.load(checkpoint=models.verified(out / models.FILES["clip"]), device=device)
-        G, hist = train_generator(cfg, corp, emb, work, device)
+        init = None
+        if phase.name == "refine":
+            if not stage1.is_file():
+                raise FileNotFoundError(f"{stage1}: no first-phase generator; run the gan stage first")
+            init = sg.load_generator(stage1)
+        G, hist = train_generator(cfg, corp, emb, work, device, phase=phase, init=init)
         scores = score_generator(G, emb, te)
-        sg.save_generator(out / models.FILES["gan"], G, {"profile": profile, "embedding": models.FILES["clip"]},
-                          half=True)  # fmt: skip
-        record(out, models.FILES["gan"], {**common, "corpus": corpus_info(hist["scenes"]),
-               "train_seconds": hist["seconds"], "steps": cfg.gan_steps, "scores": scores,
-               "conditioned_on": models.FILES["clip"],
-               "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k.startswith("gan")}})  # fmt: skip
-        done["gan"] = scores
-        print(f"generator: {hist['seconds']:.0f} s, {json.dumps(scores)}", flush=True)
+        entry = {**common, "phase": phase.name, "corpus": corpus_info(hist["scenes"]),
+                 "train_seconds": hist["seconds"], "steps": phase.steps, "scores": scores,
+                 "conditioned_on": models.FILES["clip"], "config": dataclasses.asdict(phase)
+                 | {k: v for k, v in dataclasses.asdict(cfg).items() if k.startswith("gan")}}  # fmt: skip
+        meta = {"profile": profile, "embedding": models.FILES["clip"]}
+        if phase.name == "gan":
+            sg.save_generator(stage1, G, meta, half=True)
+            io.write_json(stage1.with_suffix(".json"), entry)
+        else:  # the shipped entry sums both phases and keeps the first phase's record
+            first = json.loads(stage1.with_suffix(".json").read_text())
+            entry = entry | {"corpus": corpus_info(first["corpus"]["scenes_seen"] + hist["scenes"]),
+                             "train_seconds": first["train_seconds"] + hist["seconds"],
+                             "steps": first["steps"] + phase.steps, "phases": [first, dict(entry)]}  # fmt: skip
+        sg.save_generator(out / models.FILES["gan"], G, meta, half=True)
+        record(out, models.FILES["gan"], entry)
+        done[phase.name] = scores
+        print(f"generator ({phase.name}): {hist['seconds']:.0f} s, {json.dumps(scores)}", flush=True)
     if "dino" in stages:
         backbone, stats, hist = train_dino(cfg, corp, work, device)
         scores = score_dino(backbone, stats, tr, te, cfg)
@@ -509,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lib.pretrain", description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="full", choices=sorted(PROFILES))
     ap.add_argument("--out", default=None, help="model folder (default: models/ for full, else under build/)")
-    ap.add_argument("--only", default="clip,gan,dino", help="comma-separated stages: clip, gan, dino")
+    ap.add_argument("--only", default=",".join(STAGES), help=f"comma-separated stages: {', '.join(STAGES)}")
     ap.add_argument("--device", default="auto")
     a = ap.parse_args(argv)
     run(a.profile, a.out, tuple(s for s in a.only.split(",") if s), a.device)

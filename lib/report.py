@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import paths
@@ -24,16 +25,19 @@ PUBLISHED = paths.PROJ_ROOT / "data_manifests" / "published_results.csv"
 SECTIONS = {
     "00": ("Data preparation", "NSD betas of one subject become the voxels of an ROI group: z-scored per session, "
            "repeats of the shared test images averaged, train and test split on the shared images."),
-    "01": ("Joint embedding", "The CLIP-style image and caption space the encoders predict (learned from the "
-           "stimuli and their captions unless a real CLIP checkpoint is given), and DINO self-supervised features."),
+    "01": ("Joint embedding", "The CLIP-style image and caption space the encoders predict (the pretrained "
+           "mini-world model of models/, a real CLIP checkpoint, or one learned here from the training stimuli), "
+           "probed on the test stimuli beside a random-init network, and DINO self-supervised features."),
     "02": ("fMRI encoders", "Ridge and a residual MLP map the voxels to the embedding; retrieval and 2-way "
            "identification on the test images, against a noise-free ceiling."),
-    "03": ("Generator", "A CLIP-conditioned StyleGAN2 as in LAFITE draws images from embeddings: trained on the "
-           "stimuli, aligned to its condition, tuned on fMRI predictions, and refined by latent optimisation."),
+    "03": ("Generator", "A CLIP-conditioned StyleGAN2 as in LAFITE draws images from embeddings: the pretrained "
+           "mini-world generator (or a LAFITE checkpoint, or one trained here), tuned on fMRI predictions, and "
+           "refined by latent optimisation."),
     "04": ("Leave-one-out", "Every voxel and ROI group left out in turn: how each moves the predicted embedding "
            "and the image, mapped on the brain and checked against the simulator's truth."),
-    "05": ("Evaluation", "The field's metrics for every reconstruction variant, with the published NSD results "
-           "beside them for orientation (a different dataset: not comparable)."),
+    "05": ("Evaluation", "The field's metrics for every reconstruction variant and for the baselines (nearest "
+           "training image, mean image), judged also by networks no model was trained on (EffNet-Lite0, the "
+           "attribute read-back), with the published NSD results beside them (a different dataset: not comparable)."),
 }  # fmt: skip
 
 #: one paragraph per figure; tests/test_report.py checks that every figure a notebook writes has one
@@ -52,6 +56,8 @@ FIGURES = {
     "pairs are found.",
     "01_retrieval_examples.png": "Caption-to-image retrieval examples from held-out stimuli.",
     "01_dino_knn.png": "k-nearest-neighbour probes of the DINO features against the known scene attributes.",
+    "01_embedding_probes.png": "Linear probes of the image embedding on the test stimuli (fitted on the training "
+    "stimuli): this embedding against the same architecture trained from scratch here and at random initialisation.",
     "01_embedding_2d.png": "A 2-D projection of the image embeddings coloured by scene attributes.",
     "02_roi_comparison.png": "Retrieval and 2-way identification per ROI group and encoder, against the noise-free "
     "ceiling and chance.",
@@ -82,6 +88,8 @@ FIGURES = {
     "05_retrieval.png": "Top-1 retrieval among 300 test samples of the 02 encoders, both directions.",
     "05_roi_groups.png": "ROI-only reconstructions scored per ROI group: early groups carry layout, higher groups "
     "category.",
+    "05_readback.png": "Attribute read-back: what a CNN trained on the stimuli (never on reconstructions) reads "
+    "from each reconstruction and baseline, beside its accuracy on the stimuli themselves and chance.",
 }
 
 CAVEATS = (
@@ -153,6 +161,15 @@ def _tables(nb: str, m: dict[str, dict]) -> list[str]:
             out.append(_table({k: {"why": v} for k, v in r["unavailable"].items()}, "unavailable metrics"))
         if r.get("roi_table"):
             out.append(_table(r["roi_table"], "ROI-only reconstructions per ROI group"))
+        if r.get("readback"):
+            rows = r["readback"] | (
+                {"chance (majority)": r["readback_chance"]} if r.get("readback_chance") else {}
+            )
+            out.append(_table(rows, "attribute read-back by a judge trained on stimuli"))
+        if r.get("goals"):
+            out.append(
+                _table(r["goals"], "goals of the pretrained-models work: measured value, threshold, met")
+            )
         pub = published_table()
         rows = {f"{a} ({b})": {c: (None if pd.isna(v) else float(v)) for c, v in row.items()}
                 for (a, b), row in pub.drop(columns="source").set_index(["method", "set"]).iterrows()}  # fmt: skip
@@ -252,3 +269,62 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+#: the reconstruction issue's goals on mini: (what, threshold); each measured by :func:`reconstruction_goals`
+MAIN_OBJECT = ("colour", "shape", "position")
+
+
+def reconstruction_goals(m01: dict, m04: dict, table: dict[str, dict], readback: dict[str, dict]) -> dict:
+    """Each goal of the pretrained-models work with its measured value, threshold and whether it is met, from 01's
+    and 04's metrics, 05's metric table and 05's attribute read-back (rows named as notebook 05 names them)."""
+    goals: dict[str, dict] = {}
+
+    def goal(name: str, value, threshold, met: bool | None = None) -> None:
+        ok = bool(value >= threshold) if met is None and value is not None else met
+        goals[name] = {"value": value, "threshold": threshold, "met": ok}
+
+    probes = (m01.get("embedding_probes") or {}).get("this embedding", {})
+    for attr, thr in (
+        ("shape", 0.7),
+        ("position", 0.7),
+        ("colour", 0.9),
+        ("count", 0.9),
+        ("background", 0.95),
+    ):
+        goal(f"embedding probe: {attr}", probes.get("linear_probe", {}).get(attr), thr)
+    goal("embedding img->txt top-1", probes.get("img2txt_top1"), 0.95)
+    knn, rnd = m01.get("dino_knn") or {}, m01.get("dino_knn_random_init") or {}
+    if knn:
+        worst = min(knn, key=lambda a: knn[a] - rnd[a])
+        goal(f"DINO k-NN above random init on every attribute (smallest margin: {worst})",
+             knn[worst] - rnd[worst], 0.0, met=all(knn[a] > rnd[a] for a in knn))  # fmt: skip
+    oracle, plain = table.get("oracle (true embedding)", {}), table.get("ridge · plain", {})
+    goal("oracle PixCorr", oracle.get("PixCorr"), 0.75)
+    goal("oracle EffNet-Lite0 2-way", oracle.get("EffNet-Lite0 2-way"), 0.85)
+    goal(
+        "oracle read-back: main-object colour",
+        readback.get("oracle (true embedding)", {}).get("colour"),
+        0.70,
+    )
+    goal("ridge PixCorr", plain.get("PixCorr"), 0.65)
+    goal("ridge EffNet-Lite0 2-way", plain.get("EffNet-Lite0 2-way"), 0.75)
+    nearest = table.get("nearest training image · ridge", {})
+    goal("ridge PixCorr above nearest training image (ridge)", (plain.get("PixCorr") or 0) - (nearest.get("PixCorr") or 0),
+         0.0, met=(plain.get("PixCorr") or 0) > (nearest.get("PixCorr") or 0))  # fmt: skip
+    rb_plain, rb_near = readback.get("ridge · plain", {}), readback.get("nearest training image · ridge", {})
+    if rb_plain:
+        margin = float(np.mean([rb_plain[a] - rb_near[a] for a in MAIN_OBJECT]))
+        goal("ridge main-object read-back (colour, shape, position) above nearest training image", margin, 0.0,
+             met=margin > 0)  # fmt: skip
+        for v in ("ridge · fMRI-tuned", "ridge · optimised"):
+            if v not in readback:
+                continue
+            d_eff = (table[v].get("EffNet-Lite0 2-way") or 0) - (plain.get("EffNet-Lite0 2-way") or 0)
+            d_rb = float(np.mean([readback[v][a] - rb_plain[a] for a in readback[v]]))
+            goal(f"{v} keeps or raises EffNet-Lite0 2-way over plain", d_eff, 0.0, met=d_eff >= 0)
+            goal(f"{v} keeps or raises the mean read-back over plain", d_rb, 0.0, met=d_rb >= 0)
+    if m04.get("prf_median_error_px") is not None:
+        ratio = m04["prf_median_error_px"] / m04["prf_chance_error_px"]
+        goal("pRF check: median error / chance (at most 0.6)", ratio, 0.6, met=ratio <= 0.6)
+    return goals

@@ -571,9 +571,10 @@ def _scene_draws(cfg: SimConfig, n_images: int, rng: np.random.Generator):
         yield s, sc.captions(s, rng, cfg.n_captions)
 
 
-def stimulus_scenes(profile: str, seed: int = 0, n_subjects: int = 1) -> list[tuple[sc.Scene, list[str]]]:
+def stimulus_scenes(profile: str, seed: int = 0, n_subjects: int = 1,
+                    config: SimConfig | None = None) -> list[tuple[sc.Scene, list[str]]]:  # fmt: skip
     """The (scene, captions) of every stimulus :func:`simulate` draws for these settings, without rendering."""
-    cfg = PROFILES[profile]
+    cfg = config or PROFILES[profile]
     s_stim = np.random.SeedSequence(seed).spawn(2 + n_subjects)[0]
     return list(_scene_draws(cfg, cfg.n_shared + n_subjects * cfg.n_unique, np.random.default_rng(s_stim)))
 

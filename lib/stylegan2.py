@@ -532,15 +532,13 @@ def from_uint8(images: np.ndarray | torch.Tensor, device=None) -> torch.Tensor:
 def save_generator(path: str | Path, G: Generator, meta: dict | None = None, half: bool = False) -> Path:
     """The generator's configuration and weights as a torch file readable with ``weights_only=True``, or with a
     ``.safetensors`` suffix as safetensors (configuration in its header; ``half``: float16 weights)."""
-    state = {k: v.detach().cpu().contiguous() for k, v in G.state_dict().items()}
-    if half:
-        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     if Path(path).suffix == ".safetensors":
-        from safetensors.torch import save
-
         header = {"format": GENERATOR_FORMAT, "init_kwargs": json.dumps(G.init_kwargs),
                   "meta": json.dumps(dict(meta or {}))}  # fmt: skip
-        return io.write_bytes(path, save(state, metadata=header))
+        return io.write_bytes(path, io.safetensors_bytes(G.state_dict(), header, half))
+    state = {k: v.detach().cpu() for k, v in G.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     blob = {
         "format": GENERATOR_FORMAT,
         "init_kwargs": G.init_kwargs,
@@ -551,15 +549,7 @@ def save_generator(path: str | Path, G: Generator, meta: dict | None = None, hal
 
 
 def _read_safetensors(path: Path) -> dict:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    try:
-        with safe_open(str(path), "pt") as f:
-            meta = f.metadata() or {}
-        state = load_file(str(path))
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
-        raise StyleGANError(f"{path}: not a readable safetensors file ({type(e).__name__})") from None
+    state, meta = io.read_safetensors(path, StyleGANError)
     if meta.get("format") != GENERATOR_FORMAT:
         return {}
     return {"format": GENERATOR_FORMAT, "init_kwargs": json.loads(meta["init_kwargs"]),

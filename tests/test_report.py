@@ -115,3 +115,37 @@ def test_the_report_renders_in_headless_chromium(small_report):
     assert img.shape[:2] == (1200, 900)
     assert img.std() > 0.05  # not a blank page
     assert (img.mean(-1) < 0.3).mean() > 0.001  # dark pixels: text and lines drawn
+
+
+def test_reconstruction_goals_compare_each_value_with_its_threshold():
+    from lib import report as rp
+
+    m01 = {
+        "embedding_probes": {"this embedding": {"linear_probe": {"shape": 0.8, "position": 0.6, "colour": 0.95,
+                                                                  "count": 0.9, "background": 1.0},
+                                                 "img2txt_top1": 0.97}},
+        "dino_knn": {"shape": 0.3, "size": 0.6}, "dino_knn_random_init": {"shape": 0.2, "size": 0.65},
+    }  # fmt: skip
+    m04 = {"prf_median_error_px": 10.0, "prf_chance_error_px": 20.0}
+    row = {"PixCorr": 0.8, "EffNet-Lite0 2-way": 0.9}
+    table = {"oracle (true embedding)": row, "ridge · plain": {"PixCorr": 0.6, "EffNet-Lite0 2-way": 0.8},
+             "ridge · fMRI-tuned": {"EffNet-Lite0 2-way": 0.79}, "nearest training image · ridge": {"PixCorr": 0.5}}  # fmt: skip
+    rb = {a: 0.5 for a in ("background", "bg_colour", "colour", "shape", "position")}
+    readback = {"oracle (true embedding)": {**rb, "colour": 0.75}, "ridge · plain": rb,
+                "ridge · fMRI-tuned": {**rb, "shape": 0.6}, "nearest training image · ridge": {**rb, "colour": 0.8}}  # fmt: skip
+    g = rp.reconstruction_goals(m01, m04, table, readback)
+    met = {k: v["met"] for k, v in g.items()}
+    assert met["embedding probe: shape"] and not met["embedding probe: position"]
+    assert met["embedding probe: count"]  # at the threshold counts as met
+    assert not any(v for k, v in met.items() if k.startswith("DINO"))  # size is below random init
+    assert met["oracle PixCorr"] and met["oracle read-back: main-object colour"] and not met["ridge PixCorr"]
+    assert met["ridge PixCorr above nearest training image (ridge)"]
+    # main object: colour -0.3, shape 0, position 0 -> mean below the nearest image
+    key = "ridge main-object read-back (colour, shape, position) above nearest training image"
+    assert not met[key] and np.isclose(g[key]["value"], -0.1)
+    assert not met["ridge · fMRI-tuned keeps or raises EffNet-Lite0 2-way over plain"]
+    assert met["ridge · fMRI-tuned keeps or raises the mean read-back over plain"]
+    assert (
+        met["pRF check: median error / chance (at most 0.6)"]
+        and g["pRF check: median error / chance (at most 0.6)"]["value"] == 0.5
+    )

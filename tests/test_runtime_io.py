@@ -85,3 +85,18 @@ def test_adamw_for_decays_matrices_only_and_named_exceptions():
     assert {tuple(p.shape) for p in flat} == {(4,), (5, 4)} and len(
         flat
     ) == 3  # biases + embedding, frozen left out
+
+
+def test_safetensors_round_trip_half_and_a_one_line_error(tmp_path):
+    import torch
+
+    from lib import io
+
+    state = {"w": torch.linspace(0, 1, 7), "n": torch.arange(3)}
+    p = io.write_bytes(tmp_path / "m.safetensors", io.safetensors_bytes(state, {"k": "v"}, half=True))
+    got, meta = io.read_safetensors(p)
+    assert meta == {"k": "v"} and got["w"].dtype == torch.float16 and torch.equal(got["n"], state["n"])
+    assert torch.allclose(got["w"].float(), state["w"], atol=1e-3)
+    (tmp_path / "bad.safetensors").write_bytes(b"not a file")
+    with pytest.raises(KeyError, match=r"bad.safetensors: not a readable safetensors file"):
+        io.read_safetensors(tmp_path / "bad.safetensors", KeyError)
