@@ -484,31 +484,40 @@ def reconstruction_grid(truth: np.ndarray, variants: dict[str, np.ndarray], n: i
     return fig
 
 
-def gan_curves(gan: dict, tuning: dict | None = None, optimisation: dict | None = None,
+def gan_curves(gan: dict | None, tuning: dict | None = None, optimisation: dict | None = None,
                chance: float = 0.5, alignment: dict | None = None) -> plt.Figure:  # fmt: skip
-    """GAN training losses per step (and the monitored oracle 2-way identification), the losses of the
-    conditioning path's alignment and fMRI tuning, and the mean cosine to the target during latent optimisation."""
+    """GAN training losses per step (and the monitored oracle 2-way identification) when the generator was trained
+    here, the losses of the conditioning path's alignment and fMRI tuning, and the mean cosine to the target during
+    latent optimisation."""
     tuned = {k: v for k, v in (("alignment (true embeddings)", alignment), ("fMRI tuning", tuning)) if v}
-    panels = 1 + bool(tuned) + (optimisation is not None)
+    trained = bool(gan and gan.get("step"))
+    panels = max(1, trained + bool(tuned) + (optimisation is not None))
     fig, axes = plt.subplots(1, panels, figsize=(4.4 * panels, 3.3), squeeze=False)
-    ax = axes[0, 0]
-    for k, key in enumerate(("loss_d", "loss_g", "itc")):
-        ax.plot(*_smoothed(gan["step"], gan[key], 20), color=f"C{k}", label=key)
-    ax.set(title="GAN training (20-step means)", xlabel="step", ylabel="loss", yscale="log")
-    if gan.get("monitor"):
-        ax2 = ax.twinx()
-        m = gan["monitor"]
-        ax2.plot([e["step"] for e in m], [e["two_way"] for e in m], "ko-", ms=3, label="oracle 2-way (test)")
-        ax2.axhline(chance, color="k", ls=":", lw=1)
-        ax2.set(ylim=(0.4, 1.0), ylabel="oracle 2-way identification")
-        ax2.legend(frameon=False, fontsize=8, loc="lower right")
-    ax.legend(frameon=False, fontsize=8, loc="upper right")
-    k = 1
+    if trained:
+        ax = axes[0, 0]
+        for k, key in enumerate(("loss_d", "loss_g", "itc")):
+            ax.plot(*_smoothed(gan["step"], gan[key], 20), color=f"C{k}", label=key)
+        ax.set(title="GAN training (20-step means)", xlabel="step", ylabel="loss", yscale="log")
+        if gan.get("monitor"):
+            ax2 = ax.twinx()
+            m = gan["monitor"]
+            ax2.plot(
+                [e["step"] for e in m], [e["two_way"] for e in m], "ko-", ms=3, label="oracle 2-way (test)"
+            )
+            ax2.axhline(chance, color="k", ls=":", lw=1)
+            ax2.set(ylim=(0.4, 1.0), ylabel="oracle 2-way identification")
+            ax2.legend(frameon=False, fontsize=8, loc="lower right")
+        ax.legend(frameon=False, fontsize=8, loc="upper right")
+    k = int(trained)
     if tuned:
         a = axes[0, k]
         for j, (name, h) in enumerate(tuned.items()):
             a.plot(*_smoothed(np.arange(1, len(h["loss"]) + 1), h["loss"], 10), color=f"C{3 + j}", label=name)
-        a.set(title="conditioning path (10-step means)", xlabel="step", ylabel="1 - cos(embedding, truth)")
+        a.set(
+            title="conditioning path (10-step means)",
+            xlabel="step",
+            ylabel="1 - cos(embedding, truth) + pixel term",
+        )
         a.legend(frameon=False, fontsize=8)
         k += 1
     if optimisation is not None:

@@ -66,7 +66,7 @@ FIGURES = {
     "02_predicted_vs_true.png": "Predicted against true embedding values on the test images.",
     "03_reconstructions.png": "Test stimuli and their reconstructions: the oracle (true embedding), the plain fMRI "
     "reconstruction, the fMRI-tuned generator and latent optimisation.",
-    "03_training_curves.png": "Generator training: adversarial losses, conditioning alignment, fMRI tuning and latent "
+    "03_training_curves.png": "Generator training when trained here (adversarial losses, conditioning alignment), fMRI tuning and latent "
     "optimisation.",
     "03_scores.png": "2-way identification, PixCorr and SSIM per variant, and the effect of the perturbation ratio.",
     "04_importance_brain.png": "Leave-one-voxel-out importance (mean 1 - cos change of the predicted embedding) on "
