@@ -13,9 +13,12 @@ resumable, and the shipped model files with their manifest: ``python -m lib.pret
   and no flips, so that size and position survive the augmentations.
 - **Generator** (:mod:`lib.stylegan2`, LAFITE's architecture and names, 64 px) conditioned on the frozen
   embedding of each corpus image (plus a little noise, as a predicted embedding has), z = 0 and constant noise
-  as at inference: L1 and a low-pass squared error to the image first, then the adversarial loss of LAFITE's
-  conditional discriminator added for sharpness. The conditioning layers ``pre_0``/``pre_1`` carry StyleGAN's
-  0.01 learning-rate multiplier; their Adam step is scaled up by its inverse so they learn at the rate of the rest.
+  as at inference, in two phases (:func:`gan_phases`). First L1 and a low-pass squared error to the image, then
+  the adversarial loss of LAFITE's conditional discriminator added for sharpness. Second, from the first's
+  weights, object pixels weighted up in the L1 and LAFITE's image-condition term 1 - cos(embedding of the
+  generated image, its condition), again ending adversarially. The conditioning layers ``pre_0``/``pre_1`` carry
+  StyleGAN's 0.01 learning-rate multiplier; their Adam step is scaled up by its inverse so they learn at the
+  rate of the rest.
 
 Each model is scored on held-out corpus scenes (never seen in training) and written as safetensors (float16)
 with an entry in ``manifest.json``: sha256, bytes, the command, the git commit, corpus seed and size, training
