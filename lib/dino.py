@@ -297,7 +297,7 @@ def load_backbone(path: str | Path) -> tuple[ResNetBackbone, tuple[np.ndarray, n
     if meta.get("format") != BACKBONE_FORMAT:
         raise ValueError(f"{path}: not a {BACKBONE_FORMAT} file")
     net = ResNetBackbone(layers=tuple(json.loads(meta["layers"])), width=int(meta["width"]))
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    net.load_state_dict(io.cast_floats(state, torch.float32))
     stats = (np.array(json.loads(meta["mean"]), np.float32), np.array(json.loads(meta["std"]), np.float32))
     return net.to(memory_format=torch.channels_last).eval(), stats
 

@@ -90,10 +90,8 @@ class GrammarTokenizer:
 def grammar_vocab(texts: list[str], context_length: int = 77) -> np.ndarray:
     """The sorted BPE ids (without padding, start and end) that ``texts`` use: a :class:`GrammarTokenizer`'s
     vocabulary."""
-    oc = _open_clip()
-    ids = oc.tokenizer.SimpleTokenizer(context_length=context_length)(texts).unique().numpy()
-    sot, eot = oc.tokenizer.SimpleTokenizer().sot_token_id, oc.tokenizer.SimpleTokenizer().eot_token_id
-    return np.setdiff1d(ids, [0, sot, eot])
+    tok = _open_clip().tokenizer.SimpleTokenizer(context_length=context_length)
+    return np.setdiff1d(tok(texts).unique().numpy(), [0, tok.sot_token_id, tok.eot_token_id])
 
 
 @dataclass
@@ -243,6 +241,7 @@ def load(arch: str | None = None, checkpoint: str | Path | None = None, pretrain
     """
     oc = _open_clip()
     dev = torch.device(runtime.pick_device(device))
+    vocab, meta = None, {}  # a lib checkpoint's text vocabulary and origin
     if checkpoint is not None:
         path = Path(checkpoint)
         if not path.is_file():
@@ -250,7 +249,6 @@ def load(arch: str | None = None, checkpoint: str | Path | None = None, pretrain
                 f"checkpoint={str(path)!r}: no such file (a local open_clip or lib checkpoint)"
             )
         state = _from_safetensors(path) if path.suffix == ".safetensors" else _read_weights(path)
-        vocab, meta = None, {}
         if isinstance(state, dict) and state.get("format") == CHECKPOINT_FORMAT:
             vocab, meta = state.get("vocab"), dict(state.get("meta") or {})
             if arch is not None and arch != state["arch"]:
@@ -266,8 +264,10 @@ def load(arch: str | None = None, checkpoint: str | Path | None = None, pretrain
             state = state["state_dict"]
         if not isinstance(state, dict):
             raise EmbeddingError(f"{path}: expected a state dict, got {type(state).__name__}")
-        state = {k.removeprefix("module."): v.float() if v.is_floating_point() else v
-                 for k, v in state.items() if k not in _NON_PARAMETER_KEYS}  # fmt: skip
+        state = io.cast_floats(
+            {k.removeprefix("module."): v for k, v in state.items() if k not in _NON_PARAMETER_KEYS},
+            torch.float32,
+        )
         _check_arch(arch)
         with _quiet_open_clip():
             model = oc.create_model(arch, pretrained=None, force_image_size=image_size, device="cpu")
@@ -295,8 +295,6 @@ def load(arch: str | None = None, checkpoint: str | Path | None = None, pretrain
         raise EmbeddingError("load(): give checkpoint= (a local file) or pretrained= (an open_clip tag)")
     model = model.to(dev).eval()
     model.visual.to(memory_format=torch.channels_last)
-    if checkpoint is None:
-        vocab, meta = None, {}
     emb = Embedder(model, _tokenizer(arch, model, vocab), arch, dev, "", source, meta)
     emb.key = io.content_key({"arch": arch, "image_size": emb.image_size, "weights": weights})
     return emb
@@ -333,7 +331,7 @@ def save_checkpoint(
         extra = {} if vocab is None else {_VOCAB_KEY: vocab}
         return io.write_bytes(path, io.safetensors_bytes({**weights, **extra}, header, half))
     if half:
-        weights = {k: v.half() if v.is_floating_point() else v for k, v in weights.items()}
+        weights = io.cast_floats(weights, torch.float16)
     state = {
         "format": CHECKPOINT_FORMAT,
         "arch": embedder.arch,

@@ -138,15 +138,20 @@ def restore(state: dict, **objects) -> None:
         obj.load_state_dict(state[name])
 
 
+def cast_floats(state: dict, dtype) -> dict:
+    """``state`` with its floating-point tensors cast to ``dtype`` (float16 to store, float32 to load), others as
+    they are."""
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+
+
 def safetensors_bytes(state: dict, metadata: dict[str, str], half: bool = False) -> bytes:
     """A state dict (tensors moved to the CPU, made contiguous; floating ones as float16 with ``half``) and
     string ``metadata`` serialised as safetensors, for :func:`write_bytes`."""
+    import torch
     from safetensors.torch import save
 
     out = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    if half:
-        out = {k: v.half() if v.is_floating_point() else v for k, v in out.items()}
-    return save(out, metadata=metadata)
+    return save(cast_floats(out, torch.float16) if half else out, metadata=metadata)
 
 
 def read_safetensors(

@@ -277,11 +277,6 @@ def _condition_groups(G: sg.Generator, lr: float) -> list[dict]:
     return [{"params": rest, "lr": lr}, {"params": cond, "lr": lr * 100}]
 
 
-@torch.no_grad()
-def _embed(emb: embedding.Embedder, images: np.ndarray) -> torch.Tensor:
-    return F.normalize(emb.model.encode_image(emb.preprocess(images)).float(), dim=-1)
-
-
 def gan_config(cfg: PretrainConfig) -> gan.GANConfig:
     return gan.GANConfig(z_dim=cfg.gan_z_dim, w_dim=cfg.gan_w_dim, mapping_layers=cfg.gan_mapping_layers,
                          channel_base=cfg.gan_channel_base, channel_max=cfg.gan_channel_max,
@@ -349,7 +344,7 @@ def train_generator(cfg: PretrainConfig, corp: cp.Corpus, emb: embedding.Embedde
             g["lr"] = losses.warmup_cosine(step, phase.steps, max(1, phase.steps // 50), base, base * 0.1)
         b = corp.batch(OFFSETS[phase.name] + step, cfg.gan_batch)
         real = sg.from_uint8(b.images, dev)
-        f = _embed(emb, b.images)
+        f = torch.as_tensor(emb.embed_images(b.images), device=dev)
         noise = torch.randn(f.shape, generator=gen).to(dev) * cfg.gan_noise / np.sqrt(f.shape[1])
         fts = F.normalize(f + noise, dim=-1)
         adv = step >= adv_from and cfg.gan_adv > 0

@@ -538,7 +538,7 @@ def save_generator(path: str | Path, G: Generator, meta: dict | None = None, hal
         return io.write_bytes(path, io.safetensors_bytes(G.state_dict(), header, half))
     state = {k: v.detach().cpu() for k, v in G.state_dict().items()}
     if half:
-        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+        state = io.cast_floats(state, torch.float16)
     blob = {
         "format": GENERATOR_FORMAT,
         "init_kwargs": G.init_kwargs,
@@ -571,7 +571,7 @@ def load_generator(path: str | Path, device: str = "cpu") -> Generator:
     if not isinstance(blob, dict) or blob.get("format") != GENERATOR_FORMAT:
         raise StyleGANError(f"{path}: not a {GENERATOR_FORMAT} file (a LAFITE .pkl: use load_lafite)")
     G = Generator(**blob["init_kwargs"])
-    G.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()})
+    G.load_state_dict(io.cast_floats(blob["state_dict"], torch.float32))
     return G.to(device).eval().requires_grad_(False)
 
 
