@@ -13,10 +13,12 @@ resumable, and the shipped model files with their manifest: ``python -m lib.pret
   and no flips, so that size and position survive the augmentations.
 - **Generator** (:mod:`lib.stylegan2`, LAFITE's architecture and names, 64 px) conditioned on the frozen
   embedding of each corpus image (plus a little noise, as a predicted embedding has), z = 0 and constant noise
-  as at inference, in two phases (:func:`gan_phases`). First L1 and a low-pass squared error to the image, then
+  as at inference, in three phases (:func:`gan_phases`). First L1 and a low-pass squared error to the image, then
   the adversarial loss of LAFITE's conditional discriminator added for sharpness. Second, from the first's
   weights, object pixels weighted up in the L1 and LAFITE's image-condition term 1 - cos(embedding of the
-  generated image, its condition), again ending adversarially. The conditioning layers ``pre_0``/``pre_1`` carry
+  generated image, its condition), again ending adversarially. Third, from the second's weights, the same losses
+  on fresh scenes for three times as many steps (each phase starts from the previous phase's file under the
+  state folder, so a phase can be rerun alone with ``--only``). The conditioning layers ``pre_0``/``pre_1`` carry
   StyleGAN's 0.01 learning-rate multiplier; their Adam step is scaled up by its inverse so they learn at the
   rate of the rest.
 
@@ -54,6 +56,7 @@ OFFSETS = {
     "gan": 1_000_000,
     "dino": 2_000_000,
     "refine": 3_000_000,
+    "extend": 4_000_000,
     "vocab": 8_000_000,
     "heldout": 9_000_000,
 }
@@ -96,6 +99,9 @@ class PretrainConfig:
     refine_lr: float = 0.002
     refine_itc: float = 1.0  # weight of 1 - cos(embedding of the generated image, its condition)
     refine_object_weight: float = 4.0  # extra L1 weight on pixels covered by an object
+    # generator, third phase (from the second's weights): the second phase's losses on fresh scenes, longer
+    extend_steps: int = 6000
+    extend_adv_steps: int = 500
     # evaluation on held-out corpus scenes
     heldout_train: int = 3000
     heldout_test: int = 600
@@ -133,6 +139,8 @@ PROFILES = {
         gan_fts_hidden=32,
         refine_steps=4,
         refine_adv_steps=2,
+        extend_steps=4,
+        extend_adv_steps=2,
         heldout_train=96,
         heldout_test=48,
         checkpoint_every=2,
@@ -296,11 +304,15 @@ class GanPhase:
     object_weight: float = 0.0
 
 
-def gan_phases(cfg: PretrainConfig) -> tuple[GanPhase, GanPhase]:
+def gan_phases(cfg: PretrainConfig) -> tuple[GanPhase, ...]:
     """(first phase: from scratch, pixel losses; second: from the first's weights, objects weighted up and the
-    generated image's embedding pulled to its condition), each ending with the adversarial loss added."""
+    generated image's embedding pulled to its condition; third: from the second's weights, the second's losses on
+    fresh scenes for longer), each ending with the adversarial loss added. Each phase starts with a fresh
+    warm-up and cosine schedule."""
     return (GanPhase("gan", cfg.gan_steps, cfg.gan_adv_steps, cfg.gan_lr),
             GanPhase("refine", cfg.refine_steps, cfg.refine_adv_steps, cfg.refine_lr, cfg.refine_itc,
+                     cfg.refine_object_weight),
+            GanPhase("extend", cfg.extend_steps, cfg.extend_adv_steps, cfg.refine_lr, cfg.refine_itc,
                      cfg.refine_object_weight))  # fmt: skip
 
 
@@ -494,7 +506,7 @@ def record(out: Path, name: str, entry: dict) -> Path:
     return io.write_json(path, manifest)
 
 
-STAGES = ("clip", "gan", "refine", "dino")
+STAGES = ("clip", "gan", "refine", "extend", "dino")
 
 
 def run(profile: str = "full", out: str | Path | None = None, stages: tuple[str, ...] = STAGES,
@@ -532,17 +544,19 @@ def run(profile: str = "full", out: str | Path | None = None, stages: tuple[str,
                           ("hard_negatives", "attr_weight", "pixel_weight", "image_size")}})  # fmt: skip
         done["clip"] = scores
         print(f"joint embedding: {hist['seconds']:.0f} s, {json.dumps(scores)}", flush=True)
-    stage1 = work / "generator_phase1.safetensors"  # the first phase's generator, where the second starts
-    for phase in gan_phases(cfg):
+    # each phase's generator and record, where the next phase starts
+    phase_file = lambda i: work / f"generator_phase{i + 1}.safetensors"  # noqa: E731
+    for i, phase in enumerate(gan_phases(cfg)):
         if phase.name not in stages:
             continue
         if emb is None:
             emb = embedding.load(checkpoint=models.verified(out / models.FILES["clip"]), device=device)
         init = None
-        if phase.name == "refine":
-            if not stage1.is_file():
-                raise FileNotFoundError(f"{stage1}: no first-phase generator; run the gan stage first")
-            init = sg.load_generator(stage1)
+        if i > 0:
+            if not phase_file(i - 1).is_file():
+                raise FileNotFoundError(f"{phase_file(i - 1)}: no phase-{i} generator; run the "
+                                        f"{gan_phases(cfg)[i - 1].name} stage first")  # fmt: skip
+            init = sg.load_generator(phase_file(i - 1))
         G, hist = train_generator(cfg, corp, emb, work, device, phase=phase, init=init)
         scores = score_generator(G, emb, te)
         entry = {**common, "phase": phase.name, "corpus": corpus_info(hist["scenes"]),
@@ -550,14 +564,16 @@ def run(profile: str = "full", out: str | Path | None = None, stages: tuple[str,
                  "conditioned_on": models.FILES["clip"], "config": dataclasses.asdict(phase)
                  | {k: v for k, v in dataclasses.asdict(cfg).items() if k.startswith("gan")}}  # fmt: skip
         meta = {"profile": profile, "embedding": models.FILES["clip"]}
-        if phase.name == "gan":
-            sg.save_generator(stage1, G, meta, half=True)
-            io.write_json(stage1.with_suffix(".json"), entry)
-        else:  # the shipped entry sums both phases and keeps the first phase's record
-            first = json.loads(stage1.with_suffix(".json").read_text())
-            entry = entry | {"corpus": corpus_info(first["corpus"]["scenes_seen"] + hist["scenes"]),
-                             "train_seconds": first["train_seconds"] + hist["seconds"],
-                             "steps": first["steps"] + phase.steps, "phases": [first, dict(entry)]}  # fmt: skip
+        before = json.loads(phase_file(i - 1).with_suffix(".json").read_text()) if i > 0 else None
+        # the first phase's record lists no phases: it is its own
+        earlier = [] if before is None else before.get("phases", [before])
+        phases = [*earlier, dict(entry)]
+        if len(phases) > 1:  # the shipped entry sums the phases so far and keeps each phase's record
+            entry = entry | {"corpus": corpus_info(sum(p["corpus"]["scenes_seen"] for p in phases)),
+                             "train_seconds": sum(p["train_seconds"] for p in phases),
+                             "steps": sum(p["steps"] for p in phases), "phases": phases}  # fmt: skip
+        sg.save_generator(phase_file(i), G, meta, half=True)
+        io.write_json(phase_file(i).with_suffix(".json"), entry)
         sg.save_generator(out / models.FILES["gan"], G, meta, half=True)
         record(out, models.FILES["gan"], entry)
         done[phase.name] = scores
