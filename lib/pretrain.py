@@ -17,7 +17,7 @@ resumable, and the shipped model files with their manifest: ``python -m lib.pret
   the adversarial loss of LAFITE's conditional discriminator added for sharpness. Second, from the first's
   weights, object pixels weighted up in the L1 and LAFITE's image-condition term 1 - cos(embedding of the
   generated image, its condition), again ending adversarially. Third, from the second's weights, the same losses
-  on fresh scenes for three times as many steps (each phase starts from the previous phase's file under the
+  on fresh scenes for 4.5 times as many steps (each phase starts from the previous phase's file under the
   state folder, so a phase can be rerun alone with ``--only``). The conditioning layers ``pre_0``/``pre_1`` carry
   StyleGAN's 0.01 learning-rate multiplier; their Adam step is scaled up by its inverse so they learn at the
   rate of the rest.
@@ -100,8 +100,8 @@ class PretrainConfig:
     refine_itc: float = 1.0  # weight of 1 - cos(embedding of the generated image, its condition)
     refine_object_weight: float = 4.0  # extra L1 weight on pixels covered by an object
     # generator, third phase (from the second's weights): the second phase's losses on fresh scenes, longer
-    extend_steps: int = 6000
-    extend_adv_steps: int = 500
+    extend_steps: int = 9000
+    extend_adv_steps: int = 600
     # evaluation on held-out corpus scenes
     heldout_train: int = 3000
     heldout_test: int = 600
