@@ -107,7 +107,7 @@ def ncsnr_map(ds: NSD, subject: int, groups: list[str], n_reps: int = 3) -> plt.
     )  # fmt: skip
     ax = fig.add_axes([0.68, 0.12, 0.31, 0.78])
     data = [noise_ceiling(ds.ncsnr(subject, g), n_reps) for g in groups]
-    ax.boxplot(data, vert=False, showfliers=False, tick_labels=groups)
+    ax.boxplot(data, orientation="horizontal", showfliers=False, tick_labels=groups)
     ax.invert_yaxis()
     ax.set_xlabel(f"noise ceiling, % variance ({n_reps}-trial average)")
     ax.grid(axis="x", alpha=0.3)
@@ -425,7 +425,9 @@ def voxel_map(ds: NSD, subject: int, values: np.ndarray, voxel_ijk: np.ndarray, 
     )  # fmt: skip
     if by_group:
         ax = fig.add_axes([0.72, 0.12, 0.27, 0.78])
-        ax.boxplot(list(by_group.values()), vert=False, showfliers=False, tick_labels=list(by_group))
+        ax.boxplot(
+            list(by_group.values()), orientation="horizontal", showfliers=False, tick_labels=list(by_group)
+        )
         ax.invert_yaxis()
         ax.axvline(0, color="k", lw=0.8)
         ax.set_xlabel(label)
@@ -550,7 +552,8 @@ def variant_scores(
             ax.axhline(chance[key], color="k", ls=":", lw=1, label="chance")
             ax.legend(frameon=False, fontsize=7, loc="lower right")
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
-        ax.set(title=key, ylim=(0, 1.1) if key == "two_way" else (min(0, min(vals)), max(vals) * 1.25 + 1e-3))
+        span = (min(0, min(vals)) * 1.25 - 1e-3, max(0, max(vals)) * 1.25 + 1e-3)  # bars start at 0
+        ax.set(title=key, ylim=(0, 1.1) if key == "two_way" else span)
         ax.grid(alpha=0.3, axis="y")
     if ratios is not None:
         ax = axes[0, -1]
@@ -669,6 +672,14 @@ def prf_check(prf_xy: np.ndarray, centres: dict[str, np.ndarray], checks: dict[s
     return fig
 
 
+def _once(pending: set[str], label: str) -> str | None:
+    """``label`` the first time it is asked for (removed from ``pending``), None after."""
+    if label in pending:
+        pending.discard(label)
+        return label
+    return None
+
+
 def metric_family(table: dict[str, dict], labels: list[str], title: str, published=None,
                   chance: dict[str, float] | None = None, lower_better: bool = False) -> plt.Figure:  # fmt: skip
     """One metric family: a group of bars per metric (``labels``), one bar per variant of ``table``
@@ -682,6 +693,7 @@ def metric_family(table: dict[str, dict], labels: list[str], title: str, publish
     colours = plt.get_cmap("tab10")(np.arange(n) % 10)
     for i, v in enumerate(variants):  # legend entries, also when the first metric has no values
         ax.bar(0, 0, 0, color=colours[i], label=v)
+    legend = {"chance", "published on NSD (not comparable)"}  # each legend entry once, at its first use
     for j, label in enumerate(labels):
         for i, v in enumerate(variants):
             x = j - 0.4 + (i + 0.5) * width
@@ -692,12 +704,12 @@ def metric_family(table: dict[str, dict], labels: list[str], title: str, publish
                 ax.bar(x, val, width * 0.92, color=colours[i])
         if chance and label in chance:
             ax.hlines(chance[label], j - 0.45, j + 0.45, colors="k", linestyles="--", lw=1,
-                      label="chance" if j == 0 else None)  # fmt: skip
+                      label=_once(legend, "chance"))  # fmt: skip
         if published is not None and label in published:
             vals = published[["method", label]].dropna()
             for k, (_, row) in enumerate(vals.iterrows()):
                 ax.plot(j + 0.46, row[label], "d", color=str(0.25 + 0.5 * k / max(1, len(vals))), ms=5,
-                        label="published on NSD (not comparable)" if j == 0 and k == 0 else None)  # fmt: skip
+                        label=_once(legend, "published on NSD (not comparable)"))  # fmt: skip
     if not any(v is not None for row in table.values() for v in (row.get(lb) for lb in labels)):
         ax.text(0.5, 0.5, "no pretrained weights for these metrics here", transform=ax.transAxes,
                 ha="center", va="center", fontsize=9, color="0.3")  # fmt: skip

@@ -53,6 +53,19 @@ def results_dir(profile: str) -> Path:
     return BUILD_DIR / profile / "results"
 
 
+def display(path: str | os.PathLike) -> str:
+    """``path`` as a message or a committed file should show it: relative to the repository when inside it,
+    ``~/...`` under the home folder, else unchanged (no machine's absolute path in committed metrics)."""
+    p = Path(path).expanduser()
+    for base, shown in ((PROJ_ROOT, None), (Path.home(), "~")):
+        try:
+            rel = p.resolve().relative_to(base.resolve())
+        except ValueError:
+            continue
+        return str(rel) if shown is None else str(Path(shown) / rel)
+    return str(p)
+
+
 def require(path: str | os.PathLike, producer: str, profile: str) -> Path:
     """``path`` if it exists; else an error saying which notebook makes it and how to run it."""
     path = Path(path)

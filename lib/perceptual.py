@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import metrics, runtime
+from . import metrics, paths, runtime
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -183,7 +183,9 @@ class FeatureNet:
 
         path = None if random_weights else weights_file(network, folder)
         if path is not None and not path.is_file():
-            raise Unavailable(f"{network}: pretrained weights {path.name} not found in {path.parent}")
+            raise Unavailable(
+                f"{network}: pretrained weights {path.name} not found in {paths.display(path.parent)}"
+            )
         if network == "efficientnet_lite0":
             model = EfficientNetLite0()
         elif network == "inception_v3":  # the pretrained weights expect transform_input, and carry AuxLogits

@@ -51,3 +51,32 @@ def test_notebook_is_stripped_numbered_and_parameterised(path):
     assert len(papermill.inspect_notebook(str(path))) == len(lines)
     assert "profile" in papermill.inspect_notebook(str(path))
     assert all("../" not in c.source for c in code)
+
+
+#: committed outputs and docs that a run or a person writes: none may carry a machine's absolute path
+COMMITTED_TEXT = ("README.md", "figures", "models", "data_manifests", "notebooks", "params")
+ABSOLUTE = re.compile(r"(?<![\w.~])/(?:root|home|tmp|Users|private|var/folders|mnt|work)/")
+
+
+def test_committed_outputs_carry_no_absolute_machine_path():
+    import subprocess
+
+    listed = subprocess.run(["git", "ls-files", "-z", *COMMITTED_TEXT], cwd=paths.PROJ_ROOT, capture_output=True,
+                            check=True).stdout.decode().split("\0")  # fmt: skip
+    files = [paths.PROJ_ROOT / f for f in listed if f and not f.endswith((".png", ".safetensors", ".npz"))]
+    assert len(files) > 10
+    here = (str(paths.PROJ_ROOT), str(paths.Path.home()) + "/")
+    bad = {}
+    for f in files:
+        text = f.read_text(errors="replace")
+        hits = [h for h in here if h in text] + ABSOLUTE.findall(text)
+        if hits:
+            bad[str(f.relative_to(paths.PROJ_ROOT))] = hits[:3]
+    assert not bad, f"absolute paths in committed files: {bad}"
+
+
+def test_display_shows_paths_relative_to_the_repository_or_home(tmp_path):
+    assert paths.display(paths.FIGURES_DIR / "metrics" / "x.json") == "figures/metrics/x.json"
+    assert paths.display(paths.Path.home() / ".cache" / "torch") == "~/.cache/torch"
+    outside = paths.Path("/opt/elsewhere/file.pth")
+    assert paths.display(outside) == str(outside)
