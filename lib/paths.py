@@ -57,12 +57,11 @@ def display(path: str | os.PathLike) -> str:
     """``path`` as a message or a committed file should show it: relative to the repository when inside it,
     ``~/...`` under the home folder, else unchanged (no machine's absolute path in committed metrics)."""
     p = Path(path).expanduser()
-    for base, shown in ((PROJ_ROOT, None), (Path.home(), "~")):
-        try:
-            rel = p.resolve().relative_to(base.resolve())
-        except ValueError:
-            continue
-        return str(rel) if shown is None else str(Path(shown) / rel)
+    full, home = p.resolve(), Path.home().resolve()
+    if full.is_relative_to(PROJ_ROOT):
+        return str(full.relative_to(PROJ_ROOT))
+    if full.is_relative_to(home):
+        return str(Path("~") / full.relative_to(home))
     return str(p)
 
 

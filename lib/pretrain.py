@@ -546,7 +546,8 @@ def run(profile: str = "full", out: str | Path | None = None, stages: tuple[str,
         print(f"joint embedding: {hist['seconds']:.0f} s, {json.dumps(scores)}", flush=True)
     # each phase's generator and record, where the next phase starts
     phase_file = lambda i: work / f"generator_phase{i + 1}.safetensors"  # noqa: E731
-    for i, phase in enumerate(gan_phases(cfg)):
+    all_phases = gan_phases(cfg)
+    for i, phase in enumerate(all_phases):
         if phase.name not in stages:
             continue
         if emb is None:
@@ -555,7 +556,7 @@ def run(profile: str = "full", out: str | Path | None = None, stages: tuple[str,
         if i > 0:
             if not phase_file(i - 1).is_file():
                 raise FileNotFoundError(f"{phase_file(i - 1)}: no phase-{i} generator; run the "
-                                        f"{gan_phases(cfg)[i - 1].name} stage first")  # fmt: skip
+                                        f"{all_phases[i - 1].name} stage first")  # fmt: skip
             init = sg.load_generator(phase_file(i - 1))
         G, hist = train_generator(cfg, corp, emb, work, device, phase=phase, init=init)
         scores = score_generator(G, emb, te)

@@ -2,7 +2,9 @@
 
 import ast
 import re
+import subprocess
 import tomllib
+from pathlib import Path
 
 import nbformat
 import papermill
@@ -59,13 +61,11 @@ ABSOLUTE = re.compile(r"(?<![\w.~])/(?:root|home|tmp|Users|private|var/folders|m
 
 
 def test_committed_outputs_carry_no_absolute_machine_path():
-    import subprocess
-
     listed = subprocess.run(["git", "ls-files", "-z", *COMMITTED_TEXT], cwd=paths.PROJ_ROOT, capture_output=True,
                             check=True).stdout.decode().split("\0")  # fmt: skip
     files = [paths.PROJ_ROOT / f for f in listed if f and not f.endswith((".png", ".safetensors", ".npz"))]
     assert len(files) > 10
-    here = (str(paths.PROJ_ROOT), str(paths.Path.home()) + "/")
+    here = (str(paths.PROJ_ROOT), str(Path.home()) + "/")
     bad = {}
     for f in files:
         text = f.read_text(errors="replace")
@@ -77,6 +77,6 @@ def test_committed_outputs_carry_no_absolute_machine_path():
 
 def test_display_shows_paths_relative_to_the_repository_or_home(tmp_path):
     assert paths.display(paths.FIGURES_DIR / "metrics" / "x.json") == "figures/metrics/x.json"
-    assert paths.display(paths.Path.home() / ".cache" / "torch") == "~/.cache/torch"
-    outside = paths.Path("/opt/elsewhere/file.pth")
+    assert paths.display(Path.home() / ".cache" / "torch") == "~/.cache/torch"
+    outside = Path("/opt/elsewhere/file.pth")
     assert paths.display(outside) == str(outside)
