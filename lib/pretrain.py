@@ -13,12 +13,13 @@ resumable, and the shipped model files with their manifest: ``python -m lib.pret
   and no flips, so that size and position survive the augmentations.
 - **Generator** (:mod:`lib.stylegan2`, LAFITE's architecture and names, 64 px) conditioned on the frozen
   embedding of each corpus image (plus a little noise, as a predicted embedding has), z = 0 and constant noise
-  as at inference, in three phases (:func:`gan_phases`). First L1 and a low-pass squared error to the image, then
+  as at inference, in four phases (:func:`gan_phases`). First L1 and a low-pass squared error to the image, then
   the adversarial loss of LAFITE's conditional discriminator added for sharpness. Second, from the first's
   weights, object pixels weighted up in the L1 and LAFITE's image-condition term 1 - cos(embedding of the
   generated image, its condition), again ending adversarially. Third, from the second's weights, the same losses
-  on fresh scenes for 4.5 times as many steps (each phase starts from the previous phase's file under the
-  state folder, so a phase can be rerun alone with ``--only``). The conditioning layers ``pre_0``/``pre_1`` carry
+  on fresh scenes for 4.5 times as many steps. Fourth, from the third's weights, the same losses on fresh scenes
+  at half the learning rate (each phase starts from the previous phase's file under the state folder, so a phase
+  can be rerun alone with ``--only``). The conditioning layers ``pre_0``/``pre_1`` carry
   StyleGAN's 0.01 learning-rate multiplier; their Adam step is scaled up by its inverse so they learn at the
   rate of the rest.
 
@@ -57,6 +58,7 @@ OFFSETS = {
     "dino": 2_000_000,
     "refine": 3_000_000,
     "extend": 4_000_000,
+    "anneal": 5_000_000,
     "vocab": 8_000_000,
     "heldout": 9_000_000,
 }
@@ -102,6 +104,10 @@ class PretrainConfig:
     # generator, third phase (from the second's weights): the second phase's losses on fresh scenes, longer
     extend_steps: int = 9000
     extend_adv_steps: int = 600
+    # generator, fourth phase (from the third's weights): the same losses on fresh scenes at a lower learning rate
+    anneal_steps: int = 4000
+    anneal_adv_steps: int = 400
+    anneal_lr: float = 0.001
     # evaluation on held-out corpus scenes
     heldout_train: int = 3000
     heldout_test: int = 600
@@ -141,6 +147,8 @@ PROFILES = {
         refine_adv_steps=2,
         extend_steps=4,
         extend_adv_steps=2,
+        anneal_steps=4,
+        anneal_adv_steps=2,
         heldout_train=96,
         heldout_test=48,
         checkpoint_every=2,
@@ -307,12 +315,15 @@ class GanPhase:
 def gan_phases(cfg: PretrainConfig) -> tuple[GanPhase, ...]:
     """(first phase: from scratch, pixel losses; second: from the first's weights, objects weighted up and the
     generated image's embedding pulled to its condition; third: from the second's weights, the second's losses on
-    fresh scenes for longer), each ending with the adversarial loss added. Each phase starts with a fresh
+    fresh scenes for longer; fourth: from the third's, the same at half the learning rate), each ending with the
+    adversarial loss added. Each phase starts with a fresh
     warm-up and cosine schedule."""
     return (GanPhase("gan", cfg.gan_steps, cfg.gan_adv_steps, cfg.gan_lr),
             GanPhase("refine", cfg.refine_steps, cfg.refine_adv_steps, cfg.refine_lr, cfg.refine_itc,
                      cfg.refine_object_weight),
             GanPhase("extend", cfg.extend_steps, cfg.extend_adv_steps, cfg.refine_lr, cfg.refine_itc,
+                     cfg.refine_object_weight),
+            GanPhase("anneal", cfg.anneal_steps, cfg.anneal_adv_steps, cfg.anneal_lr, cfg.refine_itc,
                      cfg.refine_object_weight))  # fmt: skip
 
 
@@ -506,7 +517,7 @@ def record(out: Path, name: str, entry: dict) -> Path:
     return io.write_json(path, manifest)
 
 
-STAGES = ("clip", "gan", "refine", "extend", "dino")
+STAGES = ("clip", "gan", "refine", "extend", "anneal", "dino")
 
 
 def run(profile: str = "full", out: str | Path | None = None, stages: tuple[str, ...] = STAGES,

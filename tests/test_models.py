@@ -92,10 +92,10 @@ def test_pretrain_quick_writes_loadable_checked_models(quick_run):
     assert emb.image_size == 32 and G.img_resolution == 32
     x = dino.normalise(np.zeros((2, 32, 32, 3), np.uint8), mean=stats[0], std=stats[1])
     assert dino.features(backbone, x).shape == (2, backbone.dim)
-    assert set(scores) == {"clip", "gan", "refine", "extend", "dino"}
+    assert set(scores) == {"clip", "gan", "refine", "extend", "anneal", "dino"}
     gen = manifest["models"][models.FILES["gan"]]
-    assert [p["phase"] for p in gen["phases"]] == ["gan", "refine", "extend"]
-    assert gen["steps"] == sum(p["steps"] for p in gen["phases"]) == 12
+    assert [p["phase"] for p in gen["phases"]] == ["gan", "refine", "extend", "anneal"]
+    assert gen["steps"] == sum(p["steps"] for p in gen["phases"]) == 16
     assert set(scores["clip"]["linear_probe"]) == set(cp.LABELS)
 
 
