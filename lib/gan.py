@@ -391,7 +391,8 @@ def _noise_reg(noises: list[torch.Tensor]) -> torch.Tensor:
 
 def optimise_latents(G: sg.Generator, targets: np.ndarray, embedder, steps: int = 100, lr: float = 0.1,
                      ratio: float = 0.25, noise_reg: float = 1e5, w_noise: float = 0.05, batch: int = 64,
-                     crop_min: float = 1.0, start: str = "generated", seed: int = 0) -> tuple[np.ndarray, dict]:  # fmt: skip
+                     crop_min: float = 1.0, start: str = "generated", seed: int = 0, noise_maps: bool = True,
+                     anchor: float = 0.0) -> tuple[np.ndarray, dict]:  # fmt: skip
     """Per target embedding, optimise one w (broadcast to every layer) and every noise map so that the embedding
     of G(w, condition = the target perturbed as in :func:`generate`, noises) has the largest cosine with the
     target; batched over ``batch`` targets. ``start``: "generated" begins at :func:`generate`'s image (w of
@@ -399,12 +400,18 @@ def optimise_latents(G: sg.Generator, targets: np.ndarray, embedder, steps: int 
     stylegan2-ada's unconditional projector does (w_avg, random noise maps). The projector's schedule: learning rate
     ``lr`` with a 5% warm-up and a cosine ramp-down over the last 25%, Gaussian noise on w of scale
     w_std * ``w_noise`` * max(0, 1 - t / 0.75)^2, ``noise_reg`` x the noise regulariser, and the noise maps
-    renormalised after each step. Returns (uint8 images, history with mean ``loss`` and ``cosine`` per step)."""
+    renormalised after each step. ``noise_maps=False`` keeps the noise maps fixed (only w moves; no regulariser, no
+    renormalisation). ``anchor`` > 0 adds ``anchor`` x the squared error between the image and the starting image,
+    both at 1/4 resolution: the search may change detail but not the layout and colours it started from (the
+    embedding of a prediction from fMRI is noisy, and matching it without an anchor also matches its noise).
+    Returns (uint8 images, history with mean ``loss`` and ``cosine`` per step)."""
     targets = np.asarray(targets, np.float32)
     if targets.ndim != 2:
         raise GANError(f"targets {targets.shape}: expected (N, D)")
     if start not in ("generated", "w_avg"):
         raise GANError(f"start={start!r}: expected 'generated' or 'w_avg'")
+    if anchor < 0:
+        raise GANError(f"anchor={anchor}: expected >= 0")
     dev = next(G.parameters()).device
     G = G.eval().requires_grad_(False)
     view = EmbeddingView(embedder, crop_min).to(dev)
@@ -427,11 +434,18 @@ def optimise_latents(G: sg.Generator, targets: np.ndarray, embedder, steps: int 
         t = t.to(dev)
         w = w_start.repeat(nb, 1).clone().requires_grad_(True)
         if start == "generated":
-            noises = [la.noise_const.expand(nb, 1, -1, -1).clone().requires_grad_(True) for la in layers]
+            noises = [
+                la.noise_const.expand(nb, 1, -1, -1).clone().requires_grad_(noise_maps) for la in layers
+            ]
         else:
-            noises = [torch.randn(nb, 1, la.resolution, la.resolution, generator=gen).to(dev).requires_grad_(True)
+            noises = [torch.randn(nb, 1, la.resolution, la.resolution, generator=gen).to(dev).requires_grad_(noise_maps)
                       for la in layers]  # fmt: skip
-        opt = torch.optim.Adam([w, *noises], lr=lr, betas=(0.9, 0.999))
+        ref = None
+        if anchor:
+            with torch.no_grad():
+                ws0 = w.detach().unsqueeze(1).repeat(1, G.num_ws, 1)
+                ref = F.avg_pool2d(G.synthesis(ws0, fts, noises=noises), 4)
+        opt = torch.optim.Adam([w, *noises] if noise_maps else [w], lr=lr, betas=(0.9, 0.999))
         for s in range(steps):
             frac = s / max(steps, 1)
             noise_scale = w_std * w_noise * max(0.0, 1.0 - frac / 0.75) ** 2
@@ -442,12 +456,16 @@ def optimise_latents(G: sg.Generator, targets: np.ndarray, embedder, steps: int 
             ws = wn.unsqueeze(1).repeat(1, G.num_ws, 1)
             img = G.synthesis(ws, fts, noises=noises)
             cos = (view(img) * t).sum(1)
-            loss = (1 - cos).sum() + noise_reg * _noise_reg(noises)
+            loss = (1 - cos).sum()
+            if noise_maps:
+                loss = loss + noise_reg * _noise_reg(noises)
+            if ref is not None:
+                loss = loss + anchor * (F.avg_pool2d(img, 4) - ref).square().mean(dim=[1, 2, 3]).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             with torch.no_grad():
-                for n in noises:
+                for n in noises if noise_maps else ():
                     n -= n.mean(dim=[1, 2, 3], keepdim=True)
                     n /= n.square().mean(dim=[1, 2, 3], keepdim=True).sqrt()
             hist_loss[s] += float(loss.detach()) / len(targets)

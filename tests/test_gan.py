@@ -134,6 +134,23 @@ def test_latent_optimisation_raises_the_cosine_to_the_target(emb, data):
     assert np.array_equal(start, gan.generate(G, feats[:3], 1.0))
     with pytest.raises(gan.GANError, match="start='z'"):
         gan.optimise_latents(G, feats[:3], emb, start="z")
+    with pytest.raises(gan.GANError, match="anchor=-1"):
+        gan.optimise_latents(G, feats[:3], emb, anchor=-1)
+
+
+def test_latent_optimisation_anchor_keeps_the_starting_layout(emb, data):
+    _, feats = data
+    G = _tiny_g(feats.shape[1])
+    start = gan.generate(G, feats[:4], 1.0).astype(np.float32)
+    low = lambda x: x.reshape(4, 8, 4, 8, 4, 3).mean((2, 4))  # noqa: E731  (32 px -> 8 px, as the anchor sees it)
+    drift = {}
+    for a in (0.0, 1e4):
+        images, hist = gan.optimise_latents(G, feats[:4], emb, steps=20, lr=0.1, ratio=1.0, noise_maps=False,
+                                            anchor=a)  # fmt: skip
+        drift[a] = np.abs(low(images.astype(np.float32)) - low(start)).mean()
+        if a == 0:
+            assert hist["cosine"][-1] > hist["cosine"][1] and drift[a] > 1.0  # unanchored, the image moves
+    assert drift[1e4] < 0.25 * drift[0.0]
 
 
 def test_generate_is_deterministic_and_resize_keeps_shape(data):
