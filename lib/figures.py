@@ -525,7 +525,8 @@ def gan_curves(gan: dict | None, tuning: dict | None = None, optimisation: dict 
     if optimisation is not None:
         a = axes[0, k]
         a.plot(np.arange(1, len(optimisation["cosine"]) + 1), optimisation["cosine"], color="C5")
-        a.set(title="latent + noise optimisation", xlabel="step", ylabel="cos(embedding, predicted)")
+        what = "latent + noise" if optimisation.get("noise_maps", True) else "latent (w only)"
+        a.set(title=f"{what} optimisation", xlabel="step", ylabel="cos(embedding, predicted), w noised early")
     for a in axes.flat:
         a.grid(alpha=0.3)
     fig.tight_layout()

@@ -404,7 +404,8 @@ def optimise_latents(G: sg.Generator, targets: np.ndarray, embedder, steps: int 
     renormalisation). ``anchor`` > 0 adds ``anchor`` x the squared error between the image and the starting image,
     both at 1/4 resolution: the search may change detail but not the layout and colours it started from (the
     embedding of a prediction from fMRI is noisy, and matching it without an anchor also matches its noise).
-    Returns (uint8 images, history with mean ``loss`` and ``cosine`` per step)."""
+    Returns (uint8 images, history with mean ``loss`` and ``cosine`` per step (of the noised w while it is
+    noised), ``noise_maps`` and ``anchor``)."""
     targets = np.asarray(targets, np.float32)
     if targets.ndim != 2:
         raise GANError(f"targets {targets.shape}: expected (N, D)")
@@ -474,7 +475,12 @@ def optimise_latents(G: sg.Generator, targets: np.ndarray, embedder, steps: int 
             ws = w.detach().unsqueeze(1).repeat(1, G.num_ws, 1)
             out.append(sg.to_uint8(G.synthesis(ws, fts, noises=[n.detach() for n in noises])))
     images = np.concatenate(out) if out else np.zeros((0, G.img_resolution, G.img_resolution, 3), np.uint8)
-    return images, {"loss": hist_loss.tolist(), "cosine": hist_cos.tolist()}
+    return images, {
+        "loss": hist_loss.tolist(),
+        "cosine": hist_cos.tolist(),
+        "noise_maps": noise_maps,
+        "anchor": anchor,
+    }
 
 
 def resize_images(images: np.ndarray, size: int, batch: int = 256) -> np.ndarray:
