@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)  ## create .venv and install the project (editable) with its test tools
 
-pretrain: $(STAMP)  ## retrain the shipped mini-world models into models/ (about three hours on 2 cores); PRETRAIN=quick: seconds, under build/
+pretrain: $(STAMP)  ## retrain the shipped mini-world models into models/ (about four hours on 2 cores); PRETRAIN=quick: seconds, under build/
 	$(BIN)/python -m lib.pretrain --profile $(PRETRAIN)
 
 figures: $(STAMP)  ## regenerate every report figure of the embedded default (mini-NSD) into figures/, and the report

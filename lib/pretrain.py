@@ -127,7 +127,7 @@ class PretrainConfig:
 
 
 PROFILES = {
-    # the shipped models (about three hours on 2 CPU cores, minutes on a GPU)
+    # the shipped models (about four hours on 2 CPU cores, minutes on a GPU)
     "full": PretrainConfig(),
     # the same code in seconds, for CI: tiny steps and batches, 32 px
     "quick": PretrainConfig(
