@@ -40,10 +40,6 @@ class ClipTrainConfig:
             raise ValueError(f"lr={self.lr}: expected > 0")
 
 
-def _autocast(device: torch.device):
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
-
 def train_clip(
     emb: Embedder,
     images: np.ndarray,
@@ -119,7 +115,7 @@ def train_clip(
             g["lr"] = lr
         idx = rng.choice(len(images), cfg.batch_size, replace=False)
         cap = first[idx] + (rng.random(cfg.batch_size) * n_cap[idx]).astype(int)
-        with _autocast(dev):
+        with runtime.autocast(dev):
             img, txt, scale = model(x_all[idx], tokens[cap])
             loss = losses.clip_loss(img.float(), txt.float(), scale.float())
         opt.zero_grad(set_to_none=True)

@@ -223,7 +223,7 @@ def train_dino(
             g["lr"] = losses.warmup_cosine(step, cfg.steps, warmup, cfg.lr)
         batch = x[torch.as_tensor(rng.choice(len(x), cfg.batch_size, replace=False))].to(dev)
         glob = multicrop(batch, cfg.n_global, cfg.global_size, cfg.global_scale, gen, cfg.flip)
-        with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+        with runtime.autocast(dev):
             with torch.no_grad():
                 t_out = teacher(glob)
             s_out = [student(glob)]

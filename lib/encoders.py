@@ -3,7 +3,6 @@ MindEye-style residual MLP with regression and contrastive losses."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -797,9 +796,6 @@ def train_mlp(x_train: np.ndarray, y_train: np.ndarray, cfg: MLPConfig, x_val: n
     yt = torch.as_tensor(y_train, dtype=torch.float32, device=dev)
     mix_epochs = int(round(cfg.bimixco_frac * cfg.epochs)) if cfg.bimixco else 0
     end = cfg.epochs if stop_after is None else min(cfg.epochs, epoch + stop_after)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
-    )
     bar = runtime.progress(total=cfg.epochs, initial=epoch, desc="MLP encoder")
     while not done and epoch < end:
         t0 = time.perf_counter()
@@ -808,7 +804,7 @@ def train_mlp(x_train: np.ndarray, y_train: np.ndarray, cfg: MLPConfig, x_val: n
         total, terms = 0.0, {}
         for b in range(steps_per_epoch):
             idx = torch.as_tensor(order[b * cfg.batch_size : (b + 1) * cfg.batch_size], device=dev)
-            with autocast:
+            with runtime.autocast(dev):
                 loss, parts = mlp_loss(model, xt[idx], yt[idx], cfg, epoch < mix_epochs, rng)
             opt.zero_grad(set_to_none=True)
             loss.backward()

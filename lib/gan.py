@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import time
@@ -130,10 +129,6 @@ class EmbeddingView(torch.nn.Module):
         return F.normalize(self.visual(x).float(), dim=-1)
 
 
-def _autocast(dev: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else contextlib.nullcontext()
-
-
 def _contrastive(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
     return losses.clip_loss(F.normalize(a.float(), dim=-1), F.normalize(b.float(), dim=-1), 1.0 / temperature)
 
@@ -208,7 +203,7 @@ def train_gan(images: np.ndarray, features: np.ndarray, cfg: GANConfig, embedder
         # generator: non-saturating loss + contrastive terms
         G.requires_grad_(True)
         D.requires_grad_(False)
-        with _autocast(dev):
+        with runtime.autocast(dev):
             fake = G(z, fts=fts)
             logit, d_fake = D(fake, fts)
             itc = _contrastive(view(fake, gen), f, cfg.temperature) if cfg.itc else fake.new_zeros(())
@@ -223,7 +218,7 @@ def train_gan(images: np.ndarray, features: np.ndarray, cfg: GANConfig, embedder
         G.requires_grad_(False)
         D.requires_grad_(True)
         r1_step = step % cfg.r1_interval == 0 and gamma > 0
-        with _autocast(dev):
+        with runtime.autocast(dev):
             with torch.no_grad():
                 fake = G(z, fts=fts)
             real_in = real.detach().requires_grad_(r1_step)
@@ -340,7 +335,7 @@ def tune_conditioning(G: sg.Generator, predicted: np.ndarray, true: np.ndarray, 
     for _ in runtime.progress(range(steps), desc="fMRI tuning"):
         idx = rng.choice(len(predicted), min(batch_size, len(predicted)), replace=False)
         fts = perturb(pred_t[idx], ratio, gen).to(dev) if ratio < 1 else pred_t[idx].to(dev)
-        with _autocast(dev):
+        with runtime.autocast(dev):
             img = tuned(torch.zeros(len(idx), tuned.z_dim, device=dev), fts=fts, noise_mode="const")
             loss = (1 - (view(img) * true_t[idx]).sum(1)).mean()
             if pixel:

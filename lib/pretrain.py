@@ -251,7 +251,7 @@ def train_embedding(cfg: PretrainConfig, corp: cp.Corpus, state_dir: Path | None
         pick = rng.integers(0, [len(c) for c in b.captions])
         tokens = emb.tokenize([c[i] for c, i in zip(b.captions, pick, strict=True)])
         labels = {k: torch.as_tensor(v, device=dev) for k, v in b.labels.items()}
-        with torch.autocast(dev.type, torch.bfloat16, enabled=dev.type == "cuda"):
+        with runtime.autocast(dev):
             img, txt, scale = emb.model(emb.preprocess(b.images), tokens)
         img, txt = img.float(), txt.float()
         l_clip = losses.clip_loss(img, txt, scale.float())

@@ -62,6 +62,14 @@ def seed_everything(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
+def autocast(device):
+    """bfloat16 autocast on a CUDA ``device`` (a torch.device), a no-op context elsewhere: the one mixed-precision
+    policy of every trainer."""
+    import torch
+
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
 def adamw(decay: list, no_decay: list, lr: float, weight_decay: float):
     """AdamW (multi-tensor) with weight decay on ``decay`` only (weights; not biases, norms or temperatures)."""
     import torch

@@ -20,6 +20,14 @@ def test_pick_device():
             runtime.pick_device("cuda")
 
 
+def test_autocast_is_a_no_op_on_cpu():
+    import torch
+
+    a = torch.ones(4, 4)
+    with runtime.autocast(torch.device("cpu")):  # float32 stays float32 (bfloat16 is for CUDA only)
+        assert not torch.is_autocast_enabled("cpu") and (a @ a).dtype == torch.float32
+
+
 def test_seed_everything_repeats_numpy_and_torch():
     import torch
 
