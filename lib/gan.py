@@ -388,8 +388,8 @@ def optimise_latents(G: sg.Generator, targets: np.ndarray, embedder, steps: int 
                      ratio: float = 0.25, noise_reg: float = 1e5, w_noise: float = 0.05, batch: int = 64,
                      crop_min: float = 1.0, start: str = "generated", seed: int = 0, noise_maps: bool = True,
                      anchor: float = 0.0) -> tuple[np.ndarray, dict]:  # fmt: skip
-    """Per target embedding, optimise one w (broadcast to every layer) and every noise map so that the embedding
-    of G(w, condition = the target perturbed as in :func:`generate`, noises) has the largest cosine with the
+    """Per target embedding, optimise one w (broadcast to every layer) and, with ``noise_maps``, every noise map so
+    that the embedding of G(w, condition = the target perturbed as in :func:`generate`, noises) has the largest cosine with the
     target; batched over ``batch`` targets. ``start``: "generated" begins at :func:`generate`'s image (w of
     z = 0, the constant noise maps), so the search refines the plain reconstruction; "w_avg" begins where
     stylegan2-ada's unconditional projector does (w_avg, random noise maps). The projector's schedule: learning rate
@@ -406,8 +406,8 @@ def optimise_latents(G: sg.Generator, targets: np.ndarray, embedder, steps: int 
         raise GANError(f"targets {targets.shape}: expected (N, D)")
     if start not in ("generated", "w_avg"):
         raise GANError(f"start={start!r}: expected 'generated' or 'w_avg'")
-    if anchor < 0:
-        raise GANError(f"anchor={anchor}: expected >= 0")
+    if not anchor >= 0:  # also refuses NaN
+        raise GANError(f"anchor={anchor}: expected a number >= 0")
     dev = next(G.parameters()).device
     G = G.eval().requires_grad_(False)
     view = EmbeddingView(embedder, crop_min).to(dev)

@@ -18,7 +18,7 @@ resumable, and the shipped model files with their manifest: ``python -m lib.pret
   weights, object pixels weighted up in the L1 and LAFITE's image-condition term 1 - cos(embedding of the
   generated image, its condition), again ending adversarially. Third, from the second's weights, the same losses
   on fresh scenes for 4.5 times as many steps. Fourth, from the third's weights, the same losses on fresh scenes
-  at half the learning rate (each phase starts from the previous phase's file under the state folder, so a phase
+  at half the learning rate, 0.001 (each phase starts from the previous phase's file under the state folder, so a phase
   can be rerun alone with ``--only``). The conditioning layers ``pre_0``/``pre_1`` carry
   StyleGAN's 0.01 learning-rate multiplier; their Adam step is scaled up by its inverse so they learn at the
   rate of the rest.
@@ -107,7 +107,7 @@ class PretrainConfig:
     # generator, fourth phase (from the third's weights): the same losses on fresh scenes at a lower learning rate
     anneal_steps: int = 4000
     anneal_adv_steps: int = 400
-    anneal_lr: float = 0.001
+    anneal_lr: float = 0.001  # half of refine_lr, which the second and third phases use
     # evaluation on held-out corpus scenes
     heldout_train: int = 3000
     heldout_test: int = 600

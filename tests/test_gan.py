@@ -134,8 +134,9 @@ def test_latent_optimisation_raises_the_cosine_to_the_target(emb, data):
     assert np.array_equal(start, gan.generate(G, feats[:3], 1.0))
     with pytest.raises(gan.GANError, match="start='z'"):
         gan.optimise_latents(G, feats[:3], emb, start="z")
-    with pytest.raises(gan.GANError, match="anchor=-1"):
-        gan.optimise_latents(G, feats[:3], emb, anchor=-1)
+    for bad in (-1, float("nan")):
+        with pytest.raises(gan.GANError, match=f"anchor={bad}"):
+            gan.optimise_latents(G, feats[:3], emb, anchor=bad)
 
 
 def test_latent_optimisation_anchor_keeps_the_starting_layout(emb, data):
@@ -148,6 +149,7 @@ def test_latent_optimisation_anchor_keeps_the_starting_layout(emb, data):
         images, hist = gan.optimise_latents(G, feats[:4], emb, steps=20, lr=0.1, ratio=1.0, noise_maps=False,
                                             anchor=a)  # fmt: skip
         drift[a] = np.abs(low(images.astype(np.float32)) - low(start)).mean()
+        assert hist["noise_maps"] is False and hist["anchor"] == a
         if a == 0:
             assert hist["cosine"][-1] > hist["cosine"][1] and drift[a] > 1.0  # unanchored, the image moves
     assert drift[1e4] < 0.25 * drift[0.0]
