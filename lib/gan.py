@@ -389,11 +389,11 @@ def optimise_latents(G: sg.Generator, targets: np.ndarray, embedder, steps: int 
                      crop_min: float = 1.0, start: str = "generated", seed: int = 0, noise_maps: bool = True,
                      anchor: float = 0.0) -> tuple[np.ndarray, dict]:  # fmt: skip
     """Per target embedding, optimise one w (broadcast to every layer) and, with ``noise_maps``, every noise map so
-    that the embedding of G(w, condition = the target perturbed as in :func:`generate`, noises) has the largest cosine with the
-    target; batched over ``batch`` targets. ``start``: "generated" begins at :func:`generate`'s image (w of
-    z = 0, the constant noise maps), so the search refines the plain reconstruction; "w_avg" begins where
-    stylegan2-ada's unconditional projector does (w_avg, random noise maps). The projector's schedule: learning rate
-    ``lr`` with a 5% warm-up and a cosine ramp-down over the last 25%, Gaussian noise on w of scale
+    that the embedding of G(w, condition = the target perturbed as in :func:`generate`, noises) has the largest
+    cosine with the target; batched over ``batch`` targets. ``start``: "generated" begins at :func:`generate`'s
+    image (w of z = 0, the constant noise maps), so the search refines the plain reconstruction; "w_avg" begins
+    where stylegan2-ada's unconditional projector does (w_avg, random noise maps). The projector's schedule:
+    learning rate ``lr`` with a 5% warm-up and a cosine ramp-down over the last 25%, Gaussian noise on w of scale
     w_std * ``w_noise`` * max(0, 1 - t / 0.75)^2, ``noise_reg`` x the noise regulariser, and the noise maps
     renormalised after each step. ``noise_maps=False`` keeps the noise maps fixed (only w moves; no regulariser, no
     renormalisation). ``anchor`` > 0 adds ``anchor`` x the squared error between the image and the starting image,
@@ -434,8 +434,8 @@ def optimise_latents(G: sg.Generator, targets: np.ndarray, embedder, steps: int 
                 la.noise_const.expand(nb, 1, -1, -1).clone().requires_grad_(noise_maps) for la in layers
             ]
         else:
-            noises = [torch.randn(nb, 1, la.resolution, la.resolution, generator=gen).to(dev).requires_grad_(noise_maps)
-                      for la in layers]  # fmt: skip
+            noises = [torch.randn(nb, 1, la.resolution, la.resolution, generator=gen).to(dev)
+                      .requires_grad_(noise_maps) for la in layers]  # fmt: skip
         ref = None
         if anchor:
             with torch.no_grad():

@@ -18,10 +18,9 @@ resumable, and the shipped model files with their manifest: ``python -m lib.pret
   weights, object pixels weighted up in the L1 and LAFITE's image-condition term 1 - cos(embedding of the
   generated image, its condition), again ending adversarially. Third, from the second's weights, the same losses
   on fresh scenes for 4.5 times as many steps. Fourth, from the third's weights, the same losses on fresh scenes
-  at half the learning rate, 0.001 (each phase starts from the previous phase's file under the state folder, so a phase
-  can be rerun alone with ``--only``). The conditioning layers ``pre_0``/``pre_1`` carry
-  StyleGAN's 0.01 learning-rate multiplier; their Adam step is scaled up by its inverse so they learn at the
-  rate of the rest.
+  at half the learning rate, 0.001 (each phase starts from the previous phase's file under the state folder, so
+  a phase can be rerun alone with ``--only``). The conditioning layers ``pre_0``/``pre_1`` carry StyleGAN's 0.01
+  learning-rate multiplier; their Adam step is scaled up by its inverse so they learn at the rate of the rest.
 
 Each model is scored on held-out corpus scenes (never seen in training) and written as safetensors (float16)
 with an entry in ``manifest.json``: sha256, bytes, the command, the git commit, corpus seed and size, training
@@ -316,8 +315,7 @@ def gan_phases(cfg: PretrainConfig) -> tuple[GanPhase, ...]:
     """(first phase: from scratch, pixel losses; second: from the first's weights, objects weighted up and the
     generated image's embedding pulled to its condition; third: from the second's weights, the second's losses on
     fresh scenes for longer; fourth: from the third's, the same at half the learning rate), each ending with the
-    adversarial loss added. Each phase starts with a fresh
-    warm-up and cosine schedule."""
+    adversarial loss added. Each phase starts with a fresh warm-up and cosine schedule."""
     return (GanPhase("gan", cfg.gan_steps, cfg.gan_adv_steps, cfg.gan_lr),
             GanPhase("refine", cfg.refine_steps, cfg.refine_adv_steps, cfg.refine_lr, cfg.refine_itc,
                      cfg.refine_object_weight),
