@@ -60,7 +60,7 @@ bench: $(STAMP)  ## benchmarks: NSD-size session read, NSD-scale ridge (vs sciki
 	$(BIN)/python benchmarks/bench_mlp_memory.py
 
 data: $(STAMP)  ## generate mini-NSD for PROFILE under data/PROFILE (the pipeline also does this on first use)
-	$(BIN)/python -m lib.simulate --out data/$(PROFILE) --profile $(PROFILE)
+	$(BIN)/python -m lib.data.simulate --out data/$(PROFILE) --profile $(PROFILE)
 
 clean:  ## remove build outputs (keeps data/ and .venv/)
 	rm -rf build .pytest_cache

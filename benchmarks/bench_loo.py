@@ -22,7 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lib import encoders, io, loo, runtime
+from lib import io, runtime
+from lib.analysis import loo
+from lib.models.mlp import MLPConfig, MLPEncoder, ResidualMLP
+from lib.models.ridge import RidgeEncoder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,15 +34,15 @@ GOAL_SPEEDUP, GOAL_DIFF = 50.0, 1e-5
 
 def build_encoders(voxels: int, out_dim: int, width: int, depth: int, seed: int, device: str):
     rng = np.random.default_rng(seed)
-    ridge = encoders.RidgeEncoder(alphas=[1.0])
+    ridge = RidgeEncoder(alphas=[1.0])
     ridge.coef_ = (rng.standard_normal((out_dim, voxels)) / np.sqrt(voxels)).astype(np.float32)
     ridge.intercept_ = (0.1 * rng.standard_normal(out_dim)).astype(np.float32)
     ridge.alpha_ = 1.0
     torch.manual_seed(seed)
-    cfg = encoders.MLPConfig(width=width, depth=depth)
-    net = encoders.ResidualMLP(voxels, out_dim, width, depth, cfg.dropout, cfg.projector, cfg.proj_width)
+    cfg = MLPConfig(width=width, depth=depth)
+    net = ResidualMLP(voxels, out_dim, width, depth, cfg.dropout, cfg.projector, cfg.proj_width)
     dev = runtime.pick_device(device)
-    return {"ridge": ridge, "mlp": encoders.MLPEncoder(net.to(dev).eval(), cfg, voxels, out_dim, dev)}
+    return {"ridge": ridge, "mlp": MLPEncoder(net.to(dev).eval(), cfg, voxels, out_dim, dev)}
 
 
 def run(a: argparse.Namespace) -> dict:

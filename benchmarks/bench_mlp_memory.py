@@ -26,14 +26,15 @@ def child(batch: int, steps: int, device: str, voxels: int, width: int, depth: i
     import numpy as np
     import torch
 
-    from lib import encoders, runtime
+    from lib import runtime
+    from lib.models import mlp
 
     base = reset_peak()
     dev = torch.device(runtime.pick_device(device))
-    cfg = encoders.MLPConfig(
+    cfg = mlp.MLPConfig(
         width=width, depth=depth, proj_width=2048, batch_size=batch, bimixco=1.0, softclip=0.0
     )
-    model = encoders.ResidualMLP(voxels, out_dim, width, depth, cfg.dropout, True, cfg.proj_width).to(dev)
+    model = mlp.ResidualMLP(voxels, out_dim, width, depth, cfg.dropout, True, cfg.proj_width).to(dev)
     opt = runtime.adamw_for(model, cfg.lr, cfg.weight_decay)
     rng = np.random.default_rng(0)
     x = torch.randn(batch, voxels, device=dev)
@@ -48,7 +49,7 @@ def child(batch: int, steps: int, device: str, voxels: int, width: int, depth: i
             if dev.type == "cuda"
             else torch.autocast("cpu", enabled=False)
         ):
-            loss, _ = encoders.mlp_loss(model, x, y, cfg, mix=True, rng=rng)
+            loss, _ = mlp.mlp_loss(model, x, y, cfg, mix=True, rng=rng)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

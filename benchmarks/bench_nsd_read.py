@@ -57,7 +57,7 @@ def make_inputs() -> None:
 
 
 def read_lib() -> np.ndarray:
-    from lib.nsd import read_session
+    from lib.data.nsd import read_session
 
     mask = np.load(MASK)
     return read_session(SESSION, np.argwhere(mask), mask.shape)
@@ -75,7 +75,6 @@ def read_plain() -> np.ndarray:
 def child(method: str, repeats: int) -> None:
     """Run one method ``repeats`` times in this process; print JSON with times and the peak memory added."""
     import h5py  # noqa: F401 - imported before the baseline, as both methods use it
-
     import lib.nsd  # noqa: F401
 
     fn = {"lib": read_lib, "plain": read_plain}[method]

@@ -1,4 +1,4 @@
-"""Benchmark: cross-validated ridge at NSD scale, lib.encoders.RidgeEncoder against scikit-learn and himalaya.
+"""Benchmark: cross-validated ridge at NSD scale, lib.ridge.RidgeEncoder against scikit-learn and himalaya.
 
     python benchmarks/bench_ridge.py [--n 24980 --p 15724 --t 512 --n-alphas 10 --test-rows 300]
                                      [--methods ours,ours_cv5,sklearn,himalaya,himalaya_kernel] [--timeout 1800]
@@ -137,7 +137,7 @@ def alpha_grid(n: int, n_alphas: int) -> np.ndarray:
 
 def _estimator(method: str, alphas: np.ndarray, folds: int, himalaya_backend: str):
     if method in ("ours", "ours_cv5"):
-        from lib.encoders import RidgeEncoder
+        from lib.models.ridge import RidgeEncoder
 
         return RidgeEncoder(alphas=tuple(alphas), cv=None if method == "ours" else folds, device="cpu")
     if method == "sklearn":
@@ -205,7 +205,7 @@ def _instrument(method: str) -> None:
         setattr(owner, name, wrapped)
 
     if method.startswith("ours"):
-        import lib.encoders as enc
+        import lib.models.ridge as enc
 
         after(enc, "_eigh", "eigh")
         after(enc._Decomposition, "__init__", "decomposition")

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import yaml
 
-from . import paths
-from .io import write_json
-from .runtime import progress, quiet
+from lib import paths
+from lib.io import write_json
+from lib.runtime import progress, quiet
 
 
 class PipelineError(ValueError):

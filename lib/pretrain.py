@@ -45,9 +45,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import corpus as cp
-from . import dino, embedding, gan, io, losses, metrics, models, paths, runtime
-from . import stylegan2 as sg
+from lib import io, paths, runtime
+from lib.analysis import metrics
+from lib.data import corpus as cp
+from lib.models import dino, embedding, gan, losses, pretrained
+from lib.models import stylegan2 as sg
 
 STATE_FORMAT = "lib.pretrain.state/1"
 #: first batch index of each stage's stream (disjoint ranges of the same corpus), and of the held-out scenes
@@ -506,9 +508,11 @@ def git_commit() -> str:
 
 def record(out: Path, name: str, entry: dict) -> Path:
     """Add or replace the manifest entry of model file ``out/name`` (sha256 and bytes from the file)."""
-    path = out / models.MANIFEST
+    path = out / pretrained.MANIFEST
     manifest = (
-        models.read_manifest(path) if path.exists() else {"format": models.MANIFEST_FORMAT, "models": {}}
+        pretrained.read_manifest(path)
+        if path.exists()
+        else {"format": pretrained.MANIFEST_FORMAT, "models": {}}
     )
     f = out / name
     manifest["models"][name] = {"sha256": io.file_sha256(f, n=64), "bytes": f.stat().st_size, **entry}
@@ -530,7 +534,7 @@ def run(profile: str = "full", out: str | Path | None = None, stages: tuple[str,
     cfg = PROFILES[profile]
     cfg.check()
     work = Path(state_dir) if state_dir else paths.BUILD_DIR / "pretrain" / profile
-    out = Path(out) if out else (models.MODELS_DIR if profile == "full" else work / "models")
+    out = Path(out) if out else (pretrained.MODELS_DIR if profile == "full" else work / "models")
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     command = "python -m lib.pretrain " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("pretrain.py") else (
@@ -546,8 +550,8 @@ def run(profile: str = "full", out: str | Path | None = None, stages: tuple[str,
     if "clip" in stages:
         emb, hist = train_embedding(cfg, corp, work, device)
         scores = score_embedding(emb, tr, te)
-        embedding.save_checkpoint(out / models.FILES["clip"], emb, {"profile": profile}, half=True)
-        record(out, models.FILES["clip"], {**common, "corpus": corpus_info(hist["scenes"]),
+        embedding.save_checkpoint(out / pretrained.FILES["clip"], emb, {"profile": profile}, half=True)
+        record(out, pretrained.FILES["clip"], {**common, "corpus": corpus_info(hist["scenes"]),
                "train_seconds": hist["seconds"], "steps": cfg.clip_steps, "scores": scores,
                "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k.startswith("clip") or k in
                           ("hard_negatives", "attr_weight", "pixel_weight", "image_size")}})  # fmt: skip
@@ -560,7 +564,9 @@ def run(profile: str = "full", out: str | Path | None = None, stages: tuple[str,
         if phase.name not in stages:
             continue
         if emb is None:
-            emb = embedding.load(checkpoint=models.verified(out / models.FILES["clip"]), device=device)
+            emb = embedding.load(
+                checkpoint=pretrained.verified(out / pretrained.FILES["clip"]), device=device
+            )
         init = None
         if i > 0:
             if not phase_file(i - 1).is_file():
@@ -571,9 +577,9 @@ def run(profile: str = "full", out: str | Path | None = None, stages: tuple[str,
         scores = score_generator(G, emb, te)
         entry = {**common, "phase": phase.name, "corpus": corpus_info(hist["scenes"]),
                  "train_seconds": hist["seconds"], "steps": phase.steps, "scores": scores,
-                 "conditioned_on": models.FILES["clip"], "config": dataclasses.asdict(phase)
+                 "conditioned_on": pretrained.FILES["clip"], "config": dataclasses.asdict(phase)
                  | {k: v for k, v in dataclasses.asdict(cfg).items() if k.startswith("gan")}}  # fmt: skip
-        meta = {"profile": profile, "embedding": models.FILES["clip"]}
+        meta = {"profile": profile, "embedding": pretrained.FILES["clip"]}
         before = json.loads(phase_file(i - 1).with_suffix(".json").read_text()) if i > 0 else None
         # the first phase's record lists no phases: it is its own
         earlier = [] if before is None else before.get("phases", [before])
@@ -584,15 +590,15 @@ def run(profile: str = "full", out: str | Path | None = None, stages: tuple[str,
                              "steps": sum(p["steps"] for p in phases), "phases": phases}  # fmt: skip
         sg.save_generator(phase_file(i), G, meta, half=True)
         io.write_json(phase_file(i).with_suffix(".json"), entry)
-        sg.save_generator(out / models.FILES["gan"], G, meta, half=True)
-        record(out, models.FILES["gan"], entry)
+        sg.save_generator(out / pretrained.FILES["gan"], G, meta, half=True)
+        record(out, pretrained.FILES["gan"], entry)
         done[phase.name] = scores
         print(f"generator ({phase.name}): {hist['seconds']:.0f} s, {json.dumps(scores)}", flush=True)
     if "dino" in stages:
         backbone, stats, hist = train_dino(cfg, corp, work, device)
         scores = score_dino(backbone, stats, tr, te, cfg)
-        dino.save_backbone(out / models.FILES["dino"], backbone, stats, {"profile": profile})
-        record(out, models.FILES["dino"], {**common, "corpus": corpus_info(hist["scenes"]),
+        dino.save_backbone(out / pretrained.FILES["dino"], backbone, stats, {"profile": profile})
+        record(out, pretrained.FILES["dino"], {**common, "corpus": corpus_info(hist["scenes"]),
                "train_seconds": hist["seconds"], "steps": cfg.dino_steps, "scores": scores,
                "config": dataclasses.asdict(dino_config(cfg))})  # fmt: skip
         done["dino"] = scores

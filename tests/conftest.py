@@ -7,7 +7,7 @@ os.environ.setdefault("LIB_QUIET", "1")
 
 import pytest  # noqa: E402
 
-from lib.simulate import SimConfig, simulate  # noqa: E402
+from lib.data.simulate import SimConfig, simulate  # noqa: E402
 
 #: smaller than the quick profile, so that unit tests simulate in a couple of seconds
 TINY = SimConfig(
@@ -30,6 +30,6 @@ def tiny_root(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny(tiny_root):
-    from lib.nsd import NSD
+    from lib.data.nsd import NSD
 
     return NSD(tiny_root)

@@ -4,8 +4,8 @@ import shutil
 
 import pytest
 
-from lib import prep
-from lib.nsd import NSD, NSDError
+from lib.data import prep
+from lib.data.nsd import NSD, NSDError
 
 
 @pytest.fixture

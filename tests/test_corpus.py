@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from lib import corpus as cp
-from lib import scenes, simulate
+from lib.data import corpus as cp
+from lib.data import scenes, simulate
 
 
 @pytest.fixture(scope="module")

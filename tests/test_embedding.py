@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from lib import contrastive, dino, embedding, scenes
-from lib.embedding import EmbeddingError
+from lib.data import scenes
+from lib.models import contrastive, dino, embedding
+from lib.models.embedding import EmbeddingError
 
 
 @pytest.fixture(scope="module")

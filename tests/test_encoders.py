@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.linear_model import Ridge, RidgeCV
 
-from lib.encoders import EncoderError, RidgeEncoder
+from lib.models.ridge import EncoderError, RidgeEncoder
 
 
 def _data(n, p, t, seed=0, noise=1.0):
@@ -114,8 +114,8 @@ def test_ridge_bad_parameters(kwargs, match):
 
 import torch  # noqa: E402
 
-from lib import metrics  # noqa: E402
-from lib.encoders import MLPConfig, MLPEncoder, ResidualMLP, mlp_loss, train_mlp  # noqa: E402
+from lib.analysis import metrics  # noqa: E402
+from lib.models.mlp import MLPConfig, MLPEncoder, ResidualMLP, mlp_loss, train_mlp  # noqa: E402
 
 
 def _brain(n_img=120, reps=2, v=60, d=16, seed=0):
@@ -201,27 +201,28 @@ def test_mlp_early_stopping_returns_best_epoch():
 # ---------------------------------------------------------------------------------------------------------------
 # analyses: targets by id, layout, ROI comparison, forward model, ceiling data, predictions file
 
-from lib import encoders, simulate  # noqa: E402
+from lib.analysis import decoding  # noqa: E402
+from lib.data import simulate  # noqa: E402
 
 
 def test_rows_of_follows_ids_and_refuses_unknown():
     table = np.array([7, 3, 9])
     vals = np.array([[70.0], [30.0], [90.0]])
     np.testing.assert_array_equal(
-        encoders.rows_of(table, vals, np.array([9, 3, 3, 7]))[:, 0], [90, 30, 30, 70]
+        decoding.rows_of(table, vals, np.array([9, 3, 3, 7]))[:, 0], [90, 30, 30, 70]
     )
     with pytest.raises(EncoderError, match=r"\[5\]"):
-        encoders.rows_of(table, vals, np.array([3, 5]))
+        decoding.rows_of(table, vals, np.array([3, 5]))
 
 
 def test_layout_targets_and_one_hot_by_hand():
     img = np.zeros((1, 4, 4, 3), np.uint8)
     img[0, :2, 2:] = 255  # top-right quarter white
-    np.testing.assert_allclose(encoders.layout_targets(img, 2), [[0, 1, 0, 0]])
-    oh, classes = encoders.one_hot(np.array(["b", "a", "b"]))
+    np.testing.assert_allclose(decoding.layout_targets(img, 2), [[0, 1, 0, 0]])
+    oh, classes = decoding.one_hot(np.array(["b", "a", "b"]))
     assert classes == ["a", "b"] and oh.tolist() == [[0, 1], [1, 0], [0, 1]]
     with pytest.raises(EncoderError, match="grid=3"):
-        encoders.layout_targets(img, 3)
+        decoding.layout_targets(img, 3)
 
 
 def test_roi_comparison_finds_the_informative_group():
@@ -230,11 +231,11 @@ def test_roi_comparison_finds_the_informative_group():
     emb = rng.normal(size=(n_tr + n_te, d))
     labels = np.array(["p", "q", "r"])[rng.integers(0, 3, n_tr + n_te)]
     layout = rng.normal(size=(n_tr + n_te, 4))
-    code = np.hstack([emb, encoders.one_hot(labels)[0] * 3, layout])  # what group "a" encodes
+    code = np.hstack([emb, decoding.one_hot(labels)[0] * 3, layout])  # what group "a" encodes
     x = np.hstack([code @ rng.normal(size=(code.shape[1], 40)), rng.normal(size=(n_tr + n_te, 40))])
     x += 0.3 * rng.normal(size=x.shape)
     cols = {"a": np.arange(40), "b": np.arange(40, 80)}
-    res = encoders.roi_comparison(x[:n_tr], x[n_tr:], cols, (emb[:n_tr], emb[n_tr:]),
+    res = decoding.roi_comparison(x[:n_tr], x[n_tr:], cols, (emb[:n_tr], emb[n_tr:]),
                                   (labels[:n_tr], labels[n_tr:]), (layout[:n_tr], layout[n_tr:]), device="cpu")  # fmt: skip
     assert res["a"]["img_retrieval_top1"] > 0.8 and res["b"]["img_retrieval_top1"] < 0.1
     assert res["a"]["category_accuracy"] > 0.9 and res["b"]["category_accuracy"] < 0.6
@@ -248,14 +249,14 @@ def test_voxel_encoding_accuracy_equals_sklearn_per_voxel():
     rng = np.random.default_rng(1)
     f = rng.normal(size=(80, 5))
     x = f @ rng.normal(size=(5, 6)) + rng.normal(size=(80, 6)) * np.linspace(0.1, 5, 6)
-    r = encoders.voxel_encoding_accuracy(f[:60], x[:60], f[60:], x[60:], alphas=[1.0], device="cpu")
+    r = decoding.voxel_encoding_accuracy(f[:60], x[:60], f[60:], x[60:], alphas=[1.0], device="cpu")
     want = [np.corrcoef(Ridge(1.0).fit(f[:60], x[:60, j]).predict(f[60:]), x[60:, j])[0, 1] for j in range(6)]
     np.testing.assert_allclose(r, want, atol=1e-5)
     assert r[0] > r[-1]  # the least noisy voxel is encoded best
 
 
 def test_noise_free_for_reads_the_ground_truth(tiny):
-    from lib import prep
+    from lib.data import prep
 
     data = prep.prepare(tiny, 1, "V1", progress=False)
     ids = data.test_ids[:4]
@@ -267,11 +268,11 @@ def test_noise_free_for_reads_the_ground_truth(tiny):
 
 
 def test_predictions_roundtrip_and_key_check(tmp_path):
-    p = encoders.save_predictions(tmp_path / "p.npz", np.arange(3), "k1", pred_ridge=np.ones((3, 2)))
-    out = encoders.load_predictions(p, model_key="k1")
+    p = decoding.save_predictions(tmp_path / "p.npz", np.arange(3), "k1", pred_ridge=np.ones((3, 2)))
+    out = decoding.load_predictions(p, model_key="k1")
     assert out["pred_ridge"].shape == (3, 2) and out["test_ids"].tolist() == [0, 1, 2]
     with pytest.raises(EncoderError, match="k1"):
-        encoders.load_predictions(p, model_key="other")
+        decoding.load_predictions(p, model_key="other")
 
 
 def test_fit_encoders_and_learning_curve():
@@ -280,13 +281,13 @@ def test_fit_encoders_and_learning_curve():
     val = ids >= 70
     cfg = MLPConfig(width=16, depth=1, proj_width=8, epochs=2, batch_size=20, patience=0)
     ridge = {"alphas": [1.0, 10.0], "device": "cpu"}
-    out = encoders.fit_encoders(x, {"image": y, "text": -y}, x_img, ridge, cfg, val, x_img[70:],
+    out = decoding.fit_encoders(x, {"image": y, "text": -y}, x_img, ridge, cfg, val, x_img[70:],
                                 {"image": y_img[70:], "text": -y_img[70:]}, ("image",), device="cpu")  # fmt: skip
     assert set(out) == {"ridge_image", "ridge_text", "mlp_image"}
     direct = RidgeEncoder(**ridge).fit(x, -y)
     np.testing.assert_array_equal(out["ridge_text"][1], direct.predict(x_img))
     assert out["mlp_image"][2]["loss"] and out["ridge_image"][2] is None
-    curve = encoders.ridge_learning_curve(x, y, ids, x_img, y_img, (0.1, 0.5, 1.0), ridge, seed=0)
+    curve = decoding.ridge_learning_curve(x, y, ids, x_img, y_img, (0.1, 0.5, 1.0), ridge, seed=0)
     assert curve["n"] == [8, 40, 80] and curve["top1"][-1] >= curve["top1"][0]
 
 
@@ -368,7 +369,7 @@ def test_cross_fitted_equals_explicit_fold_fits():
     ids = np.repeat(np.arange(30), 2)
     x = rng.normal(size=(60, 12))
     y = x @ rng.normal(size=(12, 4)) + 0.3 * rng.normal(size=(60, 4))
-    got_ids, got = encoders.cross_fitted(
+    got_ids, got = decoding.cross_fitted(
         x, y, ids, folds=3, seed=1, alphas=[2.0], dtype="float64", device="cpu"
     )
     np.testing.assert_array_equal(got_ids, np.arange(30))

@@ -17,9 +17,9 @@ from matplotlib.colors import to_rgba  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 from scipy import stats  # noqa: E402
 
-from lib import figures  # noqa: E402
-from lib.metrics import cosine_per_sample  # noqa: E402
-from lib.nsd import noise_ceiling  # noqa: E402
+from lib.analysis.metrics import cosine_per_sample  # noqa: E402
+from lib.data.nsd import noise_ceiling  # noqa: E402
+from lib.report import figures  # noqa: E402
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

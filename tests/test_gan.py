@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lib import embedding, gan, metrics
-from lib import stylegan2 as sg
+from lib.analysis import metrics
+from lib.models import embedding, gan
+from lib.models import stylegan2 as sg
 
 TINY = dict(z_dim=8, w_dim=16, mapping_layers=2, channel_base=64, channel_max=16, fts_hidden=16, batch_size=8,
             save_every=2, itd=1.0, rec=1.0, beta1=0.9, crop_min=0.5)  # fmt: skip

@@ -8,7 +8,10 @@ import pytest
 import torch
 from scipy import stats
 
-from lib import encoders, gan, loo
+from lib.analysis import loo
+from lib.models import gan
+from lib.models.mlp import MLPConfig, MLPEncoder, ResidualMLP
+from lib.models.ridge import RidgeEncoder
 
 
 @pytest.fixture(scope="module")
@@ -21,15 +24,15 @@ def xy():
 
 @pytest.fixture(scope="module")
 def ridge(xy):
-    return encoders.RidgeEncoder(alphas=[1.0]).fit(*xy)
+    return RidgeEncoder(alphas=[1.0]).fit(*xy)
 
 
 @pytest.fixture(scope="module")
 def mlp():
     torch.manual_seed(0)
-    cfg = encoders.MLPConfig(width=32, depth=2, proj_width=16, dropout=0.1)
-    model = encoders.ResidualMLP(40, 6, cfg.width, cfg.depth, cfg.dropout, cfg.projector, cfg.proj_width)
-    return encoders.MLPEncoder(model.eval(), cfg, 40, 6, "cpu")
+    cfg = MLPConfig(width=32, depth=2, proj_width=16, dropout=0.1)
+    model = ResidualMLP(40, 6, cfg.width, cfg.depth, cfg.dropout, cfg.projector, cfg.proj_width)
+    return MLPEncoder(model.eval(), cfg, 40, 6, "cpu")
 
 
 def _cos_change(p: np.ndarray, q: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from lib import dino, losses
+from lib.models import dino, losses
 
 
 def _logsoftmax(row):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lib import metrics
+from lib.analysis import metrics
 
 
 def test_retrieval_identity_is_perfect_and_shuffled_is_chance():

@@ -8,20 +8,22 @@ import numpy as np
 import pytest
 import torch
 
-from lib import corpus as cp
-from lib import dino, embedding, models, pretrain, scenes
-from lib import stylegan2 as sg
+from lib import pretrain
+from lib.data import corpus as cp
+from lib.data import scenes
+from lib.models import dino, embedding, pretrained
+from lib.models import stylegan2 as sg
 
-SHIPPED = sorted(p.name for p in models.MODELS_DIR.glob("*.safetensors"))
+SHIPPED = sorted(p.name for p in pretrained.MODELS_DIR.glob("*.safetensors"))
 
 
 def test_manifest_lists_every_shipped_file_with_its_checksum_and_origin():
-    manifest = models.read_manifest(models.MODELS_DIR / models.MANIFEST)
-    assert sorted(manifest["models"]) == SHIPPED == sorted(models.FILES.values())
+    manifest = pretrained.read_manifest(pretrained.MODELS_DIR / pretrained.MANIFEST)
+    assert sorted(manifest["models"]) == SHIPPED == sorted(pretrained.FILES.values())
     total = 0
     for name, e in manifest["models"].items():
-        f = models.MODELS_DIR / name
-        assert models.verified(f) == f
+        f = pretrained.MODELS_DIR / name
+        assert pretrained.verified(f) == f
         assert e["bytes"] == f.stat().st_size
         total += e["bytes"]
         assert e["command"].startswith("python -m lib.pretrain") and len(e["git_commit"]) >= 40
@@ -31,21 +33,21 @@ def test_manifest_lists_every_shipped_file_with_its_checksum_and_origin():
 
 
 def test_a_modified_model_file_is_refused(tmp_path):
-    for name in (models.MANIFEST, models.FILES["gan"]):
-        shutil.copy(models.MODELS_DIR / name, tmp_path / name)
-    f = tmp_path / models.FILES["gan"]
+    for name in (pretrained.MANIFEST, pretrained.FILES["gan"]):
+        shutil.copy(pretrained.MODELS_DIR / name, tmp_path / name)
+    f = tmp_path / pretrained.FILES["gan"]
     data = bytearray(f.read_bytes())
     data[-5] ^= 0xFF
     f.write_bytes(bytes(data))
-    with pytest.raises(models.ModelError, match=r"sha256 .* does not match the manifest") as e:
-        models.load_generator(tmp_path)
+    with pytest.raises(pretrained.ModelError, match=r"sha256 .* does not match the manifest") as e:
+        pretrained.load_generator(tmp_path)
     assert "\n" not in str(e.value)
-    with pytest.raises(models.ModelError, match="no such model file"):
-        models.load_embedding(tmp_path)
+    with pytest.raises(pretrained.ModelError, match="no such model file"):
+        pretrained.load_embedding(tmp_path)
 
 
 def test_shipped_models_load_and_read_the_stimuli_grammar():
-    emb = models.load_embedding(device="cpu")
+    emb = pretrained.load_embedding(device="cpu")
     rng = np.random.default_rng(0)
     scene_list = [scenes.sample_scene(rng) for _ in range(40)]
     caps = [c for s in scene_list for c in scenes.captions(s, rng)]
@@ -53,12 +55,13 @@ def test_shipped_models_load_and_read_the_stimuli_grammar():
     assert not (tokens == embedding.GrammarTokenizer.UNKNOWN).any(), (
         "a caption word is outside the vocabulary"
     )
-    G = models.load_generator(device="cpu")
+    G = pretrained.load_generator(device="cpu")
     assert G.img_resolution == 64 and G.f_dim == emb.dim
-    backbone, (mean, std) = models.load_dino(device="cpu")
+    backbone, (mean, std) = pretrained.load_dino(device="cpu")
     assert backbone.width >= 8 and mean.shape == std.shape == (3,)
     assert (
-        models.conditioned_on()["sha256"] == models.entry(models.MODELS_DIR / models.FILES["clip"])["sha256"]
+        pretrained.conditioned_on()["sha256"]
+        == pretrained.entry(pretrained.MODELS_DIR / pretrained.FILES["clip"])["sha256"]
     )
 
 
@@ -84,16 +87,16 @@ def quick_run(tmp_path_factory):
 
 def test_pretrain_quick_writes_loadable_checked_models(quick_run):
     out, scores = quick_run
-    manifest = json.loads((out / "models" / models.MANIFEST).read_text())
-    assert sorted(manifest["models"]) == sorted(models.FILES.values())
-    emb = models.load_embedding(out / "models", device="cpu")
-    G = models.load_generator(out / "models", device="cpu")
-    backbone, stats = models.load_dino(out / "models", device="cpu")
+    manifest = json.loads((out / "models" / pretrained.MANIFEST).read_text())
+    assert sorted(manifest["models"]) == sorted(pretrained.FILES.values())
+    emb = pretrained.load_embedding(out / "models", device="cpu")
+    G = pretrained.load_generator(out / "models", device="cpu")
+    backbone, stats = pretrained.load_dino(out / "models", device="cpu")
     assert emb.image_size == 32 and G.img_resolution == 32
     x = dino.normalise(np.zeros((2, 32, 32, 3), np.uint8), mean=stats[0], std=stats[1])
     assert dino.features(backbone, x).shape == (2, backbone.dim)
     assert set(scores) == {"clip", "gan", "refine", "extend", "anneal", "dino"}
-    gen = manifest["models"][models.FILES["gan"]]
+    gen = manifest["models"][pretrained.FILES["gan"]]
     assert [p["phase"] for p in gen["phases"]] == ["gan", "refine", "extend", "anneal"]
     assert gen["steps"] == sum(p["steps"] for p in gen["phases"]) == 16
     assert set(scores["clip"]["linear_probe"]) == set(cp.LABELS)
@@ -101,14 +104,14 @@ def test_pretrain_quick_writes_loadable_checked_models(quick_run):
 
 def test_half_precision_files_reproduce_the_trained_weights(quick_run, tmp_path):
     out, _ = quick_run
-    emb = models.load_embedding(out / "models", device="cpu")
+    emb = pretrained.load_embedding(out / "models", device="cpu")
     full = tmp_path / "full.safetensors"
     embedding.save_checkpoint(full, emb)  # float32 copy of the float16-stored weights: exact round trip
     again = embedding.load(checkpoint=full, device="cpu")
     imgs = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     assert np.allclose(again.embed_images(imgs), emb.embed_images(imgs), atol=1e-6)
     assert torch.equal(again.tokenize(["a red star."]), emb.tokenize(["a red star."]))
-    G = models.load_generator(out / "models", device="cpu")
+    G = pretrained.load_generator(out / "models", device="cpu")
     sg.save_generator(tmp_path / "g.safetensors", G)
     G2 = sg.load_generator(tmp_path / "g.safetensors")
     z, f = torch.zeros(2, G.z_dim), torch.nn.functional.normalize(torch.randn(2, G.f_dim), dim=-1)

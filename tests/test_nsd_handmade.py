@@ -1,4 +1,4 @@
-"""The reader against a miniature NSD tree written by hand (h5py, nibabel, scipy.io), independent of lib.simulate.
+"""The reader against a miniature NSD tree written by hand (h5py, nibabel, scipy.io), independent of lib.data.simulate.
 
 Every value is computed here from NSD's documented conventions (../shared/docs/nsd_format.md): betas int16 = %
 signal change x 300 in h5py shape (750, Z, Y, X), NIfTI twin (X, Y, Z, 750) with h5[t] == nifti[..., t].T, 1-based
@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from scipy.io import savemat
 
-from lib.nsd import NSD, NSDError
+from lib.data.nsd import NSD, NSDError
 
 X, Y, Z, T = 5, 4, 3, 750
 N_IMAGES = 40
@@ -157,7 +157,7 @@ def test_images_and_captions_by_nsd_id(handmade):
 
 def test_generic_chunking_reads_the_same(handmade, tmp_path):
     """A session file with another chunk layout (here contiguous) goes through the slab reader, same values."""
-    from lib.nsd import read_session
+    from lib.data.nsd import read_session
 
     src = NSD(handmade["root"]).session_path(1, 1)
     with h5py.File(src) as f:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy.spatial import distance
 
-from lib import metrics, perceptual
+from lib.analysis import metrics, perceptual
 
 
 def _photo(name: str, size: int = 224) -> torch.Tensor:

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from lib import prep
-from lib.nsd import NSDError, noise_ceiling
+from lib.data import prep
+from lib.data.nsd import NSDError, noise_ceiling
 
 
 @pytest.mark.filterwarnings("ignore:Precision loss:RuntimeWarning")

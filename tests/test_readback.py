@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from sklearn.neighbors import NearestNeighbors
 
-from lib import corpus as cp
-from lib import readback, scenes
+from lib.analysis import readback
+from lib.data import corpus as cp
+from lib.data import scenes
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from lib import paths, report  # noqa: E402
+from lib import paths  # noqa: E402
+from lib.report import document  # noqa: E402
 
 
 def _written_figures() -> set[str]:
@@ -28,17 +29,17 @@ def _written_figures() -> set[str]:
 def test_every_figure_a_notebook_writes_has_a_paragraph_and_no_paragraph_is_stale():
     written = _written_figures()
     assert len(written) >= 25
-    assert written == set(report.FIGURES)
+    assert written == set(document.FIGURES)
 
 
 def test_the_published_table_has_its_sources_and_fractions():
-    pub = report.published_table()
+    pub = document.published_table()
     assert {"MindEye 1", "Brain-Diffuser", "MindEye 2, 40 sessions"} <= set(pub["method"])
     assert pub["source"].notna().all()
     values = pub.drop(columns=["method", "set", "source"]).to_numpy(float)
     assert np.nanmin(values) > 0 and np.nanmax(values) <= 1
     with pytest.raises(FileNotFoundError, match="published results"):
-        report.published_table("/nonexistent.csv")
+        document.published_table("/nonexistent.csv")
 
 
 class _Tags(HTMLParser):
@@ -74,9 +75,9 @@ def small_report(tmp_path, monkeypatch):
     (mets / "05_evaluation.json").write_text(
         json.dumps({"table": table, "unavailable": {"Alex(2)": "no file"}})
     )
-    monkeypatch.setattr(report.paths, "output_dir", lambda profile: figs)
-    monkeypatch.setattr(report.paths, "metrics_dir", lambda profile: mets)
-    return report.build("test", tmp_path / "report.html")
+    monkeypatch.setattr(document.paths, "output_dir", lambda profile: figs)
+    monkeypatch.setattr(document.paths, "metrics_dir", lambda profile: mets)
+    return document.build("test", tmp_path / "report.html")
 
 
 def test_the_report_embeds_every_figure_and_table(small_report):
@@ -87,16 +88,16 @@ def test_the_report_embeds_every_figure_and_table(small_report):
     assert len(tags.imgs) == 2 and all(s.startswith("data:image/png;base64,") for s in tags.imgs)
     assert tags.tables == 3  # our table, the unavailable metrics, the published one
     assert "0.123" in page and "n/a" in page and "MindEye 1" in page and "not comparable" in page
-    assert html.escape(report.FIGURES["00_roi_map.png"]) in page
+    assert html.escape(document.FIGURES["00_roi_map.png"]) in page
     assert "http://" not in page and "https://" not in page  # self-contained
 
 
 def test_the_committed_copy_links_the_figures_beside_it(small_report, tmp_path, monkeypatch):
     figs = small_report.parent / "figures"
-    monkeypatch.setattr(report.paths, "FIGURES_DIR", figs)
-    monkeypatch.setattr(report.paths, "BUILD_DIR", tmp_path / "build")
-    monkeypatch.setattr(report.paths, "EMBEDDED_PROFILE", "test")
-    built = report.build("test")
+    monkeypatch.setattr(document.paths, "FIGURES_DIR", figs)
+    monkeypatch.setattr(document.paths, "BUILD_DIR", tmp_path / "build")
+    monkeypatch.setattr(document.paths, "EMBEDDED_PROFILE", "test")
+    built = document.build("test")
     embedded, linked = _Tags(), _Tags()
     embedded.feed(built.read_text())
     linked.feed((figs / "report.html").read_text())
@@ -108,9 +109,9 @@ def test_the_committed_copy_links_the_figures_beside_it(small_report, tmp_path, 
     assert strip.sub("", built.read_text()) == strip.sub("", (figs / "report.html").read_text())
 
 
-@pytest.mark.skipif(report.browser() is None, reason="no chromium on PATH (Debian package chromium)")
+@pytest.mark.skipif(document.browser() is None, reason="no chromium on PATH (Debian package chromium)")
 def test_the_report_renders_in_headless_chromium(small_report):
-    png = report.screenshot(small_report, small_report.with_suffix(".png"), width=900, height=1200)
+    png = document.screenshot(small_report, small_report.with_suffix(".png"), width=900, height=1200)
     img = plt.imread(png)[..., :3]
     assert img.shape[:2] == (1200, 900)
     assert img.std() > 0.05  # not a blank page
@@ -118,7 +119,7 @@ def test_the_report_renders_in_headless_chromium(small_report):
 
 
 def test_reconstruction_goals_compare_each_value_with_its_threshold():
-    from lib import report as rp
+    from lib.report import document as rp
 
     m01 = {
         "embedding_probes": {"this embedding": {"linear_probe": {"shape": 0.8, "position": 0.6, "colour": 0.95,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from lib import rois
+from lib.data import rois
 
 AVAILABLE = {
     "prf-visualrois": {1: "V1v", 2: "V1d", 3: "V2v", 4: "V2d", 5: "V3v", 6: "V3d", 7: "hV4"},

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 
 from lib import paths
-from lib import scenes as sc
-from lib import simulate as sim
+from lib.data import scenes as sc
+from lib.data import simulate as sim
 from tests.conftest import TINY
 
 
@@ -21,7 +21,7 @@ def test_same_seed_same_bytes_whatever_the_thread_count(tmp_path, tiny_root):
     it records the generation time)."""
     again = tmp_path / "again"
     code = (
-        "from lib.simulate import simulate; from tests.conftest import TINY; "
+        "from lib.data.simulate import simulate; from tests.conftest import TINY; "
         f"simulate({str(again)!r}, profile='tiny', n_subjects=2, seed=3, config=TINY)"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -152,7 +152,7 @@ def test_face_area_prefers_round_shapes_in_the_betas(tiny, tiny_root):
     scenes = json.loads((tiny_root / "mininsd/scenes.json").read_text())
     round_ = np.array([any(o["shape"] in ("circle", "ring") for o in s["objects"]) for s in scenes])
     for s in (1, 2):
-        from lib.prep import prepare
+        from lib.data.prep import prepare
 
         data = prepare(tiny, s, "floc-faces+floc-bodies+floc-places", progress=False)
         faces = tiny.roi_mask(s, "floc-faces")[tuple(data.voxel_ijk.T)]

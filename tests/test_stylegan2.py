@@ -15,7 +15,7 @@ import scipy.signal
 import torch
 import torch.nn.functional as F
 
-from lib import stylegan2 as sg
+from lib.models import stylegan2 as sg
 
 
 def _small_g(f_dim=16, res=16, seed=0):

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import io, losses, runtime
-from .embedding import Embedder, EmbeddingError
+from lib import io, runtime
+from lib.models import losses
+from lib.models.embedding import Embedder, EmbeddingError
 
 TRAIN_STATE_FORMAT = "lib.contrastive.state/1"
 
@@ -156,7 +157,7 @@ def _data_key(images: np.ndarray, captions: list[list[str]]) -> str:
 def retrieval_monitor(images: np.ndarray, captions: list[list[str]]) -> Callable[[Embedder], dict]:
     """A ``monitor`` for :func:`train_clip`: top-1 retrieval both ways between ``images`` and their mean caption
     embeddings (held-out images; for the training curves only, never for choosing a model)."""
-    from .embedding import retrieval_top1
+    from lib.models.embedding import retrieval_top1
 
     def monitor(emb: Embedder) -> dict:
         img = emb.embed_images(images)

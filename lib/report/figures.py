@@ -8,8 +8,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .io import atomic_path
-from .nsd import NSD
+from lib.data.nsd import NSD
+from lib.io import atomic_path
 
 #: regions drawn on the ROI map: display label -> (ROI name, colour)
 ROI_MAP = {
@@ -95,7 +95,7 @@ def ncsnr_map(ds: NSD, subject: int, groups: list[str], n_reps: int = 3) -> plt.
     """ncsnr on the anatomy, and the noise ceiling (n-trial average) per ROI group."""
     from nilearn import plotting
 
-    from .nsd import noise_ceiling
+    from lib.data.nsd import noise_ceiling
 
     vol = ds.ncsnr(subject)
     fig = plt.figure(figsize=(13, 3.6))
@@ -440,7 +440,7 @@ def predicted_vs_true(preds: dict[str, np.ndarray], true: np.ndarray, n_points: 
     """Predicted against true embedding entries (a random subset of test samples x dimensions), both centred on
     the mean true embedding so that the shared direction of all images does not inflate r; and the distribution
     of per-sample cosine similarity (uncentred, as the metric is defined), one column per encoder."""
-    from .metrics import cosine_per_sample
+    from lib.analysis.metrics import cosine_per_sample
 
     rng = np.random.default_rng(seed)
     fig, axes = plt.subplots(2, len(preds), figsize=(3.6 * len(preds), 6.4), squeeze=False)

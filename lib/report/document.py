@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import paths
-from .io import atomic_path, write_bytes
+from lib import paths
+from lib.io import atomic_path, write_bytes
 
 PUBLISHED = paths.PROJ_ROOT / "data_manifests" / "published_results.csv"
 

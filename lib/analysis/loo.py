@@ -10,8 +10,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import runtime
-from .encoders import MLPEncoder, RidgeEncoder
+from lib import runtime
+from lib.models.mlp import MLPEncoder
+from lib.models.ridge import RidgeEncoder
 
 REPLACEMENTS = ("mean", "zero", "noise")
 OUTPUTS = ("head", "retrieval")
@@ -267,7 +268,7 @@ def image_effect_maps(G, p: np.ndarray, q: np.ndarray, ratio: float = 1.0, seed:
     (0-255 scale, not rounded: one voxel moves the image by less than a grey level), (K, R, R); ``p`` (S, D)
     original and ``q`` (S, K, D) perturbed predictions, generated as :func:`lib.gan.generate` does (z = 0,
     constant noise, the same perturbation ``ratio`` and seed per sample)."""
-    from . import gan
+    from lib.models import gan
 
     p, q = _check_pq(p, q)
     base = gan.generate(G, p, ratio, seed=seed, exact=True)

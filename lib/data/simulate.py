@@ -30,10 +30,10 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from . import rois as roi_lib
-from . import scenes as sc
-from .io import UMASK
-from .runtime import progress
+from lib.data import rois as roi_lib
+from lib.data import scenes as sc
+from lib.io import UMASK
+from lib.runtime import progress
 
 SIM_VERSION = 1
 MARKER = "MINI_NSD.json"

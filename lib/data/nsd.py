@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from . import rois as roi_lib
+from lib.data import rois as roi_lib
 
 BETAS_VERSIONS = ("betas_fithrf_GLMdenoise_RR", "betas_fithrf", "betas_assumehrf")
 #: how many voxels one read gathers before converting to float (bounds the reader's extra memory)
@@ -49,7 +49,7 @@ class NSD:
         if not self.design_path.is_file():
             raise NSDError(
                 f"data root {self.root}: no nsddata/experiments/nsd/nsd_expdesign.mat; expected an NSD copy or a "
-                f"mini-NSD (python -m lib.simulate --out {self.root})"
+                f"mini-NSD (python -m lib.data.simulate --out {self.root})"
             )
         self.space = space
         self.betas_version = betas_version
@@ -271,7 +271,7 @@ class NSD:
         ijk = np.argwhere(mask)
         T = self.trials_per_session
         out = np.empty((T * len(sessions), len(ijk)), np.float32)
-        from .runtime import progress as bar
+        from lib.runtime import progress as bar
 
         for n, x in enumerate(bar(sessions, desc=f"subj{s:02d} betas") if progress else sessions):
             read_session(self.session_path(s, x), ijk, mask.shape, out=out[n * T : (n + 1) * T])

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import io, runtime
+from lib import io, runtime
 
 CONFIG_DIR = Path(__file__).with_name("model_configs")
 CHECKPOINT_FORMAT = "lib.embedding/1"
@@ -441,7 +441,7 @@ def compare(embedders: dict[str, Embedder], images_train: np.ndarray, images_tes
     """For each named model: linear probes of its image embedding (fitted on the training images' attributes,
     scored on the test images'; :func:`lib.dino.linear_probe_accuracy`) and top-1 retrieval both ways between the
     test images and their mean caption embeddings."""
-    from .dino import linear_probe_accuracy
+    from lib.models.dino import linear_probe_accuracy
 
     out = {}
     for name, emb in embedders.items():

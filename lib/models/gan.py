@@ -23,8 +23,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import io, losses, runtime
-from . import stylegan2 as sg
+from lib import io, runtime
+from lib.models import losses
+from lib.models import stylegan2 as sg
 
 GAN_STATE_FORMAT = "lib.gan.state/1"
 

@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import metrics, paths, runtime
+from lib import paths, runtime
+from lib.analysis import metrics
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -285,7 +286,7 @@ def evaluate(variants: dict[str, np.ndarray], targets: np.ndarray, metric_names:
                         m.score, rec_f[m.node], true_f[m.node]
                     )
     if embedder is not None:
-        from . import gan
+        from lib.models import gan
 
         view = gan.EmbeddingView(embedder).to(embedder.device)
         true_e = gan.embed_generated(view, targets)

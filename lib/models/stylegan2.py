@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import io
+from lib import io
 
 GENERATOR_FORMAT = "lib.stylegan2.generator/1"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import io, paths
+from lib import io, paths
 
 MODELS_DIR = paths.PROJ_ROOT / "models"
 MANIFEST = "manifest.json"
@@ -62,14 +62,15 @@ def path(stage: str, folder: str | Path | None = None) -> Path:
 
 def load_embedding(folder: str | Path | None = None, device: str = "auto"):
     """The pretrained joint embedding as a :class:`lib.embedding.Embedder` (checksum verified)."""
-    from . import embedding
+    from lib.models import embedding
 
     return embedding.load(checkpoint=path("clip", folder), device=device)
 
 
 def load_dino(folder: str | Path | None = None, device: str = "auto"):
     """(backbone, (mean, std)) of the pretrained DINO teacher (checksum verified)."""
-    from . import dino, runtime
+    from lib import runtime
+    from lib.models import dino
 
     backbone, stats = dino.load_backbone(path("dino", folder))
     return backbone.to(runtime.pick_device(device)), stats
@@ -77,8 +78,8 @@ def load_dino(folder: str | Path | None = None, device: str = "auto"):
 
 def load_generator(folder: str | Path | None = None, device: str = "auto"):
     """The pretrained LAFITE-style generator (checksum verified), in eval mode."""
-    from . import runtime
-    from . import stylegan2 as sg
+    from lib import runtime
+    from lib.models import stylegan2 as sg
 
     return sg.load_generator(path("gan", folder), runtime.pick_device(device))
 

@@ -14,7 +14,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import io, losses, runtime
+from lib import io, runtime
+from lib.models import losses
 
 TRAIN_STATE_FORMAT = "lib.dino.state/1"
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import atomic_path, content_key, file_fingerprint
-from .nsd import NSD, NSDError, parse_subject
+from lib.data.nsd import NSD, NSDError, parse_subject
+from lib.io import atomic_path, content_key, file_fingerprint
 
 #: the options of :func:`prepare` and their defaults (cache keys see every option with its value)
 PREP_DEFAULTS = {"zscore": True, "average_train": False, "average_test": True}
@@ -170,7 +170,7 @@ def first_repeat(x: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray
 def group_columns(ds: NSD, subject, voxel_ijk: np.ndarray, groups) -> dict[str, np.ndarray]:
     """{group: column indices of the prepared voxels (``voxel_ijk``) that lie in the ROI group}; groups whose ROI
     file the subject lacks are left out. Voxels of a group outside the prepared ROI are not counted."""
-    from .rois import resolve
+    from lib.data.rois import resolve
 
     available = ds.roi_files(subject)
     ijk = tuple(np.asarray(voxel_ijk).T)
@@ -186,7 +186,7 @@ def group_columns(ds: NSD, subject, voxel_ijk: np.ndarray, groups) -> dict[str, 
 
 def voxel_counts(ds: NSD, subject, groups) -> dict[str, int]:
     """Voxels of each ROI group the subject has (groups whose ROI file is missing are left out)."""
-    from .rois import resolve
+    from lib.data.rois import resolve
 
     available = ds.roi_files(subject)
     out = {}
@@ -210,7 +210,7 @@ def split_half_reliability(x: np.ndarray, ids: np.ndarray) -> np.ndarray:
     keys = sorted(second)
     if len(keys) < 3:
         raise ValueError(f"split-half reliability needs >= 3 images shown twice, got {len(keys)}")
-    from .metrics import pearson_per_column
+    from lib.analysis.metrics import pearson_per_column
 
     return pearson_per_column(x[[first[k] for k in keys]], x[[second[k] for k in keys]])
 

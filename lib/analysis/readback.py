@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import runtime
+from lib import runtime
 
 #: what the judge reads (columns of :func:`lib.scenes.attribute_table`); colour, shape, position: largest object
 READ = ("background", "bg_colour", "colour", "shape", "position")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import scenes as sc
+from lib.data import scenes as sc
 
 #: entropy that separates the corpus's random streams from the simulator's (which seeds SeedSequence(seed))
 CORPUS_TAG = 0xC0_4B05
@@ -51,7 +51,7 @@ def stimulus_identities(profiles: tuple[str, ...] = ("quick", "mini"), seeds: tu
                         n_subjects: int = 8) -> frozenset[str]:  # fmt: skip
     """Identities of every stimulus mini-NSD draws for these profiles, simulator seeds and subject counts (the
     scene draws do not depend on rendering, so nothing is rendered)."""
-    from .simulate import stimulus_scenes
+    from lib.data.simulate import stimulus_scenes
 
     out: set[str] = set()
     for p in profiles:

@@ -1,0 +1,194 @@
+"""Decoding analyses built on the encoders: targets by image id, fitting every encoder of 02, the ROI-group comparison,
+voxel-wise encoding accuracy, learning curves and cross-fitted predictions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lib import io, runtime
+from lib.models.mlp import MLPConfig, train_mlp
+from lib.models.ridge import DEFAULT_ALPHAS, EncoderError, RidgeEncoder
+
+
+def rows_of(table_ids: np.ndarray, values: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Rows of ``values`` (one per entry of ``table_ids``) for each id of ``ids``, in order (ids may repeat)."""
+    table_ids = np.asarray(table_ids)
+    order = np.argsort(table_ids, kind="stable")
+    pos = np.searchsorted(table_ids, ids, sorter=order)
+    pos = np.minimum(pos, len(table_ids) - 1)
+    found = table_ids[order[pos]] == ids
+    if not np.all(found):
+        missing = np.asarray(ids)[~found][:5]
+        raise EncoderError(f"ids {missing.tolist()} have no row in the table of {len(table_ids)} ids")
+    return np.asarray(values)[order[pos]]
+
+
+PREDICTIONS_FORMAT = "lib.encoders.predictions/1"
+
+
+def save_predictions(path: str | Path, test_ids: np.ndarray, model_key: str, **arrays: np.ndarray) -> Path:
+    """Test-set predictions (and targets) of the encoders as ``.npz``, with the ids and the embedding model's key."""
+    with io.atomic_path(path, suffix=".npz") as tmp:
+        np.savez(tmp, format=np.array(PREDICTIONS_FORMAT), test_ids=np.asarray(test_ids),
+                 model_key=np.array(model_key), **arrays)  # fmt: skip
+    return Path(path)
+
+
+def load_predictions(path: str | Path, model_key: str | None = None) -> dict[str, np.ndarray]:
+    """What :func:`save_predictions` wrote; with ``model_key``, predictions into another model's space are refused."""
+    import zipfile
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["format"]) != PREDICTIONS_FORMAT:
+                raise KeyError("format")
+            out = {k: z[k] for k in z.files if k != "format"}
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        raise EncoderError(f"{path}: not a {PREDICTIONS_FORMAT} file ({type(e).__name__})") from None
+    if model_key is not None and str(out["model_key"]) != model_key:
+        raise EncoderError(
+            f"{path}: predictions into embedding model {out['model_key']}, expected {model_key}"
+        )
+    return out
+
+
+def layout_targets(images: np.ndarray, grid: int = 8) -> np.ndarray:
+    """The spatial layout of each image: grey levels (0..1) on a ``grid`` x ``grid`` raster, flattened (n, grid^2)."""
+    images = np.asarray(images, np.float32)
+    n, h, w = images.shape[:3]
+    if h % grid or w % grid:
+        raise EncoderError(f"images of {h} x {w} px: grid={grid} must divide both sides")
+    grey = images.mean(-1) / 255
+    return grey.reshape(n, grid, h // grid, grid, w // grid).mean((2, 4)).reshape(n, grid * grid)
+
+
+def one_hot(labels: np.ndarray, classes: list | None = None) -> tuple[np.ndarray, list]:
+    """(n, C) one-hot float32 matrix of ``labels`` and the class list (sorted unique labels unless given)."""
+    classes = sorted(set(labels)) if classes is None else list(classes)
+    index = {c: k for k, c in enumerate(classes)}
+    out = np.zeros((len(labels), len(classes)), np.float32)
+    out[np.arange(len(labels)), [index[v] for v in labels]] = 1
+    return out, classes
+
+
+def roi_comparison(x_train: np.ndarray, x_test: np.ndarray, columns: dict[str, np.ndarray],
+                   embedding: tuple[np.ndarray, np.ndarray], category: tuple[np.ndarray, np.ndarray],
+                   layout: tuple[np.ndarray, np.ndarray], alphas=DEFAULT_ALPHAS, device: str = "auto",
+                   seed: int = 0) -> dict[str, dict]:  # fmt: skip
+    """Decode three kinds of content from each ROI group's voxels (``columns``: group -> column indices), each
+    by ridge with its own leave-one-out alpha per target, from one decomposition per group:
+
+    - ``img_retrieval_top1``: the image embedding (``embedding`` = (train, test) targets), top-1 among the test set;
+    - ``category_accuracy``: a class label (``category`` = (train, test) labels; ridge on one-hot, argmax);
+    - ``layout_r``: the spatial layout (``layout`` = (train, test) low-resolution images), Pearson r per test
+      image between decoded and true raster, averaged.
+
+    Rows of ``x_train`` must be distinct images (average repeats first), so that leaving one out is honest.
+    """
+    from lib.analysis import metrics
+
+    e_tr, e_te = embedding
+    c_tr, classes = one_hot(np.asarray(category[0]))
+    l_tr, l_te = layout
+    y = np.hstack([e_tr, c_tr, l_tr]).astype(np.float32)
+    de, dc = e_tr.shape[1], c_tr.shape[1]
+    out = {}
+    for name, cols in runtime.progress(columns.items(), desc="ROI groups", leave=False):
+        if len(cols) == 0:
+            continue
+        enc = RidgeEncoder(alphas=alphas, alpha_per_target=True, device=device).fit(x_train[:, cols], y)
+        pred = enc.predict(x_test[:, cols])
+        ret = metrics.retrieval(pred[:, :de], e_te, seed=seed)
+        guess = np.asarray(classes, dtype=object)[pred[:, de : de + dc].argmax(1)]
+        out[name] = {
+            "n_voxels": int(len(cols)),
+            "img_retrieval_top1": ret["image"],
+            "brain_retrieval_top1": ret["brain"],
+            "category_accuracy": float(np.mean(guess == np.asarray(category[1], dtype=object))),
+            "layout_r": float(metrics.pearson_per_sample(pred[:, de + dc :], l_te).mean()),
+        }
+    return out
+
+
+def voxel_encoding_accuracy(features_train: np.ndarray, x_train: np.ndarray, features_test: np.ndarray,
+                            x_test: np.ndarray, alphas=DEFAULT_ALPHAS, device: str = "auto") -> np.ndarray:  # fmt: skip
+    """Forward (encoding) model: ridge from stimulus features to every voxel (leave-one-out alpha per voxel);
+    returns each voxel's Pearson r between predicted and measured test responses, (V,)."""
+    from lib.analysis import metrics
+
+    enc = RidgeEncoder(alphas=alphas, alpha_per_target=True, device=device).fit(features_train, x_train)
+    return metrics.pearson_per_column(enc.predict(features_test), x_test)
+
+
+def fit_encoders(x_train: np.ndarray, targets: dict[str, np.ndarray], x_test: np.ndarray, ridge: dict,
+                 mlp: MLPConfig | None, val: np.ndarray, x_val: np.ndarray, val_targets: dict[str, np.ndarray],
+                 mlp_kinds=("image",), groups: np.ndarray | None = None, device: str = "auto",
+                 state_dir: str | Path | None = None) -> dict[str, tuple]:  # fmt: skip
+    """Ridge into every target kind of ``targets`` ({kind: (n_train, D)}), and the MLP into ``mlp_kinds``.
+
+    Ridge fits all training rows (``ridge``: RidgeEncoder arguments; ``groups``, the image of each row, makes its
+    cross-validation leave whole images out); the MLP trains
+    on the rows not in the boolean mask ``val`` and stops early on (``x_val``, ``val_targets[kind]``), the
+    held-out images' averaged responses. Returns {"ridge_<kind>" / "mlp_<kind>": (encoder, test prediction in its
+    retrieval space, MLP history or None)}.
+    """
+    out: dict[str, tuple] = {}
+    for kind, y in targets.items():
+        r = RidgeEncoder(**ridge).fit(x_train, y, groups=groups)
+        out[f"ridge_{kind}"] = (r, r.predict(x_test), None)
+        if mlp is None or kind not in mlp_kinds:
+            continue
+        m, h = train_mlp(
+            x_train[~val], y[~val], mlp, x_val, val_targets[kind], device=device, state_dir=state_dir
+        )
+        out[f"mlp_{kind}"] = (m, m.retrieval_space(x_test), h)
+    return out
+
+
+def ridge_learning_curve(x_train: np.ndarray, y_train: np.ndarray, ids: np.ndarray, x_test: np.ndarray,
+                         y_test: np.ndarray, fractions=(0.1, 0.25, 0.5, 1.0), ridge: dict | None = None,
+                         seed: int = 0) -> dict[str, list]:  # fmt: skip
+    """Test image retrieval of ridge trained on growing random subsets of the training images (all trials of an
+    image together): {"n": images, "top1": retrieval}."""
+    from lib.analysis import metrics
+
+    rng = np.random.default_rng(seed)
+    uniq = rng.permutation(np.unique(ids))
+    out: dict[str, list] = {"n": [], "top1": []}
+    for n in sorted({int(round(f * len(uniq))) for f in fractions}):
+        if n < 3:
+            continue
+        keep = np.isin(ids, uniq[:n])
+        r = RidgeEncoder(**(ridge or {})).fit(x_train[keep], y_train[keep], groups=ids[keep])
+        out["n"].append(n)
+        out["top1"].append(metrics.retrieval(r.predict(x_test), y_test, seed=seed)["image"])
+    return out
+
+
+def cross_fitted(x: np.ndarray, y: np.ndarray, ids: np.ndarray, folds: int = 5, seed: int = 0,
+                 **ridge) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Out-of-fold ridge predictions for every training image, made the way the test set is predicted: the
+    images are split into ``folds`` (all repeats of an image in one fold); each fold's :class:`RidgeEncoder`
+    (``ridge`` keyword arguments) is fitted on the single trials of the other folds and predicts the
+    repeat-averaged responses of its own images. Returns (sorted image ids, predictions (n_images, D)); what a
+    generator tuned on fMRI (03) trains on, since in-sample predictions are closer to the truth than test ones."""
+    from lib.data import prep
+
+    x, y, ids = np.asarray(x), np.asarray(y), np.asarray(ids)
+    if len(x) != len(y) or len(x) != len(ids):
+        raise EncoderError(f"x ({len(x)}), y ({len(y)}) and ids ({len(ids)}): expected one row each")
+    uniq = np.unique(ids)
+    if not 2 <= folds <= len(uniq):
+        raise EncoderError(f"folds={folds}: expected 2 .. {len(uniq)} (the number of images)")
+    fold_of = dict(zip(uniq, np.random.default_rng(seed).permutation(len(uniq)) % folds, strict=True))
+    row_fold = np.array([fold_of[i] for i in ids])
+    x_avg, avg_ids, _ = prep.average_repeats(x, ids)
+    avg_fold = np.array([fold_of[i] for i in avg_ids])
+    out = np.zeros((len(avg_ids), y.shape[1]), np.float32)
+    for k in runtime.progress(range(folds), desc="cross-fitted ridge"):
+        enc = RidgeEncoder(**ridge).fit(x[row_fold != k], y[row_fold != k])
+        out[avg_fold == k] = enc.predict(x_avg[avg_fold == k])
+    order = np.argsort(avg_ids)
+    return avg_ids[order], out[order]

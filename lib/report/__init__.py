@@ -1,0 +1,1 @@
+"""Report: the figure functions and the HTML report built from the metrics files."""
