@@ -470,7 +470,7 @@ def score_embedding(emb: embedding.Embedder, tr: cp.Batch, te: cp.Batch) -> dict
     probes = dino.linear_probe_accuracy(a, b, _table(tr), _table(te))
     n = min(300, len(te.images))
     txt, _ = emb.embed_captions(te.captions[:n])
-    i2t, t2i = embedding.retrieval_top1(b[:n], txt)
+    i2t, t2i = metrics.paired_top1(b[:n], txt)
     return {"linear_probe": probes, "img2txt_top1": i2t, "txt2img_top1": t2i, "retrieval_pool": n}
 
 

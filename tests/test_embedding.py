@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from lib.data import scenes
+from lib.analysis import metrics
+from lib.data import prep, scenes
 from lib.models import contrastive, dino, embedding
 from lib.models.embedding import EmbeddingError
 
@@ -138,21 +139,8 @@ def test_saved_embeddings_carry_the_model_key(tmp_path):
     assert not (tmp_path / "f.npz").exists()
 
 
-def test_retrieval_against_a_loop():
-    rng = np.random.default_rng(0)
-    a = rng.normal(size=(30, 5))
-    b = a + rng.normal(scale=1.2, size=a.shape)
-    i2t = np.mean([np.argmax([a[i] @ b[j] for j in range(30)]) == i for i in range(30)])
-    t2i = np.mean([np.argmax([b[j] @ a[i] for i in range(30)]) == j for j in range(30)])
-    assert embedding.retrieval_top1(a, b) == pytest.approx((i2t, t2i))
-    top5 = np.mean([i in np.argsort([-(a[i] @ b[j]) for j in range(30)])[:5] for i in range(30)])
-    assert embedding.retrieval_topk(a, b, np.arange(30), k=5) == pytest.approx(top5)
-
-
-def test_stimulus_split_and_scene_attributes(tiny):
-    train, test = embedding.stimulus_split(tiny, 1)
-    assert set(test) == set(tiny.shared_ids()) and not set(train) & set(test)
-    assert set(train) | set(test) == set(np.unique(tiny.trial_images(1)))
+def test_scene_attributes(tiny):
+    _, test = prep.stimulus_split(tiny, 1)
     sc = tiny.scenes(test[:5])
     assert [s["nsdId"] for s in sc] == list(test[:5])
     table = scenes.attribute_table(sc)
@@ -202,7 +190,7 @@ def test_clip_training_learns_the_pairs():
     hist = contrastive.train_clip(emb, imgs, caps, cfg)
     after = emb.embed_images(imgs), emb.embed_captions(caps)[0]
     assert np.mean(hist["loss"][-5:]) < 0.7 * np.mean(hist["loss"][:5])
-    assert sum(embedding.retrieval_top1(*after)) > sum(embedding.retrieval_top1(*before)) + 0.3
+    assert sum(metrics.paired_top1(*after)) > sum(metrics.paired_top1(*before)) + 0.3
 
 
 def test_dino_training_resumes_exactly(tmp_path):

@@ -215,14 +215,14 @@ def test_rows_of_follows_ids_and_refuses_unknown():
         decoding.rows_of(table, vals, np.array([3, 5]))
 
 
-def test_layout_targets_and_one_hot_by_hand():
+def test_grey_layout_and_one_hot_by_hand():
     img = np.zeros((1, 4, 4, 3), np.uint8)
     img[0, :2, 2:] = 255  # top-right quarter white
-    np.testing.assert_allclose(decoding.layout_targets(img, 2), [[0, 1, 0, 0]])
+    np.testing.assert_allclose(metrics.layout(img, 2, grey=True), [[0, 1, 0, 0]])
     oh, classes = decoding.one_hot(np.array(["b", "a", "b"]))
     assert classes == ["a", "b"] and oh.tolist() == [[0, 1], [1, 0], [0, 1]]
-    with pytest.raises(EncoderError, match="grid=3"):
-        decoding.layout_targets(img, 3)
+    with pytest.raises(ValueError, match="grid=5"):
+        metrics.layout(img, 5)
 
 
 def test_roi_comparison_finds_the_informative_group():

@@ -8,7 +8,7 @@ import pytest
 import torch
 from scipy import stats
 
-from lib.analysis import loo
+from lib.analysis import loo, metrics
 from lib.models import gan
 from lib.models.mlp import MLPConfig, MLPEncoder, ResidualMLP
 from lib.models.ridge import RidgeEncoder
@@ -197,7 +197,9 @@ def test_layout_is_the_block_mean():
 
     images = np.random.default_rng(5).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     expected = np.stack([downscale_local_mean(im / 255, (4, 4, 1)).ravel() for im in images])
-    np.testing.assert_allclose(loo.layout(images, 8), expected, atol=1e-6)
+    np.testing.assert_allclose(metrics.layout(images, 8), expected, atol=1e-6)
+    grey = np.stack([downscale_local_mean(im.mean(-1) / 255, (4, 4)).ravel() for im in images])
+    np.testing.assert_allclose(metrics.layout(images, 8, grey=True), grey, atol=1e-6)
     assert loo.in_stimulus(np.array([[1.0, 31.0], [-1.0, 5.0], [5.0, 32.0], [np.nan, 1.0]]), 32).tolist() == [
         True, False, False, False,
     ]  # fmt: skip
@@ -210,7 +212,7 @@ def test_layout_readout_places_a_perturbation_at_its_block():
     grid = 8
     images = rng.integers(0, 256, (400, 32, 32, 3), dtype=np.uint8)
     mix = rng.standard_normal((grid * grid * 3, 256)).astype(np.float32)
-    feats = loo.layout(images, grid) @ mix
+    feats = metrics.layout(images, grid) @ mix
     readout = loo.fit_layout_readout(feats, images, grid, alphas=(1e-4,), device="cpu")
     row, col = 2, 6
     one = np.zeros(grid * grid * 3, np.float32)

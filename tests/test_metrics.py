@@ -71,3 +71,20 @@ def test_pixcorr_equals_numpy_correlation_and_ssim_equals_scikit_image():
     assert metrics.ssim(a[:2], b[:2]) < 1  # resized to 425 by default
     with pytest.raises(ValueError, match="uint8"):
         metrics.pixcorr(a.astype(float), b)
+
+
+def test_paired_top1_and_topk_against_a_loop():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(30, 5)) * rng.uniform(0.5, 3, (30, 1))  # unequal norms: similarity is the cosine
+    b = a + rng.normal(scale=1.2, size=a.shape)
+    cos = lambda u, v: u @ v / np.linalg.norm(u) / np.linalg.norm(v)  # noqa: E731
+    i2t = np.mean([np.argmax([cos(a[i], b[j]) for j in range(30)]) == i for i in range(30)])
+    t2i = np.mean([np.argmax([cos(b[j], a[i]) for i in range(30)]) == j for j in range(30)])
+    assert metrics.paired_top1(a, b) == pytest.approx((i2t, t2i))
+    top5 = np.mean([i in np.argsort([-cos(a[i], b[j]) for j in range(30)])[:5] for i in range(30)])
+    assert metrics.topk(a, b, np.arange(30), k=5) == pytest.approx(top5)
+    # retrieval among all of them is the paired top-1
+    r = metrics.retrieval(a, b, n=300)
+    assert (r["image"], r["brain"]) == pytest.approx((i2t, t2i))
+    with pytest.raises(ValueError, match="one truth per query"):
+        metrics.topk(a, b, np.arange(5))

@@ -53,6 +53,42 @@ def test_noise_ceiling_closed_form():
     assert noise_ceiling(0.5, reps) == pytest.approx(100 * 0.25 / (0.25 + mix))
 
 
+def test_stimulus_split_is_the_split_of_prepare(tiny):
+    train, test = prep.stimulus_split(tiny, 1)
+    assert set(test) == set(tiny.shared_ids()) and not set(train) & set(test)
+    assert set(train) | set(test) == set(np.unique(tiny.trial_images(1)))
+    data = prep.prepare(tiny, 1, "V1-hV4", progress=False)
+    np.testing.assert_array_equal(np.unique(data.train_ids), train)
+    np.testing.assert_array_equal(data.test_ids, test)
+    # a subset of sessions sees a subset of the images
+    train1, test1 = prep.stimulus_split(tiny, 1, sessions=[1])
+    assert set(train1) < set(train) and set(test1) <= set(test)
+
+
+def test_check_prepared_catches_each_broken_split(tiny):
+    data = prep.prepare(tiny, 1, "V1-hV4", progress=False)
+    assert prep.describe(data)["n_test_images"] == len(tiny.shared_ids())
+    prep.check_prepared(tiny, 1, data)  # the real split passes
+    broken = [
+        ("leaked", dict(train_ids=np.r_[data.test_ids[:1], data.train_ids[1:]])),
+        (
+            "non-finite",
+            dict(x_train=np.where(np.arange(data.n_voxels) == 0, np.nan, data.x_train).astype(np.float32)),
+        ),
+        ("float32", dict(x_test=data.x_test.astype(np.float64))),
+        ("3 times", dict(test_reps=np.r_[2, data.test_reps[1:]])),
+        ("voxels", dict(x_test=data.x_test[:, :-1])),
+    ]
+    for match, change in broken:
+        bad = prep.Prepared(**{**vars(data), **change})
+        with pytest.raises(prep.PrepError, match=match):
+            prep.check_prepared(tiny, 1, bad)
+    not_shared = np.setdiff1d(np.unique(data.train_ids), data.test_ids)[:1]
+    bad = prep.Prepared(**{**vars(data), "test_ids": np.r_[not_shared, data.test_ids[1:]]})
+    with pytest.raises(prep.PrepError, match="leaked|not one of the shared"):
+        prep.check_prepared(tiny, 1, bad)
+
+
 def test_prepare_splits_on_shared_images(tiny):
     data = prep.prepare(tiny, 1, "V1-hV4", progress=False)
     shared = tiny.shared_ids()

@@ -54,16 +54,6 @@ def load_predictions(path: str | Path, model_key: str | None = None) -> dict[str
     return out
 
 
-def layout_targets(images: np.ndarray, grid: int = 8) -> np.ndarray:
-    """The spatial layout of each image: grey levels (0..1) on a ``grid`` x ``grid`` raster, flattened (n, grid^2)."""
-    images = np.asarray(images, np.float32)
-    n, h, w = images.shape[:3]
-    if h % grid or w % grid:
-        raise EncoderError(f"images of {h} x {w} px: grid={grid} must divide both sides")
-    grey = images.mean(-1) / 255
-    return grey.reshape(n, grid, h // grid, grid, w // grid).mean((2, 4)).reshape(n, grid * grid)
-
-
 def one_hot(labels: np.ndarray, classes: list | None = None) -> tuple[np.ndarray, list]:
     """(n, C) one-hot float32 matrix of ``labels`` and the class list (sorted unique labels unless given)."""
     classes = sorted(set(labels)) if classes is None else list(classes)
@@ -145,6 +135,70 @@ def fit_encoders(x_train: np.ndarray, targets: dict[str, np.ndarray], x_test: np
         )
         out[f"mlp_{kind}"] = (m, m.retrieval_space(x_test), h)
     return out
+
+
+def encoder_scores(fitted: dict[str, tuple], x_test: np.ndarray, targets: dict[str, np.ndarray], seed: int = 0,
+                   ceiling: dict[str, tuple] | None = None, x_clean: np.ndarray | None = None) -> dict[str, dict]:  # fmt: skip
+    """02's table: for each encoder of :func:`fit_encoders` (``name`` = ``<model>_<kind>``), the metrics of
+    :func:`lib.analysis.metrics.summary` against ``targets[kind]`` (retrieval and 2-way on its retrieval-space
+    prediction; cosine and r on its regression output, an MLP's head). With ``ceiling`` (the same encoders fitted
+    on noise-free responses, ``x_clean`` their test input) also its numbers as ``ceiling_*`` and the
+    ``fraction_of_ceiling`` of image retrieval."""
+    from lib.analysis import metrics
+
+    def score(result, x, kind):
+        enc, pred, hist = result
+        return metrics.summary(pred, targets[kind], seed=seed, regression=enc.predict(x) if hist else None)
+
+    table = {}
+    for name, result in fitted.items():
+        kind = name.split("_", 1)[1]
+        row = score(result, x_test, kind)
+        if ceiling:
+            c = score(ceiling[name], x_clean, kind)
+            row |= {f"ceiling_{k}": v for k, v in c.items() if k not in ("retrieval_n", "chance")}
+            row["fraction_of_ceiling"] = row["img_retrieval_top1"] / max(c["img_retrieval_top1"], 1e-9)
+        table[name] = row
+    return table
+
+
+def encoder_retrieval(pred: dict[str, np.ndarray], test_ids: np.ndarray, encoders, seed: int = 0) -> dict:
+    """Top-1 retrieval both ways (:func:`lib.analysis.metrics.retrieval`, among at most 300) of each of
+    ``encoders`` on ``test_ids``, from 02's predictions ``pred`` (``pred_<encoder>``, its retrieval space,
+    against ``true_<kind>``): {encoder: {"image": ..., "brain": ..., "chance": ...}}. The same numbers as 02's
+    table when ``test_ids`` are all of 02's test images and the seed is 02's."""
+    from lib.analysis import metrics
+
+    out = {}
+    for enc in encoders:
+        kind = enc.split("_", 1)[1]
+        p, t = (rows_of(pred["test_ids"], pred[k], test_ids) for k in (f"pred_{enc}", f"true_{kind}"))
+        out[enc] = metrics.retrieval(p, t, seed=seed)
+    return out
+
+
+def roi_targets(ds, train_ids: np.ndarray, test_ids: np.ndarray, vec: dict[str, np.ndarray],
+                grid: int) -> tuple[tuple, tuple, tuple, dict]:  # fmt: skip
+    """The three targets of :func:`roi_comparison` for (training, test) images: their image embeddings (from 01's
+    ``vec``), the main object's shape (mini-NSD's scenes; "?" on real data, which has no such label) and the grey
+    layout on a ``grid`` raster; and chance for each score (1/n retrieval among at most 300, the majority shape,
+    layout r 0)."""
+    from lib.analysis import metrics
+    from lib.data import scenes
+
+    e = tuple(rows_of(vec["ids"], vec["image"], i) for i in (train_ids, test_ids))
+    lay = tuple(metrics.layout(ds.images(i), grid, grey=True) for i in (train_ids, test_ids))
+    if ds.is_simulated:
+        cat = tuple(scenes.attribute_table(ds.scenes(i))["shape"].to_numpy() for i in (train_ids, test_ids))
+    else:
+        cat = (np.array(["?"] * len(train_ids)), np.array(["?"] * len(test_ids)))
+    majority = float(np.unique(cat[1], return_counts=True)[1].max() / len(cat[1]))
+    chance = {
+        "img_retrieval_top1": 1 / min(300, len(test_ids)),
+        "category_accuracy": majority,
+        "layout_r": 0.0,
+    }
+    return e, cat, lay, chance
 
 
 def ridge_learning_curve(x_train: np.ndarray, y_train: np.ndarray, ids: np.ndarray, x_test: np.ndarray,

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from lib import runtime
+from lib.analysis import metrics
 from lib.models.mlp import MLPEncoder
 from lib.models.ridge import RidgeEncoder
 
@@ -231,6 +232,13 @@ def only_group(x: np.ndarray, x_replace: np.ndarray, cols: np.ndarray) -> np.nda
     return np.where(keep, x, x_replace)
 
 
+def roi_only_predictions(encoder, x: np.ndarray, x_replace: np.ndarray,
+                         columns: dict[str, np.ndarray]) -> dict[str, np.ndarray]:  # fmt: skip
+    """The encoder's prediction from each ROI group alone (:func:`only_group`), {group: (N, D)}; groups without
+    voxels are left out."""
+    return {g: encoder.predict(only_group(x, x_replace, c)) for g, c in columns.items() if len(c)}
+
+
 def saliency(encoder, x: np.ndarray, x_replace: np.ndarray, output: str = "head", batch: int = 256,
              device: str | None = None) -> np.ndarray:  # fmt: skip
     """Gradient x input: |J[:, v] (x_replace - x)_v| / |p| per sample and voxel (S, V), the first-order estimate of
@@ -334,30 +342,40 @@ def in_stimulus(prf_xy: np.ndarray, size: float) -> np.ndarray:
     return np.isfinite(prf_xy).all(1) & (prf_xy >= 0).all(1) & (prf_xy < size).all(1)
 
 
-def layout(images: np.ndarray, grid: int) -> np.ndarray:
-    """The colour layout of uint8 ``images`` (N, S, S, 3): area means on a grid x grid raster in [0, 1] (block means
-    when S is a multiple of ``grid``), flattened to (N, grid * grid * 3) in (row, column, channel) order."""
-    images = np.asarray(images)
-    if images.ndim != 4 or images.shape[1] != images.shape[2] or images.shape[3] != 3:
-        raise LOOError(f"images {images.shape}: expected (N, size, size, 3)")
-    if not 1 <= grid <= images.shape[1]:
-        raise LOOError(f"grid={grid}: expected 1..{images.shape[1]} (the image size)")
-    out = []
-    for lo in range(0, len(images), 256):
-        x = torch.as_tensor(images[lo : lo + 256]).permute(0, 3, 1, 2).double() / 255
-        out.append(F.adaptive_avg_pool2d(x, grid).permute(0, 2, 3, 1).reshape(len(x), -1).float().numpy())
-    return np.concatenate(out) if out else np.zeros((0, grid * grid * 3), np.float32)
-
-
 def fit_layout_readout(features: np.ndarray, images: np.ndarray, grid: int = 16, alphas=(0.01, 0.1, 1.0, 10.0, 100.0),
                        device: str | None = None) -> RidgeEncoder:  # fmt: skip
-    """A linear read-out of the stimuli's colour layout (:func:`layout`) from their embeddings (ridge, alpha by
+    """A linear read-out of the stimuli's colour layout (:func:`lib.analysis.metrics.layout`) from their embeddings (ridge, alpha by
     leave-one-out CV): how much of the image's spatial arrangement the joint embedding carries, and so the most
     any generator conditioned on it can place a voxel's effect. Fit it on training stimuli only."""
     features = np.asarray(features, np.float32)
     if features.ndim != 2 or len(features) != len(images):
         raise LOOError(f"features {features.shape}: expected one row per image ({len(images)})")
-    return RidgeEncoder(alphas=list(alphas), device=device or "auto").fit(features, layout(images, grid))
+    return RidgeEncoder(alphas=list(alphas), device=device or "auto").fit(
+        features, metrics.layout(images, grid)
+    )
+
+
+def example_voxels(importance: np.ndarray, early: np.ndarray, n: int) -> np.ndarray:
+    """Voxels to show: the ``n // 2`` most important of the ``early`` ones (boolean mask or indices) and the
+    ``n - n // 2`` most important of the others, in that order."""
+    importance = np.asarray(importance)
+    mask = np.zeros(len(importance), bool)
+    mask[early] = True
+    order = np.argsort(-importance, kind="stable")
+    in_early = mask[order]
+    return np.r_[order[in_early][: n // 2], order[~in_early][: n - n // 2]]
+
+
+def prf_voxels(
+    importance: np.ndarray, early: np.ndarray, prf_xy: np.ndarray, size: int, n: int
+) -> np.ndarray:
+    """The pRF check's voxels: the ``n`` most important ``early`` voxels (mask or indices) whose pRF centre
+    (``prf_xy`` (V, 2), stimulus pixels) lies inside the ``size``-pixel stimulus (:func:`in_stimulus`)."""
+    importance = np.asarray(importance)
+    mask = np.zeros(len(importance), bool)
+    mask[early] = True
+    order = np.argsort(-importance, kind="stable")
+    return order[(mask & in_stimulus(prf_xy, size))[order]][:n]
 
 
 def layout_effect_maps(readout: RidgeEncoder, p: np.ndarray, q: np.ndarray, grid: int) -> np.ndarray:
@@ -416,3 +434,15 @@ def prf_check(G, encoder, x: np.ndarray, x_replace: np.ndarray, voxels, referenc
         layout_maps = layout_effect_maps(readout, p, q[:, :k], grid)
         centres["embedding's layout read-out"] = effect_centres(layout_maps, quantile=quantile) * size / grid
     return centres, {name: prf_errors(c, prf_xy, seed=seed) for name, c in centres.items()}
+
+
+def prf_summary(checks: dict[str, dict], n_voxels: int) -> dict[str, float]:
+    """The metrics record of :func:`prf_check`'s errors: ``prf_*`` through the generator and ``prf_readout_*``
+    through the embedding's layout read-out (when checked): median error, chance, p-value, in stimulus pixels."""
+    out: dict[str, float] = {"prf_voxels": int(n_voxels)}
+    for prefix, name in (("prf", "through the generator"), ("prf_readout", "embedding's layout read-out")):
+        if name in checks:
+            e = checks[name]
+            out |= {f"{prefix}_median_error_px": e["median_error"], f"{prefix}_chance_error_px":
+                    e["chance_median_error"], f"{prefix}_p_value": e["p_value"]}  # fmt: skip
+    return out

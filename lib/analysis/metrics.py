@@ -36,11 +36,37 @@ def retrieval(brain: np.ndarray, image: np.ndarray, n: int = 300, draws: int = 3
     img, brn = [], []
     for _ in range(draws if n < len(b) else 1):  # with every sample in each draw, all draws are the same
         idx = rng.choice(len(b), n, replace=False) if n < len(b) else np.arange(n)
-        sim = b[idx] @ v[idx].T
-        truth = np.arange(n)
-        img.append(np.mean(sim.argmax(1) == truth))
-        brn.append(np.mean(sim.argmax(0) == truth))
+        i, r = _paired_top1(b[idx], v[idx])
+        img.append(i)
+        brn.append(r)
     return {"image": float(np.mean(img)), "brain": float(np.mean(brn)), "n": n, "chance": 1 / n}
+
+
+def _paired_top1(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    s = a @ b.T
+    truth = np.arange(len(a))
+    return float(np.mean(s.argmax(1) == truth)), float(np.mean(s.argmax(0) == truth))
+
+
+def paired_top1(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Top-1 retrieval between paired rows of ``a`` and ``b`` (all rows, by cosine similarity): the fraction of
+    rows of ``a`` whose most similar row of ``b`` is their pair, and the reverse (ties go to the first row). The
+    one top-1 of the project: :func:`retrieval` averages it over random draws of ``n`` pairs."""
+    _check_pair(a, b, "paired_top1")
+    return _paired_top1(_unit(a), _unit(b))
+
+
+def topk(query: np.ndarray, gallery: np.ndarray, truth: np.ndarray, k: int = 1) -> float:
+    """Fraction of ``query`` rows whose true ``gallery`` row ``truth[i]`` is among their ``k`` most similar rows
+    by cosine similarity (a query with several true rows, e.g. captions of one image, is scored per query)."""
+    q, g = _unit(query), _unit(gallery)
+    truth = np.asarray(truth)
+    if q.shape[1] != g.shape[1] or truth.shape != (len(q),) or k < 1:
+        raise ValueError(f"topk: query {q.shape}, gallery {g.shape}, truth {truth.shape}, k={k}: expected equal "
+                         "dimensions, one truth per query and k >= 1")  # fmt: skip
+    s = q @ g.T
+    true = s[np.arange(len(q)), truth]
+    return float(((s > true[:, None]).sum(1) < k).mean())
 
 
 def pearson_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -197,3 +223,25 @@ def ssim_per_image(
 def ssim(recons: np.ndarray, targets: np.ndarray, size: int = METRIC_SIZE) -> float:
     """MindEye's SSIM: the mean of :func:`ssim_per_image` over pairs. Inputs: uint8 (N, H, W, 3)."""
     return float(np.mean(ssim_per_image(recons, targets, size)))
+
+
+def layout(images: np.ndarray, grid: int, grey: bool = False) -> np.ndarray:
+    """The spatial layout of uint8 ``images`` (N, S, S, 3): area means in [0, 1] on a ``grid`` x ``grid`` raster
+    (block means when S is a multiple of ``grid``), flattened in (row, column, channel) order to
+    (N, grid * grid * 3), or with ``grey`` averaged over the channels to (N, grid * grid). The one layout of the
+    project: the ROI comparison's targets (02) and the embedding's layout read-out (04)."""
+    import torch
+    import torch.nn.functional as F
+
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[1] != images.shape[2] or images.shape[3] != 3:
+        raise ValueError(f"layout: images {images.shape}: expected (N, size, size, 3)")
+    if not 1 <= grid <= images.shape[1]:
+        raise ValueError(f"layout: grid={grid}: expected 1..{images.shape[1]} (the image size)")
+    out = []
+    for lo in range(0, len(images), 256):
+        x = torch.as_tensor(images[lo : lo + 256]).permute(0, 3, 1, 2).double() / 255
+        x = F.adaptive_avg_pool2d(x, grid).permute(0, 2, 3, 1)
+        out.append((x.mean(-1) if grey else x).reshape(len(x), -1).float().numpy())
+    width = grid * grid * (1 if grey else 3)
+    return np.concatenate(out) if out else np.zeros((0, width), np.float32)

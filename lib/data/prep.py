@@ -17,6 +17,25 @@ PREP_DEFAULTS = {"zscore": True, "average_train": False, "average_test": True}
 PREP_VERSION = 1  # bump when the preparation changes, so old caches are never reused
 
 
+class PrepError(ValueError):
+    """A prepared split that breaks one of the checks every split must pass."""
+
+
+def is_test_image(ds: NSD, ids: np.ndarray) -> np.ndarray:
+    """The project's one train/test rule: an image is a test image if and only if it is one of NSD's shared
+    images (seen by every subject); boolean mask over ``ids`` (0-based nsdIds)."""
+    return np.isin(ids, ds.shared_ids())
+
+
+def stimulus_split(ds: NSD, subject: int | str, sessions=None) -> tuple[np.ndarray, np.ndarray]:
+    """(training ids, test ids) among the images ``subject`` saw in ``sessions`` (default: all), sorted, by
+    :func:`is_test_image`. Embedding models and generators train on the first set only."""
+    s = parse_subject(subject)
+    seen = np.unique(ds.trial_images(s, ds.check_sessions(s, sessions)))
+    test = is_test_image(ds, seen)
+    return seen[~test], seen[test]
+
+
 def zscore_sessions(betas: np.ndarray, session_of_trial: np.ndarray) -> np.ndarray:
     """Z-score each voxel within each session (over that session's trials), in place; returns ``betas``.
 
@@ -88,7 +107,7 @@ def prepare(ds: NSD, subject: int | str, roi="nsdgeneral", sessions=None, *, zsc
     sess = np.repeat(sessions, ds.trials_per_session)
     if zscore:
         zscore_sessions(betas, sess)
-    test = np.isin(ids, ds.shared_ids())
+    test = is_test_image(ds, ids)
     if average_test:
         x_test, test_ids, reps = average_repeats(betas[test], ids[test])
     else:
@@ -224,8 +243,47 @@ def zscore_effect(ds: NSD, subject, roi="nsdgeneral", sessions=None) -> dict:
     ids = ds.trial_images(s, sessions)
     sess = np.repeat(sessions, ds.trials_per_session)
     means = np.stack([betas[sess == x].mean(0) for x in sessions])
-    test = np.isin(ids, ds.shared_ids())
+    test = is_test_image(ds, ids)
     raw = split_half_reliability(betas[test], ids[test])
     zscore_sessions(betas, sess)
     z = split_half_reliability(betas[test], ids[test])
     return {"session_means": means, "reliability": {"raw": raw, "z-scored per session": z}}
+
+
+def describe(data: Prepared) -> dict:
+    """The sizes of a prepared split, as the metrics record them."""
+    return {
+        "n_voxels": int(data.n_voxels),
+        "n_train_images": int(len(np.unique(data.train_ids))),
+        "n_test_images": int(len(data.test_ids)),
+        "n_train_trials": int(data.meta["n_train_trials"]),
+        "n_test_trials": int(data.meta["n_test_trials"]),
+    }
+
+
+def check_prepared(ds: NSD, subject: int | str, data: Prepared, sessions=None) -> None:
+    """The checks every prepared split must pass, each failure a :class:`PrepError` naming it: shapes agree with
+    the voxels, float32 and finite, no test image among the training trials, every test image a shared one, and
+    with every session of the design on disk, every shared image seen 3 times."""
+    v = len(data.voxel_ijk)
+    if data.x_train.shape != (len(data.train_ids), v) or data.x_test.shape != (len(data.test_ids), v):
+        raise PrepError(
+            f"x_train {data.x_train.shape}, x_test {data.x_test.shape}: expected (trials, {v} voxels)"
+        )
+    for name in ("x_train", "x_test"):
+        x = getattr(data, name)
+        if x.dtype != np.float32 or not np.isfinite(x).all():
+            raise PrepError(
+                f"{name}: expected finite float32, got {x.dtype} with non-finite values or another type"
+            )
+    if set(data.train_ids.tolist()) & set(data.test_ids.tolist()):
+        raise PrepError("a test image leaked into the training trials")
+    if not is_test_image(ds, data.test_ids).all():
+        raise PrepError("a test image is not one of the shared images")
+    s = parse_subject(subject)
+    design_sessions = len(ds.design["masterordering"]) // ds.trials_per_session
+    if not sessions and len(ds.sessions(s)) == design_sessions:
+        n_shared = len(ds.shared_ids())
+        if len(data.test_ids) != n_shared or not (data.test_reps == 3).all():
+            raise PrepError(f"every session is on disk, yet not every one of the {n_shared} shared images was "
+                            f"seen 3 times ({len(data.test_ids)} test images)")  # fmt: skip

@@ -874,6 +874,19 @@ def truth_columns(gt: dict, voxel_ijk: np.ndarray) -> np.ndarray:
         ) from None
 
 
+def voxel_truth(ds, subject: int, voxel_ijk: np.ndarray) -> dict[str, np.ndarray] | None:
+    """The simulator's truth for prepared voxels (NIfTI indices ``voxel_ijk``, in their order), or None for a
+    dataset that is not simulated: ``area`` (V,) visual area names, ``prf_xy`` (V, 2) pRF centres in stimulus
+    pixels (x right, y down; NaN without a pRF), ``ncsnr`` (V,), and ``signal`` (images, V) noise-free responses
+    by 0-based nsdId."""
+    if not ds.is_simulated:
+        return None
+    gt = load_ground_truth(ds.ground_truth_path(subject))
+    cols = truth_columns(gt, voxel_ijk)
+    return {"area": gt["area"][cols], "prf_xy": np.stack([gt["prf_x"], gt["prf_y"]], 1)[cols],
+            "ncsnr": gt["ncsnr"][cols], "signal": gt["signal"][:, cols]}  # fmt: skip
+
+
 def noise_free_for(ds, subject: int, voxel_ijk: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """The simulator's noise-free responses (ids x voxels) of the given voxels (NIfTI indices, all within
     nsdgeneral) to the given 0-based nsdIds: the data an encoder's ceiling is measured on."""

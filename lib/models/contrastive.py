@@ -157,12 +157,28 @@ def _data_key(images: np.ndarray, captions: list[list[str]]) -> str:
 def retrieval_monitor(images: np.ndarray, captions: list[list[str]]) -> Callable[[Embedder], dict]:
     """A ``monitor`` for :func:`train_clip`: top-1 retrieval both ways between ``images`` and their mean caption
     embeddings (held-out images; for the training curves only, never for choosing a model)."""
-    from lib.models.embedding import retrieval_top1
+    from lib.analysis.metrics import paired_top1
 
     def monitor(emb: Embedder) -> dict:
         img = emb.embed_images(images)
         txt, _ = emb.embed_captions(captions)
-        i2t, t2i = retrieval_top1(img, txt)
+        i2t, t2i = paired_top1(img, txt)
         return {"img2txt_top1": i2t, "txt2img_top1": t2i}
 
     return monitor
+
+
+def train_from_scratch(arch: str, images: np.ndarray, captions: list[list[str]], cfg: ClipTrainConfig, store,
+                       image_size: int | None = None, device: str = "auto",
+                       monitor: Callable[[Embedder], dict] | None = None) -> tuple[Embedder, dict]:  # fmt: skip
+    """The embedding 01 trains itself: ``arch`` at its initialisation for ``cfg.seed``, trained by
+    :func:`train_clip` on the training stimuli (resumable state in 01's folder of the :class:`lib.artifacts.Store`
+    ``store``), saved as the ``embedder_scratch`` artifact and read back from it, so that what is scored here is
+    the file later stages load. Returns (embedder, history)."""
+    from lib.models import embedding
+
+    emb = embedding.create(arch, image_size, device, cfg.seed)
+    history = train_clip(emb, images, captions, cfg, state_dir=store.work_dir("01_joint_embedding"),
+                         monitor=monitor)  # fmt: skip
+    store.save_embedder(emb, {"config": vars(cfg)}, scratch=True)
+    return store.load_embedder(device, scratch=True), history

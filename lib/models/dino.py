@@ -357,6 +357,28 @@ def knn_table(results: dict[str, dict[str, float]], chance: dict[str, float]) ->
     return "\n".join([head, *rows])
 
 
+def probe_table(
+    features: dict[str, np.ndarray], test: np.ndarray, attributes, k: int = 20
+) -> dict[str, dict]:
+    """Probes of each named feature set (rows: images; ``test``: boolean mask of the test rows; fitted on the
+    others) for every column of the ``attributes`` table: ``knn`` (:func:`knn_accuracy` with ``k`` neighbours)
+    and ``linear`` (:func:`linear_probe_accuracy`), {name: {attribute: accuracy}}, and ``majority``, the test
+    rows' majority-class rate per attribute (chance)."""
+    test = np.asarray(test, bool)
+    if test.shape != (len(attributes),) or not (test.any() and (~test).any()):
+        raise ValueError(f"test mask {test.shape}: expected one entry per row of attributes ({len(attributes)}), "
+                         "with training and test rows")  # fmt: skip
+    tr, te = attributes[~test], attributes[test]
+    out: dict[str, dict] = {"knn": {}, "linear": {}}
+    for name, f in features.items():
+        if len(f) != len(test):
+            raise ValueError(f"features {name!r}: {len(f)} rows, expected {len(test)}")
+        out["knn"][name] = knn_accuracy(f[~test], f[test], tr, te, k)
+        out["linear"][name] = linear_probe_accuracy(f[~test], f[test], tr, te)
+    out["majority"] = {a: float(te[a].value_counts(normalize=True).iloc[0]) for a in attributes}
+    return out
+
+
 def linear_probe_accuracy(train: np.ndarray, test: np.ndarray, attributes_train, attributes_test,
                           alpha: float = 100.0) -> dict:  # fmt: skip
     """{attribute: test accuracy} of a linear probe (scikit-learn's one-vs-rest ridge classifier on standardised

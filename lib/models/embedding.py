@@ -374,30 +374,6 @@ def load_embeddings(path: str | Path, model_key: str | None = None) -> dict[str,
     return out
 
 
-def retrieval_top1(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    """Top-1 retrieval between paired rows of ``a`` and ``b`` (L2-normalised) by cosine similarity:
-    (fraction of rows of a whose nearest b is its pair, fraction of rows of b whose nearest a is its pair)."""
-    s = a @ b.T
-    idx = np.arange(len(a))
-    return float((s.argmax(1) == idx).mean()), float((s.argmax(0) == idx).mean())
-
-
-def retrieval_topk(query: np.ndarray, gallery: np.ndarray, truth: np.ndarray, k: int = 1) -> float:
-    """Fraction of queries whose true gallery row ``truth[i]`` is among their ``k`` most similar rows."""
-    s = query @ gallery.T
-    true = s[np.arange(len(query)), truth]
-    rank = (s > true[:, None]).sum(1)
-    return float((rank < k).mean())
-
-
-def stimulus_split(ds, subject: int) -> tuple[np.ndarray, np.ndarray]:
-    """(training ids, test ids) among the images ``subject`` saw: the test images are NSD's shared images,
-    training is everything else (0-based nsdIds, sorted). Embedding models train on the first set only."""
-    seen = np.unique(ds.trial_images(subject))
-    shared = np.intersect1d(seen, ds.shared_ids())
-    return np.setdiff1d(seen, shared), shared
-
-
 def embed_stimuli(emb: Embedder, ds, ids: np.ndarray, chunk: int = 1024) -> dict[str, np.ndarray]:
     """Image embeddings, caption embeddings (mean over all of each image's captions) and the embeddings of each
     image's first C captions (C = the smallest caption count among ``ids``) of stimuli ``ids``, reading images
@@ -441,13 +417,14 @@ def compare(embedders: dict[str, Embedder], images_train: np.ndarray, images_tes
     """For each named model: linear probes of its image embedding (fitted on the training images' attributes,
     scored on the test images'; :func:`lib.dino.linear_probe_accuracy`) and top-1 retrieval both ways between the
     test images and their mean caption embeddings."""
+    from lib.analysis.metrics import paired_top1
     from lib.models.dino import linear_probe_accuracy
 
     out = {}
     for name, emb in embedders.items():
         a, b = emb.embed_images(images_train), emb.embed_images(images_test)
         txt, _ = emb.embed_captions(captions_test)
-        i2t, t2i = retrieval_top1(b, txt)
+        i2t, t2i = paired_top1(b, txt)
         out[name] = {"linear_probe": linear_probe_accuracy(a, b, attrs_train, attrs_test),
                      "img2txt_top1": i2t, "txt2img_top1": t2i}  # fmt: skip
     return out

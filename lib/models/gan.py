@@ -479,6 +479,114 @@ def optimise_latents(G: sg.Generator, targets: np.ndarray, embedder, steps: int 
     }
 
 
+def obtain_generator(source: str, emb, images: np.ndarray, features: np.ndarray, cfg: GANConfig,
+                     device: str = "auto", lafite_checkpoint: str = "", models_dir: str | None = None,
+                     state_dir: str | Path | None = None, monitor=None, monitor_every: int = 100):  # fmt: skip
+    """03's generator: a LAFITE / stylegan2-ada ``lafite_checkpoint`` when given, else ``source`` "pretrained"
+    (the shipped model, refused unless ``emb`` is the shipped embedding it is conditioned on) or "train"
+    (:func:`train_gan` on (``images``, ``features``) with ``cfg``, resumable in ``state_dir``). Returns
+    (generator, training history or None)."""
+    from lib.models import pretrained
+
+    if lafite_checkpoint:
+        G = sg.load_lafite(lafite_checkpoint, device=device)
+        if G.f_dim != features.shape[1]:
+            raise GANError(f"{lafite_checkpoint}: conditions on {G.f_dim}-d vectors, the 01 model gives "
+                           f"{features.shape[1]}")  # fmt: skip
+        return G, None
+    if source == "pretrained":
+        want = pretrained.conditioned_on(models_dir)
+        if emb.meta.get("pretrained", {}).get("sha256") != want["sha256"]:
+            raise GANError(f"generator='pretrained' reads the space of {want['file']}; run 01 with "
+                           "embedding_source='pretrained' (or set generator='train')")  # fmt: skip
+        return pretrained.load_generator(models_dir, device), None
+    if source == "train":
+        G, _, history = train_gan(images, features, cfg, emb, device, state_dir=state_dir, monitor=monitor,
+                                  monitor_every=monitor_every)  # fmt: skip
+        return G, history
+    raise GANError(f"generator={source!r}: expected 'pretrained' or 'train'")
+
+
+def two_way_monitor(view: EmbeddingView, features: np.ndarray, ratio: float, seed: int = 0):
+    """A ``monitor`` for :func:`train_gan`: 2-way identification, in ``view``'s embedding, of the images
+    generated from ``features`` (held-out images' true embeddings: the oracle) against those features."""
+    from lib.analysis import metrics
+
+    def monitor(G: sg.Generator) -> dict:
+        rec = generate(G, features, ratio, seed=seed)
+        return {"two_way": metrics.two_way_identification(embed_generated(view, rec), features)}
+
+    return monitor
+
+
+def variant_provenance(source: str, encoder: str, tune_steps: int, opt_steps: int) -> dict[str, str]:
+    """What produced each of 03's reconstruction variants, in words, for the hand-off to 05 (``source``: the
+    generator, e.g. "the pretrained generator"; ``encoder``: the 02 encoder whose predictions drive it)."""
+    pred = f"{encoder}'s test predictions (02)"
+    return {
+        "oracle": f"{source} from the true image embedding (01)",
+        "predicted": f"{source} from {pred}",
+        "tuned": f"{source} after fMRI tuning ({tune_steps} steps) from {pred}",
+        "optimised": f"the fMRI-tuned generator from {pred}, then {opt_steps} steps of latent optimisation",
+    }
+
+
+#: 05's short names of the 02 encoders whose reconstructions it scores
+ENCODER_NAMES = {"ridge_image": "ridge", "mlp_image": "MLP"}
+
+
+def evaluation_variants(rec, pred: dict[str, np.ndarray], test_ids: np.ndarray, G: sg.Generator,
+                        G_tuned: sg.Generator, embedder, seed: int = 0) -> tuple[dict, dict]:  # fmt: skip
+    """05's reconstruction variants of ``test_ids`` and what produced each: the oracle of 03's reconstructions
+    ``rec`` (:class:`lib.artifacts.Reconstructions`), and for each encoder of :data:`ENCODER_NAMES` the plain,
+    fMRI-tuned and optimised reconstructions: 03's own for the encoder 03 optimised, made here with 03's settings
+    (``rec.settings``) for the others, from 02's predictions ``pred`` (an MLP's regression head, its embedding).
+    Returns ({"<short> · <kind>": uint8 images}, {same name: provenance})."""
+    from lib.analysis.decoding import rows_of
+
+    cfg, index = rec.settings, rows_of(rec.test_ids, np.arange(len(rec.test_ids)), test_ids)
+    kinds = {"plain": "predicted", "fMRI-tuned": "tuned", "optimised": "optimised"}  # 05's name: 03's name
+    variants = {"oracle (true embedding)": rec.variants["oracle"][index]}
+    provenance = {"oracle (true embedding)": rec.provenance["oracle"]}
+    for enc, short in ENCODER_NAMES.items():
+        if enc == cfg["encoder"]:
+            made = {kind: rec.variants[key][index] for kind, key in kinds.items()}
+        else:
+            p = rows_of(
+                pred["test_ids"], pred["head_mlp_image" if enc == "mlp_image" else f"pred_{enc}"], test_ids
+            )
+            r = cfg["feature_ratio"]
+            made = {"plain": generate(G, p, r, seed=seed), "fMRI-tuned": generate(G_tuned, p, r, seed=seed)}
+            made["optimised"], _ = optimise_latents(
+                G_tuned, p, embedder, steps=cfg["opt_steps"], lr=cfg["opt_lr"], ratio=r, seed=seed,
+                anchor=cfg["opt_anchor"], noise_maps=cfg["opt_noise_maps"],
+            )  # fmt: skip
+        for kind, key in kinds.items():
+            variants[f"{short} · {kind}"] = made[kind]
+            words = rec.provenance[key]
+            if enc != cfg["encoder"]:
+                words = words.replace(cfg["encoder"], enc) + " (made in 05 with 03's settings)"
+            provenance[f"{short} · {kind}"] = words
+    return variants, provenance
+
+
+def variant_scores(recon: dict[str, np.ndarray], view: EmbeddingView, true: np.ndarray,
+                   images: np.ndarray) -> tuple[dict[str, dict], dict[str, np.ndarray]]:  # fmt: skip
+    """03's own scores of each reconstruction variant (name -> uint8 images): 2-way identification of its
+    embedding (through ``view``) against the ``true`` embeddings, PixCorr and SSIM against the seen ``images``;
+    and each image's cosine to its true embedding (for the grid). Not a judge: the generator was aligned to this
+    embedding (05 scores with independent judges)."""
+    from lib.analysis import metrics
+
+    table, per_image = {}, {}
+    for name, rec in recon.items():
+        e = embed_generated(view, rec)
+        table[name] = {"two_way": metrics.two_way_identification(e, true), "pixcorr": metrics.pixcorr(rec, images),
+                       "ssim": metrics.ssim(rec, images)}  # fmt: skip
+        per_image[name] = metrics.cosine_per_sample(e, true)
+    return table, per_image
+
+
 def resize_images(images: np.ndarray, size: int, batch: int = 256) -> np.ndarray:
     """uint8 (N, H, W, 3) -> uint8 (N, size, size, 3), bilinear with antialiasing (e.g. NSD's 425 px stimuli to
     a generator's power-of-two resolution)."""

@@ -126,6 +126,7 @@ class MLPEncoder:
     ):
         self.model, self.cfg, self.n_voxels, self.out_dim = model, cfg, n_voxels, out_dim
         self.device = torch.device(device)
+        self.meta: dict = {}  # what made it (set by load from the file)
 
     @torch.no_grad()
     def _run(self, x: np.ndarray, which: int, batch: int = 1024) -> np.ndarray:
@@ -157,6 +158,7 @@ class MLPEncoder:
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> MLPEncoder:
+        """What :meth:`save` wrote, on ``device``; the ``meta`` given there is the attribute ``meta``."""
         try:
             s = torch.load(path, map_location="cpu", weights_only=True)
             if not isinstance(s, dict) or s.get("format") != MLP_FORMAT:
@@ -172,7 +174,9 @@ class MLPEncoder:
             raise EncoderError(
                 f"{path}: a {MLP_FORMAT} file that does not fit this code ({type(e).__name__})"
             ) from None
-        return cls(model.to(dev).eval(), cfg, s["n_voxels"], s["out_dim"], dev)
+        enc = cls(model.to(dev).eval(), cfg, s["n_voxels"], s["out_dim"], dev)
+        enc.meta = dict(s.get("meta") or {})
+        return enc
 
 
 def _build(cfg: MLPConfig, n_voxels: int, out_dim: int) -> ResidualMLP:

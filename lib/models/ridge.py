@@ -467,6 +467,7 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
 
     @classmethod
     def load(cls, path: str | Path) -> RidgeEncoder:
+        """What :meth:`save` wrote; the ``meta`` given there is the attribute ``meta``."""
         import json
         import zipfile
 
@@ -479,6 +480,7 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
                 enc = cls(**{k: v for k, v in params.items() if k in cls().get_params()})
                 enc.coef_, enc.intercept_, enc.cv_mse_ = z["coef"], z["intercept"], z["cv_mse"]
                 alpha = z["alpha"]
+                enc.meta = json.loads(str(z["meta"])) if "meta" in z.files else {}
         except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as e:
             raise EncoderError(f"{path}: not a {RIDGE_FORMAT} file ({type(e).__name__}: {e})") from None
         enc.alpha_ = float(alpha) if alpha.ndim == 0 else alpha

@@ -557,7 +557,8 @@ def _read_safetensors(path: Path) -> dict:
 
 
 def load_generator(path: str | Path, device: str = "cpu") -> Generator:
-    """A generator written by :func:`save_generator` (read with ``weights_only=True``), in eval mode."""
+    """A generator written by :func:`save_generator` (read with ``weights_only=True``), in eval mode; the ``meta``
+    given there is the attribute ``meta``."""
     path = Path(path)
     if not path.is_file():
         raise StyleGANError(f"{path}: no such generator checkpoint")
@@ -572,6 +573,7 @@ def load_generator(path: str | Path, device: str = "cpu") -> Generator:
         raise StyleGANError(f"{path}: not a {GENERATOR_FORMAT} file (a LAFITE .pkl: use load_lafite)")
     G = Generator(**blob["init_kwargs"])
     G.load_state_dict(io.cast_floats(blob["state_dict"], torch.float32))
+    G.meta = dict(blob.get("meta") or {})
     return G.to(device).eval().requires_grad_(False)
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from lib import paths
-from lib.io import atomic_path, write_bytes
+from lib.io import atomic_path, write_bytes, write_json
 
 PUBLISHED = paths.PROJ_ROOT / "data_manifests" / "published_results.csv"
 
@@ -166,9 +166,9 @@ def _tables(nb: str, m: dict[str, dict]) -> list[str]:
                 {"chance (majority)": r["readback_chance"]} if r.get("readback_chance") else {}
             )
             out.append(_table(rows, "attribute read-back by a judge trained on stimuli"))
-        if r.get("goals"):
+        if m.get("goals"):
             out.append(
-                _table(r["goals"], "goals of the pretrained-models work: measured value, threshold, met")
+                _table(m["goals"], "goals of the pretrained-models work: measured value, threshold, met")
             )
         pub = published_table()
         rows = {f"{a} ({b})": {c: (None if pd.isna(v) else float(v)) for c, v in row.items()}
@@ -192,6 +192,9 @@ def build(profile: str, out: str | Path | None = None) -> Path:
     files its notebooks wrote, every image embedded. For the embedded default, figures/report.html is the same page
     with each image linked to the PNG beside it, so that git does not hold every figure twice."""
     figs, mdir = paths.output_dir(profile), paths.metrics_dir(profile)
+    measured = goals(profile)
+    if measured:
+        write_json(mdir / f"{GOALS}.json", measured)
     m = {p.stem: _metrics(mdir, p.stem) for p in sorted(mdir.glob("*.json"))} if mdir.is_dir() else {}
     parts: list[str | Path] = [  # a Path is a figure, rendered embedded or linked
         f"<h1>NSD reconstruction workbench: report, profile <code>{html.escape(profile)}</code></h1>",
@@ -273,6 +276,20 @@ if __name__ == "__main__":
 
 #: the reconstruction issue's goals on mini: (what, threshold); each measured by :func:`reconstruction_goals`
 MAIN_OBJECT = ("colour", "shape", "position")
+
+
+GOALS = "goals"  # the metrics file (stem) the report writes the goals into
+
+
+def goals(profile: str) -> dict | None:
+    """:func:`reconstruction_goals` from the metrics files of 01, 04 and 05 of ``profile``; None until all three
+    exist and 05 holds the attribute read-back (a simulated dataset)."""
+    mdir = paths.metrics_dir(profile)
+    m = {s: _metrics(mdir, s) for s in ("01_joint_embedding", "04_leave_one_out", "05_evaluation")}
+    if not all(m.values()) or not m["05_evaluation"].get("readback"):
+        return None
+    r = m["05_evaluation"]
+    return reconstruction_goals(m["01_joint_embedding"], m["04_leave_one_out"], r["table"], r["readback"])
 
 
 def reconstruction_goals(m01: dict, m04: dict, table: dict[str, dict], readback: dict[str, dict]) -> dict:
