@@ -50,6 +50,7 @@ from lib.analysis import metrics
 from lib.data import corpus as cp
 from lib.models import dino, embedding, gan, losses, pretrained
 from lib.models import stylegan2 as sg
+from lib.trainer import Group, Run, TorchRNG
 
 STATE_FORMAT = "lib.pretrain.state/1"
 #: first batch index of each stage's stream (disjoint ranges of the same corpus), and of the held-out scenes
@@ -206,18 +207,11 @@ def grammar_vocab(seed: int, n: int = 20000) -> np.ndarray:
     return embedding.grammar_vocab(texts)
 
 
-def _state(state_dir, name, key):
-    return io.training_state(state_dir, f"pretrain-{name}", STATE_FORMAT, key)
-
-
-def _rng_state(gen: torch.Generator, rng: np.random.Generator) -> dict:
-    return {"gen": gen.get_state(), "rng": rng.bit_generator.state, "torch": torch.get_rng_state()}
-
-
-def _set_rng_state(s: dict, gen: torch.Generator, rng: np.random.Generator) -> None:
-    gen.set_state(s["gen"])
-    rng.bit_generator.state = s["rng"]
-    torch.set_rng_state(s["torch"])
+def _run(state_dir, name: str, key: str, total: int, desc: str, gen: torch.Generator, rng: np.random.Generator,
+         **objects) -> Run:  # fmt: skip
+    """A pretraining stage's resumable run: ``pretrain-<name>-<key>.pt``, its random generators saved as one."""
+    rngs = Group(gen=gen, rng=rng, torch=TorchRNG())
+    return Run(state_dir, f"pretrain-{name}", STATE_FORMAT, key, total, desc, {**objects, "rng": rngs})
 
 
 def train_embedding(cfg: PretrainConfig, corp: cp.Corpus, state_dir: Path | None, device: str = "auto",
@@ -234,17 +228,15 @@ def train_embedding(cfg: PretrainConfig, corp: cp.Corpus, state_dir: Path | None
     )
     rng, gen = np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed)
     history: dict = {"loss": [], "clip": [], "attr": [], "pixel": [], "seconds": 0.0, "scenes": 0}
-    step = 0
-    state_path, state = _state(state_dir, "clip", key)
-    if state is not None:
-        io.restore(state, params=params, opt=opt)
-        _set_rng_state(state["rng"], gen, rng)
-        history, step = state["history"], state["step"]
-    end = cfg.clip_steps if stop_after is None else min(cfg.clip_steps, step + stop_after)
+    run = _run(
+        state_dir, "clip", key, cfg.clip_steps, "pretrain joint embedding", gen, rng, params=params, opt=opt
+    )
+    run.start(history)
+    history = run.history
+    end = cfg.clip_steps if stop_after is None else min(cfg.clip_steps, run.step + stop_after)
     warmup = max(1, cfg.clip_steps // 20)
-    bar = runtime.progress(total=cfg.clip_steps, initial=step, desc="pretrain joint embedding")
     params.train()
-    while step < end:
+    for step in run.steps(stop_after):
         t0 = time.perf_counter()
         b = corp.batch(OFFSETS["clip"] + step, cfg.clip_batch)
         for g in opt.param_groups:
@@ -264,21 +256,16 @@ def train_embedding(cfg: PretrainConfig, corp: cp.Corpus, state_dir: Path | None
         opt.step()
         with torch.no_grad():
             emb.model.logit_scale.clamp_(0, float(np.log(100)))
-        step += 1
         for k, v in (("loss", loss), ("clip", l_clip), ("attr", l_attr), ("pixel", l_pix)):
             history[k].append(float(v.detach()))
         history["scenes"] += len(b.images)
         history["seconds"] += time.perf_counter() - t0
-        bar.update(1)
-        bar.set_postfix(clip=f"{history['clip'][-1]:.2f}", attr=f"{history['attr'][-1]:.2f}",
-                        pix=f"{history['pixel'][-1]:.4f}")  # fmt: skip
-        if state_path is not None and (step % cfg.checkpoint_every == 0 or step == end):
-            io.write_bytes(state_path, io.torch_bytes(
-                {"format": STATE_FORMAT, "key": key, "step": step, "params": params.state_dict(),
-                 "opt": opt.state_dict(), "rng": _rng_state(gen, rng), "history": history}))  # fmt: skip
-    bar.close()
+        done = run.advance(clip=f"{history['clip'][-1]:.2f}", attr=f"{history['attr'][-1]:.2f}",
+                           pix=f"{history['pixel'][-1]:.4f}")  # fmt: skip
+        if done % cfg.checkpoint_every == 0 or done == end:
+            run.save()
     emb.model.eval()
-    history["done"] = step >= cfg.clip_steps
+    history["done"] = run.step >= cfg.clip_steps
     return emb, history
 
 
@@ -351,17 +338,14 @@ def train_generator(cfg: PretrainConfig, corp: cp.Corpus, emb: embedding.Embedde
                           "init": init_key, "embedder": emb.key, "device": dev.type})  # fmt: skip
     rng, gen = np.random.default_rng(cfg.seed + 1), torch.Generator().manual_seed(cfg.seed + 1)
     history: dict = {"l1": [], "itc": [], "adv_g": [], "loss_d": [], "seconds": 0.0, "scenes": 0}
-    step = 0
-    state_path, state = _state(state_dir, phase.name, key)
-    if state is not None:
-        io.restore(state, G=G, D=D, G_ema=G_ema, opt_g=opt_g, opt_d=opt_d)
-        _set_rng_state(state["rng"], gen, rng)
-        history, step = state["history"], state["step"]
-    end = phase.steps if stop_after is None else min(phase.steps, step + stop_after)
+    run = _run(state_dir, phase.name, key, phase.steps, f"pretrain generator ({phase.name})", gen, rng,
+               G=G, D=D, G_ema=G_ema, opt_g=opt_g, opt_d=opt_d)  # fmt: skip
+    run.start(history)
+    history = run.history
+    end = phase.steps if stop_after is None else min(phase.steps, run.step + stop_after)
     adv_from = phase.steps - phase.adv_steps
     z = torch.zeros(cfg.gan_batch, G.z_dim, device=dev)
-    bar = runtime.progress(total=phase.steps, initial=step, desc=f"pretrain generator ({phase.name})")
-    while step < end:
+    for step in run.steps(stop_after):
         t0 = time.perf_counter()
         for g, base in zip(opt_g.param_groups, (phase.lr, phase.lr * 100), strict=True):
             g["lr"] = losses.warmup_cosine(step, phase.steps, max(1, phase.steps // 50), base, base * 0.1)
@@ -405,7 +389,7 @@ def train_generator(cfg: PretrainConfig, corp: cp.Corpus, emb: embedding.Embedde
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
             opt_d.step()
-        step += 1
+        step += 1  # the EMA's ramp-up counts this step
         beta = 0.5 ** (cfg.gan_batch / max(min(2000.0, step * cfg.gan_batch * 0.1), 1e-8))
         with torch.no_grad():
             for pe, p in zip(G_ema.parameters(), G.parameters(), strict=True):
@@ -414,15 +398,10 @@ def train_generator(cfg: PretrainConfig, corp: cp.Corpus, emb: embedding.Embedde
             history[k].append(float(v.detach()))
         history["scenes"] += len(b.images)
         history["seconds"] += time.perf_counter() - t0
-        bar.update(1)
-        bar.set_postfix(l1=f"{history['l1'][-1]:.3f}", adv=f"{history['adv_g'][-1]:.2f}")
-        if state_path is not None and (step % cfg.checkpoint_every == 0 or step == end):
-            io.write_bytes(state_path, io.torch_bytes(
-                {"format": STATE_FORMAT, "key": key, "step": step, "G": G.state_dict(), "D": D.state_dict(),
-                 "G_ema": G_ema.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                 "rng": _rng_state(gen, rng), "history": history}))  # fmt: skip
-    bar.close()
-    history["done"] = step >= phase.steps
+        run.advance(l1=f"{history['l1'][-1]:.3f}", adv=f"{history['adv_g'][-1]:.2f}")
+        if step % cfg.checkpoint_every == 0 or step == end:
+            run.save()
+    history["done"] = run.step >= phase.steps
     return G_ema.eval().requires_grad_(False), history
 
 

@@ -15,6 +15,7 @@ import torch
 from lib import io, runtime
 from lib.models import losses
 from lib.models.embedding import Embedder, EmbeddingError
+from lib.trainer import Run
 
 TRAIN_STATE_FORMAT = "lib.contrastive.state/1"
 
@@ -80,38 +81,24 @@ def train_clip(
     )
     opt = runtime.adamw_for(model, cfg.lr, cfg.weight_decay, no_decay=("logit_scale", "embedding"))
     rng = np.random.default_rng(cfg.seed)
-    history: dict = {"loss": [], "logit_scale": [], "eval_step": [], "seconds": 0.0}
-    step = 0
-    history["state_key"] = key
-    state_path, state = io.training_state(state_dir, "clip-state", TRAIN_STATE_FORMAT, key)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        rng.bit_generator.state = state["rng"]
-        history, step = state["history"], state["step"]
-
+    history: dict = {"loss": [], "logit_scale": [], "eval_step": [], "seconds": 0.0, "state_key": key}
+    run = Run(state_dir, "clip-state", TRAIN_STATE_FORMAT, key, cfg.steps, "CLIP training",
+              {"model": model, "optimizer": opt, "rng": rng})  # fmt: skip
+    run.start(history)
+    history = run.history
     warmup = int(round(cfg.warmup_frac * cfg.steps))
-    end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
+    end = cfg.steps if stop_after is None else min(cfg.steps, run.step + stop_after)
     if (
-        step < end
-    ):  # the whole training set, preprocessed once, captions tokenised once (not for a finished state)
+        run.step < end
+    ):  # the whole training set, preprocessed once, captions tokenised once (not when finished)
         x_all = torch.cat([emb.preprocess(images[i : i + 512]) for i in range(0, len(images), 512)])
         n_cap = np.array([len(c) for c in captions])
         tokens = emb.tokenize([t for cs in captions for t in cs])
         first = np.concatenate([[0], np.cumsum(n_cap)[:-1]])
-
-    def save() -> None:
-        if state_path is None:
-            return
-        state = {"format": TRAIN_STATE_FORMAT, "key": key, "step": step, "model": model.state_dict(),
-                 "optimizer": opt.state_dict(), "rng": rng.bit_generator.state, "history": history}  # fmt: skip
-        io.write_bytes(state_path, io.torch_bytes(state))
-
     model.train()
-    bar = runtime.progress(total=cfg.steps, initial=step, desc="CLIP training")
-    while step < end:
+    for i in run.steps(stop_after):
         t0 = time.perf_counter()
-        lr = losses.warmup_cosine(step, cfg.steps, warmup, cfg.lr)
+        lr = losses.warmup_cosine(i, cfg.steps, warmup, cfg.lr)
         for g in opt.param_groups:
             g["lr"] = lr
         idx = rng.choice(len(images), cfg.batch_size, replace=False)
@@ -124,12 +111,10 @@ def train_clip(
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, float(np.log(cfg.max_logit_scale)))
-        step += 1
         history["loss"].append(float(loss.detach()))
         history["logit_scale"].append(float(scale.detach()))
         history["seconds"] += time.perf_counter() - t0
-        bar.update(1)
-        bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")
+        step = run.advance(loss=f"{history['loss'][-1]:.3f}")
         if monitor is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
             result = monitor(emb)
             model.train()
@@ -137,13 +122,12 @@ def train_clip(
             for k, v in result.items():
                 history.setdefault(k, []).append(v)
         if step % cfg.checkpoint_every == 0 or step == end:
-            save()
-    bar.close()
+            run.save()
     model.eval()
     emb.key = io.content_key(
-        {"trained_from": emb.key, "state": key, "step": step}
+        {"trained_from": emb.key, "state": key, "step": run.step}
     )  # no longer the initial weights
-    history["done"] = step >= cfg.steps
+    history["done"] = run.step >= cfg.steps
     return history
 
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from lib import io, runtime
 from lib.models import losses
+from lib.trainer import Run
 
 TRAIN_STATE_FORMAT = "lib.dino.state/1"
 
@@ -196,29 +197,23 @@ def train_dino(
                           "device": dev.type})  # fmt: skip
     history: dict = {k: [] for k in ("loss", "teacher_entropy", "batch_entropy", "momentum", "teacher_temp")}
     history["seconds"] = 0.0
-    step = 0
     history["state_key"] = key
-    state_path, state = io.training_state(state_dir, "dino-state", TRAIN_STATE_FORMAT, key)
-    if state is not None:
-        io.restore(state, student=student, teacher=teacher, loss=crit, optimizer=opt)
-        gen.set_state(state["torch_rng"])
-        rng.bit_generator.state = state["rng"]
-        history, step = state["history"], state["step"]
-
-    def save() -> None:
-        if state_path is None:
-            return
-        state = {"format": TRAIN_STATE_FORMAT, "key": key, "step": step, "student": student.state_dict(),
-                 "teacher": teacher.state_dict(), "loss": crit.state_dict(), "optimizer": opt.state_dict(),
-                 "torch_rng": gen.get_state(), "rng": rng.bit_generator.state, "history": history}  # fmt: skip
-        io.write_bytes(state_path, io.torch_bytes(state))
-
+    objects = {
+        "student": student,
+        "teacher": teacher,
+        "loss": crit,
+        "optimizer": opt,
+        "torch_rng": gen,
+        "rng": rng,
+    }
+    run = Run(state_dir, "dino-state", TRAIN_STATE_FORMAT, key, cfg.steps, "DINO training", objects)
+    run.start(history)
+    history = run.history
     warmup = int(round(cfg.warmup_frac * cfg.steps))
-    end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
+    end = cfg.steps if stop_after is None else min(cfg.steps, run.step + stop_after)
     student.train()
     teacher.train()
-    bar = runtime.progress(total=cfg.steps, initial=step, desc="DINO training")
-    while step < end:
+    for step in run.steps(stop_after):
         t0 = time.perf_counter()
         for g in opt.param_groups:
             g["lr"] = losses.warmup_cosine(step, cfg.steps, warmup, cfg.lr)
@@ -243,18 +238,15 @@ def train_dino(
         opt.step()
         m = losses.cosine_momentum(step, cfg.steps, cfg.momentum)
         ema_update(teacher, student, m)
-        step += 1
         history["loss"].append(float(loss.detach()))
         history["momentum"].append(m)
         history["seconds"] += time.perf_counter() - t0
-        bar.update(1)
-        bar.set_postfix(loss=f"{history['loss'][-1]:.3f}")
-        if step % cfg.checkpoint_every == 0 or step == end:
-            save()
-    bar.close()
+        done = run.advance(loss=f"{history['loss'][-1]:.3f}")
+        if done % cfg.checkpoint_every == 0 or done == end:
+            run.save()
     student.eval()
     teacher.eval()
-    history["done"] = step >= cfg.steps
+    history["done"] = run.step >= cfg.steps
     return student, teacher, history
 
 

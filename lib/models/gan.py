@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from lib import io, runtime
 from lib.models import losses
 from lib.models import stylegan2 as sg
+from lib.trainer import CudaRNG, Run, TorchRNG
 
 GAN_STATE_FORMAT = "lib.gan.state/1"
 
@@ -172,30 +173,16 @@ def train_gan(images: np.ndarray, features: np.ndarray, cfg: GANConfig, embedder
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     history: dict = {"step": [], "loss_g": [], "loss_d": [], "itc": [], "r1": [], "seconds": 0.0}
-    step = 0
-    state_path, state = io.training_state(state_dir, "gan-state", GAN_STATE_FORMAT, key)
-    if state is not None:
-        io.restore(state, G=G, D=D, G_ema=G_ema, opt_g=opt_g, opt_d=opt_d)
-        rng.bit_generator.state = state["rng"]
-        gen.set_state(state["gen"])
-        torch.set_rng_state(state["torch_rng"])
-        if dev.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"], dev)
-        history, step = state["history"], state["step"]
+    objects = {"G": G, "D": D, "G_ema": G_ema, "opt_g": opt_g, "opt_d": opt_d, "rng": rng, "gen": gen,
+               "torch_rng": TorchRNG(), "cuda_rng": CudaRNG(dev)}  # fmt: skip
+    run = Run(state_dir, "gan-state", GAN_STATE_FORMAT, key, cfg.steps, "GAN", objects)
+    run.start(history)
+    history = run.history
     real_all = torch.as_tensor(images, device=dev)
     feat_all = F.normalize(torch.as_tensor(features, device=dev), dim=-1)
-    end = cfg.steps if stop_after is None else min(cfg.steps, step + stop_after)
-    bar = runtime.progress(total=cfg.steps, initial=step, desc="GAN")
+    end = cfg.steps if stop_after is None else min(cfg.steps, run.step + stop_after)
     t0 = time.perf_counter()
-
-    def save_state():
-        s = {"format": GAN_STATE_FORMAT, "key": key, "step": step, "G": G.state_dict(), "D": D.state_dict(),
-             "G_ema": G_ema.state_dict(), "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-             "rng": rng.bit_generator.state, "gen": gen.get_state(), "torch_rng": torch.get_rng_state(),
-             "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None, "history": history}  # fmt: skip
-        io.write_bytes(state_path, io.torch_bytes(s))
-
-    while step < end:
+    for step in run.steps(stop_after):
         idx = torch.as_tensor(rng.choice(len(images), cfg.batch_size, replace=False), device=dev)
         real = sg.from_uint8(real_all[idx])
         f = feat_all[idx]
@@ -237,7 +224,7 @@ def train_gan(images: np.ndarray, features: np.ndarray, cfg: GANConfig, embedder
         loss_d.backward()
         opt_d.step()
         # EMA generator, half-life ema_kimg with ramp-up
-        step += 1
+        step = run.advance()
         ema_nimg = cfg.ema_kimg * 1000
         if cfg.ema_rampup:
             ema_nimg = min(ema_nimg, step * cfg.batch_size * cfg.ema_rampup)
@@ -251,19 +238,17 @@ def train_gan(images: np.ndarray, features: np.ndarray, cfg: GANConfig, embedder
         for k, v in (("loss_g", loss_g), ("loss_d", loss_d), ("itc", itc), ("r1", r1)):
             history[k].append(float(v.detach()))
         if step % 10 == 0:
-            bar.set_postfix(g=f"{history['loss_g'][-1]:.2f}", d=f"{history['loss_d'][-1]:.2f}",
-                            itc=f"{history['itc'][-1]:.2f}")  # fmt: skip
+            run.bar.set_postfix(g=f"{history['loss_g'][-1]:.2f}", d=f"{history['loss_d'][-1]:.2f}",
+                                itc=f"{history['itc'][-1]:.2f}")  # fmt: skip
         if monitor is not None and monitor_every and (step % monitor_every == 0 or step == cfg.steps):
             history.setdefault("monitor", []).append({"step": step, **monitor(G_ema)})
-        bar.update(1)
-        if state_path is not None and (step % cfg.save_every == 0 or step == end):
+        if run.path is not None and (step % cfg.save_every == 0 or step == end):
             history["seconds"] += time.perf_counter() - t0
             t0 = time.perf_counter()
-            save_state()
-    bar.close()
+            run.save()
     history["seconds"] += time.perf_counter() - t0
     history["state_key"] = key
-    history["done"] = step >= cfg.steps
+    history["done"] = run.step >= cfg.steps
     return G_ema.eval().requires_grad_(False), D.eval(), history
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from lib import io, runtime
 from lib.models import losses
 from lib.models.ridge import EncoderError
+from lib.trainer import CudaRNG, Run, TorchRNG
 
 
 class ResidualMLP(torch.nn.Module):
@@ -266,28 +267,19 @@ def train_mlp(x_train: np.ndarray, y_train: np.ndarray, cfg: MLPConfig, x_val: n
     )
     rng = np.random.default_rng(cfg.seed)
     history: dict = {"loss": [], "terms": [], "val_epoch": [], "val_img_retrieval_top1": [], "seconds": 0.0}
-    epoch, best, best_state, stale = 0, -1.0, None, 0
-    state_path, state = io.training_state(state_dir, "mlp-state", MLP_STATE_FORMAT, key)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
-        if (
-            dev.type == "cuda" and state.get("cuda_rng") is not None
-        ):  # dropout on the GPU draws from its generator
-            torch.cuda.set_rng_state(state["cuda_rng"], dev)
-        history, epoch, best, best_state, stale = (
-            state[k] for k in ("history", "epoch", "best", "best_state", "stale")
-        )
-    done = state is not None and state.get("done", False)
+    # dropout draws from torch's generator (on a GPU, from the device's own)
+    objects = {"model": model, "optimizer": opt, "scheduler": sched, "rng": rng, "torch_rng": TorchRNG(),
+               "cuda_rng": CudaRNG(dev)}  # fmt: skip
+    run = Run(
+        state_dir, "mlp-state", MLP_STATE_FORMAT, key, cfg.epochs, "MLP encoder", objects, counter="epoch"
+    )
+    run.start(history, best=-1.0, best_state=None, stale=0)
+    history = run.history
+    best, best_state, stale = (run.extra[k] for k in ("best", "best_state", "stale"))
     xt = torch.as_tensor(x_train, dtype=torch.float32, device=dev)
     yt = torch.as_tensor(y_train, dtype=torch.float32, device=dev)
     mix_epochs = int(round(cfg.bimixco_frac * cfg.epochs)) if cfg.bimixco else 0
-    end = cfg.epochs if stop_after is None else min(cfg.epochs, epoch + stop_after)
-    bar = runtime.progress(total=cfg.epochs, initial=epoch, desc="MLP encoder")
-    while not done and epoch < end:
+    for epoch in run.steps(stop_after):
         t0 = time.perf_counter()
         model.train()
         order = rng.permutation(n)
@@ -318,18 +310,11 @@ def train_mlp(x_train: np.ndarray, y_train: np.ndarray, cfg: MLPConfig, x_val: n
                 history["best_epoch"] = epoch
             else:
                 stale += cfg.val_every
-        done = epoch >= cfg.epochs or (cfg.patience > 0 and stale >= cfg.patience and has_val)
-        history["stopped_early"] = done and epoch < cfg.epochs
-        bar.update(1)
-        bar.set_postfix(loss=f"{history['loss'][-1]:.3f}", val=f"{best:.3f}")
-        if state_path is not None:
-            s = {"format": MLP_STATE_FORMAT, "key": key, "epoch": epoch, "model": model.state_dict(),
-                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng.bit_generator.state,
-                 "torch_rng": torch.get_rng_state(), "history": history, "best": best, "best_state": best_state,
-                 "stale": stale, "done": done,
-                 "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None}  # fmt: skip
-            io.write_bytes(state_path, io.torch_bytes(s))
-    bar.close()
+        run.done = epoch >= cfg.epochs or (cfg.patience > 0 and stale >= cfg.patience and has_val)
+        history["stopped_early"] = run.done and epoch < cfg.epochs
+        run.advance(loss=f"{history['loss'][-1]:.3f}", val=f"{best:.3f}")
+        run.save(best=best, best_state=best_state, stale=stale, done=run.done)
+    done = run.done
     if best_state is not None:
         model.load_state_dict(best_state)
     history["done"] = done

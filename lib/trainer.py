@@ -1,0 +1,153 @@
+"""The one training harness every trainer runs on (the CLIP, DINO, MLP and GAN trainers and the three pretraining
+stages): the resumable state file of a run (``<state_dir>/<prefix>-<key>.pt``, written atomically, the key covering
+configuration, data and device), the saved state of its models, optimisers, schedulers and random generators,
+the step counter, history and progress bar, and early stopping. Mixed precision is :func:`lib.runtime.autocast`.
+A resumed run equals an uninterrupted one: each trainer's tests check it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lib import io, runtime
+
+
+class TorchRNG:
+    """torch's global CPU random generator as an object with a state."""
+
+    def state_dict(self):
+        return torch.get_rng_state()
+
+    def load_state_dict(self, state) -> None:
+        torch.set_rng_state(state)
+
+
+class CudaRNG:
+    """The global random generator of a CUDA ``device`` as an object with a state: None on any other device, so a
+    state saved on a CPU restores on one without CUDA."""
+
+    def __init__(self, device: str | torch.device):
+        self.device = torch.device(device)
+
+    def state_dict(self):
+        return torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+
+    def load_state_dict(self, state) -> None:
+        if state is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state, self.device)
+
+
+class Group:
+    """Several stateful objects saved under one name (e.g. every random generator of a run as one dict)."""
+
+    def __init__(self, **objects: Any):
+        self.objects = objects
+
+    def state_dict(self) -> dict:
+        return {name: state_of(obj) for name, obj in self.objects.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, obj in self.objects.items():
+            restore(obj, state[name])
+
+
+def state_of(obj: Any) -> Any:
+    """The saved state of a module, optimiser, scheduler, loss, :class:`TorchRNG` or :class:`Group` (their
+    ``state_dict``), NumPy generator (its bit generator's state) or torch generator (``get_state``)."""
+    if isinstance(obj, np.random.Generator):
+        return obj.bit_generator.state
+    if isinstance(obj, torch.Generator):
+        return obj.get_state()
+    return obj.state_dict()
+
+
+def restore(obj: Any, state: Any) -> None:
+    """Put back what :func:`state_of` returned."""
+    if isinstance(obj, np.random.Generator):
+        obj.bit_generator.state = state
+    elif isinstance(obj, torch.Generator):
+        obj.set_state(state)
+    else:
+        obj.load_state_dict(state)
+
+
+class Run:
+    """One resumable training run of ``total`` steps.
+
+    ``objects`` (name -> module, optimiser, generator, ...) are saved under their names; ``counter`` names the
+    step count in the file ("step", or "epoch" for a trainer that counts epochs). Use::
+
+        run = Run(state_dir, "mlp-state", FORMAT, key, cfg.epochs, "MLP encoder", {"model": model, ...})
+        run.start(history, best=-1.0)           # fresh values; a saved state replaces them and the objects'
+        for step in run.steps(stop_after):      # the index of the step about to run (0-based)
+            ...
+            run.advance()                       # the step is done: run.step is now step + 1
+            if run.step % every == 0:
+                run.save(best=best)
+
+    Setting ``run.done`` (early stopping) ends the loop after the current step.
+    """
+
+    def __init__(self, state_dir: str | Path | None, prefix: str, fmt: str, key: str, total: int, desc: str,
+                 objects: dict[str, Any], counter: str = "step"):  # fmt: skip
+        self.path, self._saved = io.training_state(state_dir, prefix, fmt, key)
+        self.fmt, self.key, self.total, self.desc = fmt, key, int(total), desc
+        self.objects, self.counter = objects, counter
+        self.step, self.done, self.history, self.extra = 0, False, {}, {}
+        self.bar = None
+
+    @property
+    def resumed(self) -> bool:
+        return self._saved is not None
+
+    def start(self, history: dict, **extra: Any) -> bool:
+        """Begin with ``history`` and the ``extra`` values (best score, patience count, ...), or, when a state with
+        this key was saved, with its history, extras, step and the saved state of every object. Returns whether
+        it resumed."""
+        self.history, self.extra = history, dict(extra)
+        s = self._saved
+        if s is None:
+            return False
+        for name, obj in self.objects.items():
+            restore(obj, s[name])
+        self.step, self.history = int(s[self.counter]), s["history"]
+        self.extra = {k: s[k] for k in extra}
+        self.done = bool(s.get("done", False))
+        return True
+
+    def save(self, **extra: Any) -> Path | None:
+        """Write the whole state atomically (nothing without a state folder); ``extra`` values are kept for later
+        saves too."""
+        self.extra.update(extra)
+        if self.path is None:
+            return None
+        state = {"format": self.fmt, "key": self.key, self.counter: self.step, "history": self.history}
+        state |= {name: state_of(obj) for name, obj in self.objects.items()} | self.extra
+        return io.write_bytes(self.path, io.torch_bytes(state))
+
+    def steps(self, stop_after: int | None = None) -> Iterator[int]:
+        """The remaining steps up to ``total`` (or ``stop_after`` more in this call), with a progress bar; each
+        must end with :meth:`advance`. Stops after a step that set :attr:`done`."""
+        end = self.total if stop_after is None else min(self.total, self.step + stop_after)
+        self.bar = runtime.progress(total=self.total, initial=self.step, desc=self.desc)
+        try:
+            while not self.done and self.step < end:
+                i = self.step
+                yield i
+                if self.step != i + 1:
+                    raise RuntimeError(f"{self.desc}: step {i} ended without Run.advance()")
+        finally:
+            self.bar.close()
+
+    def advance(self, **postfix: Any) -> int:
+        """Count the step as done (and show ``postfix`` values on the progress bar); returns the new count."""
+        self.step += 1
+        if self.bar is not None:
+            self.bar.update(1)
+            if postfix:
+                self.bar.set_postfix(**postfix)
+        return self.step
