@@ -42,6 +42,9 @@ def test_embedding_view_equals_the_embedder_at_its_size(emb, data):
     images, feats = data
     view = gan.EmbeddingView(emb)
     np.testing.assert_allclose(gan.embed_generated(view, images), feats, atol=1e-5)
+    # one preprocessing: at another size too (a 256 px LAFITE generator seen by a 224 px CLIP, here 48 -> 32)
+    big = np.random.default_rng(1).integers(0, 256, (6, 48, 48, 3), dtype=np.uint8)
+    np.testing.assert_allclose(gan.embed_generated(view, big), emb.embed_images(big), atol=1e-5)
 
 
 def test_train_gan_resume_equals_uninterrupted(emb, data, tmp_path):

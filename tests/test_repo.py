@@ -55,6 +55,20 @@ def test_notebook_is_stripped_numbered_and_parameterised(path):
     assert all("../" not in c.source for c in code)
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_narrates_and_lib_does_the_work(path):
+    """One setup call, cells of calls (under 1,200 characters), hand-offs only through lib.artifacts: no file
+    name of another stage, no results or metrics folder, no other notebook's metrics file."""
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", [])]
+    assert sum(f'stage.setup("{path.stem}"' in c.source for c in code) == 1
+    for c in code:
+        assert len(c.source) < 1200, c.source[:80]
+        assert not re.search(
+            r"results_dir|metrics_dir|paths\.|json\.load|np\.load\(|\.npz|\.pt\b", c.source
+        ), c.source[:80]
+
+
 #: committed outputs and docs that a run or a person writes: none may carry a machine's absolute path
 COMMITTED_TEXT = ("README.md", "figures", "models", "data_manifests", "notebooks", "params")
 ABSOLUTE = re.compile(r"(?<![\w.~])/(?:root|home|tmp|Users|private|var/folders|mnt|work)/")

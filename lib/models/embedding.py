@@ -94,6 +94,20 @@ def grammar_vocab(texts: list[str], context_length: int = 77) -> np.ndarray:
     return np.setdiff1d(tok(texts).unique().numpy(), [0, tok.sot_token_id, tok.eot_token_id])
 
 
+def fit_to_model(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The one image-to-embedding geometry of the project, differentiable: float images in [0, 1]
+    (N, 3, H, W) -> (N, 3, size, size), the shortest side resized to ``size`` (bicubic, antialiased, clamped to
+    [0, 1]) and the centre cropped, as open_clip's transform (torchvision's Resize(int) then CenterCrop). Used by
+    :meth:`Embedder.preprocess` and by the generator's differentiable view (:class:`lib.models.gan.EmbeddingView`)."""
+    h, w = x.shape[-2:]
+    if (h, w) == (size, size):
+        return x
+    nh, nw = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)  # the long side is truncated
+    x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+    top, left = int(round((nh - size) / 2)), int(round((nw - size) / 2))  # as torchvision's center_crop
+    return x[..., top : top + size, left : left + size]
+
+
 @dataclass
 class Embedder:
     """An open_clip model with its tokenizer and preprocessing, on one device.
@@ -136,17 +150,7 @@ class Embedder:
         x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
         if x.dim() != 4 or x.shape[-1] != 3 or x.dtype != torch.uint8:
             raise EmbeddingError(f"images: expected uint8 (N, H, W, 3), got {tuple(x.shape)} {x.dtype}")
-        x = x.to(self.device).permute(0, 3, 1, 2).float() / 255
-        s = self.image_size
-        h, w = x.shape[-2:]
-        if (h, w) != (s, s):
-            # torchvision's Resize(int): the short side becomes s, the long side is truncated
-            nh, nw = (s, int(s * w / h)) if h <= w else (int(s * h / w), s)
-            x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False).clamp(
-                0, 1
-            )
-            top, left = int(round((nh - s) / 2)), int(round((nw - s) / 2))  # as torchvision center_crop
-            x = x[..., top : top + s, left : left + s]
+        x = fit_to_model(x.to(self.device).permute(0, 3, 1, 2).float() / 255, self.image_size)
         mean, std = self.mean_std
         return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 

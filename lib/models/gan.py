@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from lib import io, runtime
 from lib.models import losses
 from lib.models import stylegan2 as sg
+from lib.models.embedding import fit_to_model
 from lib.trainer import CudaRNG, Run, TorchRNG
 
 GAN_STATE_FORMAT = "lib.gan.state/1"
@@ -102,8 +103,9 @@ def build(cfg: GANConfig, resolution: int, f_dim: int) -> tuple[sg.Generator, sg
 
 class EmbeddingView(torch.nn.Module):
     """Differentiable image embedding with a frozen :class:`lib.embedding.Embedder`'s image tower: images in
-    [-1, 1] (N, 3, H, W) -> L2-normalised embeddings; ``crop_min < 1`` takes a random square crop of that fraction
-    of the side or more first (LAFITE's view of a generated image)."""
+    [-1, 1] (N, 3, H, W) -> L2-normalised embeddings, through the embedder's own geometry
+    (:func:`lib.models.embedding.fit_to_model`); ``crop_min < 1`` takes a random square crop of that fraction of
+    the side or more first (LAFITE's view of a generated image)."""
 
     def __init__(self, embedder, crop_min: float = 1.0):
         super().__init__()
@@ -123,10 +125,7 @@ class EmbeddingView(torch.nn.Module):
             s = max(1, int(round(h * frac)))
             top, left = (int(torch.randint(0, h - s + 1, (), generator=generator)) for _ in range(2))
             x = x[..., top : top + s, left : left + s]
-        if x.shape[-1] != self.size:
-            x = F.interpolate(
-                x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True
-            )
+        x = fit_to_model(x, self.size)  # as Embedder.preprocess
         x = (x - self.mean.to(x.device)) / self.std.to(x.device)
         return F.normalize(self.visual(x).float(), dim=-1)
 
