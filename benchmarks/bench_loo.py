@@ -4,7 +4,7 @@
                                    [--mlp-width 512] [--mlp-depth 2] [--device auto]
 
 For a ridge encoder (random weights, voxels -> out-dim) and a residual MLP (the architecture notebook 02 trains on
-mini-NSD, with nsdgeneral's voxel count), ``lib.loo.voxel_effects`` measures the change of the prediction when each
+mini-NSD, with nsdgeneral's voxel count), ``lib.analysis.loo.voxel_effects`` measures the change of the prediction when each
 voxel in turn is replaced by its training mean, for every test sample. "batched" is the library's method (ridge: the
 closed form from the weights; MLP: the first layer computed once and updated by one column per voxel, many voxels
 per forward pass). "naive" runs the whole encoder on an edited copy of the input once per voxel; it runs on

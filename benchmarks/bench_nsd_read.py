@@ -1,4 +1,4 @@
-"""Benchmark: one NSD-size session read into a (750, voxels) float32 matrix, lib.nsd against a plain h5py read.
+"""Benchmark: one NSD-size session read into a (750, voxels) float32 matrix, lib.data.nsd against a plain h5py read.
 
     python benchmarks/bench_nsd_read.py [--repeats 3]
 
@@ -75,7 +75,7 @@ def read_plain() -> np.ndarray:
 def child(method: str, repeats: int) -> None:
     """Run one method ``repeats`` times in this process; print JSON with times and the peak memory added."""
     import h5py  # noqa: F401 - imported before the baseline, as both methods use it
-    import lib.nsd  # noqa: F401
+    import lib.data.nsd  # noqa: F401
 
     fn = {"lib": read_lib, "plain": read_plain}[method]
     times, added = [], []
@@ -114,7 +114,7 @@ def main() -> int:
         f"plain h5py whole read + mask: {t_plain:6.2f} s  peak +{m_plain:7.1f} MiB ({m_plain / out_mib:5.2f}x output)"
     )
     print(
-        f"lib.nsd.read_session:         {t_lib:6.2f} s  peak +{m_lib:7.1f} MiB ({m_lib / out_mib:5.2f}x output)"
+        f"lib.data.nsd.read_session:         {t_lib:6.2f} s  peak +{m_lib:7.1f} MiB ({m_lib / out_mib:5.2f}x output)"
     )
     print(f"time ratio lib / plain: {t_lib / t_plain:.3f} (goal <= 1.0); memory lib / output: "
           f"{m_lib / out_mib:.2f} (goal <= 1.5); first 500 columns identical: {np.array_equal(a_lib, a_plain)}")  # fmt: skip

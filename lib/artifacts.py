@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -125,8 +124,9 @@ class Store:
         path = self.require(name)
         try:
             obj = reader(path)
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-            raise self.error(name, f"unreadable ({type(e).__name__})") from None
+        except Exception as e:  # noqa: BLE001 - any unreadable or foreign file is the same user error
+            first = (str(e).splitlines() or [""])[0][:160]
+            raise self.error(name, f"unreadable ({type(e).__name__}: {first})") from None
         self._check(name, getattr(obj, "meta", None) or {}, expect)
         return obj
 
@@ -198,8 +198,12 @@ class Store:
                     raise ValueError("format")
                 return {k: z[k] for k in z.files if k != "format"}
 
-        out = self._load("predictions", read, {})
-        meta = json.loads(str(out.pop("meta"))) if "meta" in out else {"model_key": str(out["model_key"])}
+        def read_with_meta(path):
+            out = read(path)
+            meta = json.loads(str(out.pop("meta"))) if "meta" in out else {"model_key": str(out["model_key"])}
+            return out, meta
+
+        out, meta = self._load("predictions", read_with_meta, {})
         self._check("predictions", meta, {"model_key": model_key, "roi": roi, "subject": subject})
         return out
 

@@ -1,4 +1,4 @@
-"""Pretraining of the mini world's stand-ins for CLIP, DINO and LAFITE on the scene corpus (:mod:`lib.corpus`),
+"""Pretraining of the mini world's stand-ins for CLIP, DINO and LAFITE on the scene corpus (:mod:`lib.data.corpus`),
 resumable, and the shipped model files with their manifest: ``python -m lib.pretrain --profile full|quick``.
 
 - **Joint embedding** (open_clip ``mini-clip``: ModifiedResNet image tower, 2-layer text transformer over the
@@ -9,9 +9,9 @@ resumable, and the shipped model files with their manifest: ``python -m lib.pret
   that images and captions put an attribute in the same direction) and a small pixel decoder reading a 32 px
   image back from the image embedding (so that the embedding keeps the layout a generator needs). Heads and
   decoder are training aids only; the shipped file is the open_clip model.
-- **DINO** (:mod:`lib.dino`, the same ResNet trunk) on corpus images, with milder crops than natural-image DINO
+- **DINO** (:mod:`lib.models.dino`, the same ResNet trunk) on corpus images, with milder crops than natural-image DINO
   and no flips, so that size and position survive the augmentations.
-- **Generator** (:mod:`lib.stylegan2`, LAFITE's architecture and names, 64 px) conditioned on the frozen
+- **Generator** (:mod:`lib.models.stylegan2`, LAFITE's architecture and names, 64 px) conditioned on the frozen
   embedding of each corpus image (plus a little noise, as a predicted embedding has), z = 0 and constant noise
   as at inference, in four phases (:func:`gan_phases`). First L1 and a low-pass squared error to the image, then
   the adversarial loss of LAFITE's conditional discriminator added for sharpness. Second, from the first's
@@ -24,7 +24,7 @@ resumable, and the shipped model files with their manifest: ``python -m lib.pret
 
 Each model is scored on held-out corpus scenes (never seen in training) and written as safetensors (float16)
 with an entry in ``manifest.json``: sha256, bytes, the command, the git commit, corpus seed and size, training
-seconds and those scores. :mod:`lib.models` loads them, refusing a file whose checksum does not match.
+seconds and those scores. :mod:`lib.models.pretrained` loads them, refusing a file whose checksum does not match.
 """
 
 from __future__ import annotations

@@ -267,14 +267,6 @@ def test_noise_free_for_reads_the_ground_truth(tiny):
         np.testing.assert_array_equal(got[:, c], gt["signal"][ids, k])
 
 
-def test_predictions_roundtrip_and_key_check(tmp_path):
-    p = decoding.save_predictions(tmp_path / "p.npz", np.arange(3), "k1", pred_ridge=np.ones((3, 2)))
-    out = decoding.load_predictions(p, model_key="k1")
-    assert out["pred_ridge"].shape == (3, 2) and out["test_ids"].tolist() == [0, 1, 2]
-    with pytest.raises(EncoderError, match="k1"):
-        decoding.load_predictions(p, model_key="other")
-
-
 def test_fit_encoders_and_learning_curve():
     x, y, x_img, y_img = _brain(n_img=80, reps=2)
     ids = np.repeat(np.arange(80), 2)

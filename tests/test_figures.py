@@ -1,4 +1,4 @@
-"""Report figures (lib.figures): every public function draws from tiny synthetic inputs, saves a PNG, and
+"""Report figures (lib.report.figures): every public function draws from tiny synthetic inputs, saves a PNG, and
 shows the values it was given (bar heights, image arrays, line data, titles, tick labels, table cells)."""
 
 from __future__ import annotations

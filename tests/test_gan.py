@@ -43,7 +43,10 @@ def test_embedding_view_equals_the_embedder_at_its_size(emb, data):
     view = gan.EmbeddingView(emb)
     np.testing.assert_allclose(gan.embed_generated(view, images), feats, atol=1e-5)
     # one preprocessing: at another size too (a 256 px LAFITE generator seen by a 224 px CLIP, here 48 -> 32)
-    big = np.random.default_rng(1).integers(0, 256, (6, 48, 48, 3), dtype=np.uint8)
+    small = np.random.default_rng(1).uniform(
+        20, 235, (6, 6, 6, 3)
+    )  # smooth: no overshoot for the clamp to cut
+    big = np.kron(small, np.ones((1, 8, 8, 1))).astype(np.uint8)
     np.testing.assert_allclose(gan.embed_generated(view, big), emb.embed_images(big), atol=1e-5)
 
 

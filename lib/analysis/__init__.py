@@ -1,1 +1,2 @@
-"""Analysis: decoding analyses on the encoders, leave-one-out perturbation, the field's metrics, the perceptual judges and the attribute read-back."""
+"""Analysis: decoding analyses on the encoders, leave-one-out perturbation, the field's metrics, the
+perceptual judges and the attribute read-back."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lib import io, runtime
+from lib import runtime
 from lib.models.mlp import MLPConfig, train_mlp
 from lib.models.ridge import DEFAULT_ALPHAS, EncoderError, RidgeEncoder
 
@@ -23,35 +23,6 @@ def rows_of(table_ids: np.ndarray, values: np.ndarray, ids: np.ndarray) -> np.nd
         missing = np.asarray(ids)[~found][:5]
         raise EncoderError(f"ids {missing.tolist()} have no row in the table of {len(table_ids)} ids")
     return np.asarray(values)[order[pos]]
-
-
-PREDICTIONS_FORMAT = "lib.encoders.predictions/1"
-
-
-def save_predictions(path: str | Path, test_ids: np.ndarray, model_key: str, **arrays: np.ndarray) -> Path:
-    """Test-set predictions (and targets) of the encoders as ``.npz``, with the ids and the embedding model's key."""
-    with io.atomic_path(path, suffix=".npz") as tmp:
-        np.savez(tmp, format=np.array(PREDICTIONS_FORMAT), test_ids=np.asarray(test_ids),
-                 model_key=np.array(model_key), **arrays)  # fmt: skip
-    return Path(path)
-
-
-def load_predictions(path: str | Path, model_key: str | None = None) -> dict[str, np.ndarray]:
-    """What :func:`save_predictions` wrote; with ``model_key``, predictions into another model's space are refused."""
-    import zipfile
-
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if str(z["format"]) != PREDICTIONS_FORMAT:
-                raise KeyError("format")
-            out = {k: z[k] for k in z.files if k != "format"}
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
-        raise EncoderError(f"{path}: not a {PREDICTIONS_FORMAT} file ({type(e).__name__})") from None
-    if model_key is not None and str(out["model_key"]) != model_key:
-        raise EncoderError(
-            f"{path}: predictions into embedding model {out['model_key']}, expected {model_key}"
-        )
-    return out
 
 
 def one_hot(labels: np.ndarray, classes: list | None = None) -> tuple[np.ndarray, list]:

@@ -274,7 +274,7 @@ def _check_pq(p: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def image_effect_maps(G, p: np.ndarray, q: np.ndarray, ratio: float = 1.0, seed: int = 0) -> np.ndarray:
     """Image-space effect of each perturbation: the mean over samples and colour channels of |G(q[:, k]) - G(p)|
     (0-255 scale, not rounded: one voxel moves the image by less than a grey level), (K, R, R); ``p`` (S, D)
-    original and ``q`` (S, K, D) perturbed predictions, generated as :func:`lib.gan.generate` does (z = 0,
+    original and ``q`` (S, K, D) perturbed predictions, generated as :func:`lib.models.gan.generate` does (z = 0,
     constant noise, the same perturbation ``ratio`` and seed per sample)."""
     from lib.models import gan
 

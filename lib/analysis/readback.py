@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from lib import runtime
 
-#: what the judge reads (columns of :func:`lib.scenes.attribute_table`); colour, shape, position: largest object
+#: what the judge reads (columns of :func:`lib.data.scenes.attribute_table`); colour, shape, position: largest object
 READ = ("background", "bg_colour", "colour", "shape", "position")
 SIZE = 64  # every image is resized to this side before reading
 
@@ -98,7 +98,7 @@ class Readback:
 def train(images: np.ndarray, table, epochs: int = 30, batch: int = 64, lr: float = 2e-3, blur_max: float = 2.0,
           seed: int = 0, device: str = "auto", attributes: tuple[str, ...] = READ) -> Readback:  # fmt: skip
     """Train the judge on stimuli ``images`` (uint8 (N, H, W, 3)) and their attribute ``table`` (a DataFrame of
-    :func:`lib.scenes.attribute_table`). Augmentation: a random Gaussian blur (sigma 0..``blur_max`` px at 64 px)
+    :func:`lib.data.scenes.attribute_table`). Augmentation: a random Gaussian blur (sigma 0..``blur_max`` px at 64 px)
     so that a blurry image is read by content rather than sharpness, and a shift of up to 2 px. AdamW, cosine."""
     missing = [a for a in attributes if a not in table]
     if missing:

@@ -82,7 +82,7 @@ def _place(obj: sc.SceneObject, others: list[sc.SceneObject], rng: np.random.Gen
 
 
 def vary(scene: sc.Scene, attribute: str, rng: np.random.Generator) -> sc.Scene | None:
-    """A copy of ``scene`` whose :func:`lib.scenes.attributes` differ from the anchor's in ``attribute`` only
+    """A copy of ``scene`` whose :func:`lib.data.scenes.attributes` differ from the anchor's in ``attribute`` only
     (shape, colour, size and position of the largest object; object count; background kind), the rest of the
     drawing unchanged; None when no such scene was found in a few tries (e.g. no free cell)."""
     if attribute not in VARY:

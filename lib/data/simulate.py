@@ -1,6 +1,6 @@
 """mini-NSD: a simulated Natural Scenes Dataset in NSD's on-disk layout, with a known ground truth.
 
-    python -m lib.simulate --out DIR --profile quick|mini [--subjects N] [--seed S] [--force]
+    python -m lib.data.simulate --out DIR --profile quick|mini [--subjects N] [--seed S] [--force]
 
 Writes, below DIR, the same paths as NSD (``nsddata/``, ``nsddata_betas/``, ``nsddata_stimuli/``) plus
 ``MINI_NSD.json`` (configuration, marker) and ``mininsd/`` (ground truth; see data_manifests/mini_nsd.md).
@@ -837,7 +837,7 @@ def manifest(root: str | Path) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m lib.simulate", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m lib.data.simulate", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="dataset root to write")
     ap.add_argument("--profile", default="mini", choices=sorted(PROFILES))
     ap.add_argument("--subjects", type=int, default=1)

@@ -18,7 +18,7 @@ from lib import io, runtime
 from lib.models import losses
 from lib.trainer import Run
 
-TRAIN_STATE_FORMAT = "lib.dino.state/1"
+TRAIN_STATE_FORMAT = "lib.models.dino.state/1"
 
 
 class ResNetBackbone(nn.Module):
@@ -172,13 +172,13 @@ def train_dino(
     """DINO on normalised images ``x`` (N, 3, H, W): returns (student, teacher, history).
 
     Each step: ``n_global`` global crops (seen by teacher and student) and ``n_local`` local crops (student only)
-    of ``batch_size`` images; :class:`lib.losses.DINOLoss` with centring and teacher sharpening; AdamW with warm-up
+    of ``batch_size`` images; :class:`lib.models.losses.DINOLoss` with centring and teacher sharpening; AdamW with warm-up
     and cosine decay; the teacher follows the student by EMA with cosine-scheduled momentum. History per step:
     ``loss``, ``teacher_entropy`` (mean per-sample entropy of the teacher's output, nats), ``batch_entropy``
     (entropy of the batch-mean output: near 0 means collapse to one prototype, near log K with a per-sample
     entropy also near log K means collapse to uniform), ``momentum``, ``teacher_temp``; ``seconds``.
     Training state is checkpointed to ``state_dir/dino-state-<key>.pt`` and resumed as in
-    :func:`lib.contrastive.train_clip`.
+    :func:`lib.models.contrastive.train_clip`.
     """
     cfg.check()
     dev = torch.device(runtime.pick_device(device))
@@ -269,7 +269,7 @@ def normalise(images: np.ndarray, ids_fit: np.ndarray | None = None, mean=None, 
     return ((x - m) / s).contiguous(memory_format=torch.channels_last)
 
 
-BACKBONE_FORMAT = "lib.dino.backbone/1"
+BACKBONE_FORMAT = "lib.models.dino.backbone/1"
 
 
 def save_backbone(path: str | Path, backbone: ResNetBackbone, stats, meta: dict | None = None) -> Path:

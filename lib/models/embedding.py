@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from lib import io, runtime
 
 CONFIG_DIR = Path(__file__).with_name("model_configs")
-CHECKPOINT_FORMAT = "lib.embedding/1"
-EMBEDDINGS_FORMAT = "lib.embedding.embeddings/1"
+CHECKPOINT_FORMAT = "lib.models.embedding/1"
+EMBEDDINGS_FORMAT = "lib.models.embedding.embeddings/1"
 
 
 class EmbeddingError(ValueError):
@@ -94,16 +94,18 @@ def grammar_vocab(texts: list[str], context_length: int = 77) -> np.ndarray:
     return np.setdiff1d(tok(texts).unique().numpy(), [0, tok.sot_token_id, tok.eot_token_id])
 
 
-def fit_to_model(x: torch.Tensor, size: int) -> torch.Tensor:
+def fit_to_model(x: torch.Tensor, size: int, clamp: bool = True) -> torch.Tensor:
     """The one image-to-embedding geometry of the project, differentiable: float images in [0, 1]
-    (N, 3, H, W) -> (N, 3, size, size), the shortest side resized to ``size`` (bicubic, antialiased, clamped to
-    [0, 1]) and the centre cropped, as open_clip's transform (torchvision's Resize(int) then CenterCrop). Used by
-    :meth:`Embedder.preprocess` and by the generator's differentiable view (:class:`lib.models.gan.EmbeddingView`)."""
+    (N, 3, H, W) -> (N, 3, size, size), the shortest side resized to ``size`` (bicubic, antialiased; ``clamp``:
+    the overshoot clipped to [0, 1], as a uint8 resize does) and the centre cropped, as open_clip's transform
+    (torchvision's Resize(int) then CenterCrop). Used by :meth:`Embedder.preprocess` and, unclamped so that every
+    pixel keeps a gradient, by the generator's differentiable view (:class:`lib.models.gan.EmbeddingView`)."""
     h, w = x.shape[-2:]
     if (h, w) == (size, size):
         return x
     nh, nw = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)  # the long side is truncated
-    x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+    x = F.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
+    x = x.clamp(0, 1) if clamp else x
     top, left = int(round((nh - size) / 2)), int(round((nw - size) / 2))  # as torchvision's center_crop
     return x[..., top : top + size, left : left + size]
 
@@ -368,7 +370,9 @@ def load_embeddings(path: str | Path, model_key: str | None = None) -> dict[str,
     path = Path(path)
     with np.load(path) as f:
         if "format" not in f or str(f["format"]) != EMBEDDINGS_FORMAT:
-            raise EmbeddingError(f"{path}: not an embeddings file written by lib.embedding.save_embeddings")
+            raise EmbeddingError(
+                f"{path}: not an embeddings file written by lib.models.embedding.save_embeddings"
+            )
         out = {k: f[k] for k in f.files if k != "format"}
     out["model_key"] = str(out["model_key"])
     if model_key is not None and out["model_key"] != model_key:
@@ -419,7 +423,7 @@ def project_2d(x: np.ndarray, seed: int = 0) -> np.ndarray:
 def compare(embedders: dict[str, Embedder], images_train: np.ndarray, images_test: np.ndarray, attrs_train,
             attrs_test, captions_test: list[list[str]]) -> dict[str, dict]:  # fmt: skip
     """For each named model: linear probes of its image embedding (fitted on the training images' attributes,
-    scored on the test images'; :func:`lib.dino.linear_probe_accuracy`) and top-1 retrieval both ways between the
+    scored on the test images'; :func:`lib.models.dino.linear_probe_accuracy`) and top-1 retrieval both ways between the
     test images and their mean caption embeddings."""
     from lib.analysis.metrics import paired_top1
     from lib.models.dino import linear_probe_accuracy

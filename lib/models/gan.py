@@ -1,4 +1,4 @@
-"""Training and using the CLIP-conditioned StyleGAN2 (:mod:`lib.stylegan2`) for reconstructions from fMRI.
+"""Training and using the CLIP-conditioned StyleGAN2 (:mod:`lib.models.stylegan2`) for reconstructions from fMRI.
 
 - :func:`train_gan`: LAFITE's language-free training on the stimuli, conditioned on their image embeddings with
   the pseudo-feature perturbation ``normalise(r * f + (1 - r) * n)``; non-saturating loss, lazy R1, contrastive
@@ -29,7 +29,7 @@ from lib.models import stylegan2 as sg
 from lib.models.embedding import fit_to_model
 from lib.trainer import CudaRNG, Run, TorchRNG
 
-GAN_STATE_FORMAT = "lib.gan.state/1"
+GAN_STATE_FORMAT = "lib.models.gan.state/1"
 
 
 class GANError(ValueError):
@@ -102,7 +102,7 @@ def build(cfg: GANConfig, resolution: int, f_dim: int) -> tuple[sg.Generator, sg
 
 
 class EmbeddingView(torch.nn.Module):
-    """Differentiable image embedding with a frozen :class:`lib.embedding.Embedder`'s image tower: images in
+    """Differentiable image embedding with a frozen :class:`lib.models.embedding.Embedder`'s image tower: images in
     [-1, 1] (N, 3, H, W) -> L2-normalised embeddings, through the embedder's own geometry
     (:func:`lib.models.embedding.fit_to_model`); ``crop_min < 1`` takes a random square crop of that fraction of
     the side or more first (LAFITE's view of a generated image)."""
@@ -125,7 +125,9 @@ class EmbeddingView(torch.nn.Module):
             s = max(1, int(round(h * frac)))
             top, left = (int(torch.randint(0, h - s + 1, (), generator=generator)) for _ in range(2))
             x = x[..., top : top + s, left : left + s]
-        x = fit_to_model(x, self.size)  # as Embedder.preprocess
+        x = fit_to_model(
+            x, self.size, clamp=False
+        )  # Embedder.preprocess's geometry; unclamped, for gradients
         x = (x - self.mean.to(x.device)) / self.std.to(x.device)
         return F.normalize(self.visual(x).float(), dim=-1)
 
@@ -276,7 +278,7 @@ def generate(G: sg.Generator, features: np.ndarray, ratio: float = 0.25, seed: i
 
 
 def _exact_0_255(img: torch.Tensor) -> np.ndarray:
-    """:func:`lib.stylegan2.to_uint8`'s mapping without the rounding."""
+    """:func:`lib.models.stylegan2.to_uint8`'s mapping without the rounding."""
     return (img.detach().float().permute(0, 2, 3, 1) * 127.5 + 128).clamp(0, 255).cpu().numpy()
 
 
@@ -510,7 +512,8 @@ def variant_provenance(source: str, encoder: str, tune_steps: int, opt_steps: in
     return {
         "oracle": f"{source} from the true image embedding (01)",
         "predicted": f"{source} from {pred}",
-        "tuned": f"{source} after fMRI tuning ({tune_steps} steps) from {pred}",
+        "tuned": f"{source} after fMRI tuning ({tune_steps} steps on ridge's out-of-fold predictions of the training "
+        f"images) from {pred}",
         "optimised": f"the fMRI-tuned generator from {pred}, then {opt_steps} steps of latent optimisation",
     }
 

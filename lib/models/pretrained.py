@@ -61,7 +61,7 @@ def path(stage: str, folder: str | Path | None = None) -> Path:
 
 
 def load_embedding(folder: str | Path | None = None, device: str = "auto"):
-    """The pretrained joint embedding as a :class:`lib.embedding.Embedder` (checksum verified)."""
+    """The pretrained joint embedding as a :class:`lib.models.embedding.Embedder` (checksum verified)."""
     from lib.models import embedding
 
     return embedding.load(checkpoint=path("clip", folder), device=device)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from lib import io
 
-GENERATOR_FORMAT = "lib.stylegan2.generator/1"
+GENERATOR_FORMAT = "lib.models.stylegan2.generator/1"
 
 
 class StyleGANError(ValueError):
@@ -738,5 +738,5 @@ def load_lafite(path: str | Path, key: str = "G_ema", device: str = "cpu") -> Ge
         G.load_state_dict(tensors, strict=True)
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
         first = " ".join(str(e).strip().splitlines()[:2])[:400]
-        raise StyleGANError(f"{path}: {key} does not fit lib.stylegan2.Generator: {first}") from None
+        raise StyleGANError(f"{path}: {key} does not fit lib.models.stylegan2.Generator: {first}") from None
     return G.to(device).eval().requires_grad_(False)

@@ -192,9 +192,11 @@ def build(profile: str, out: str | Path | None = None) -> Path:
     files its notebooks wrote, every image embedded. For the embedded default, figures/report.html is the same page
     with each image linked to the PNG beside it, so that git does not hold every figure twice."""
     figs, mdir = paths.output_dir(profile), paths.metrics_dir(profile)
-    measured = goals(profile)
+    measured, goals_file = goals(profile), mdir / f"{GOALS}.json"
     if measured:
-        write_json(mdir / f"{GOALS}.json", measured)
+        write_json(goals_file, measured)
+    elif goals_file.is_file():  # the metrics it came from no longer give it
+        goals_file.unlink()
     m = {p.stem: _metrics(mdir, p.stem) for p in sorted(mdir.glob("*.json"))} if mdir.is_dir() else {}
     parts: list[str | Path] = [  # a Path is a figure, rendered embedded or linked
         f"<h1>NSD reconstruction workbench: report, profile <code>{html.escape(profile)}</code></h1>",

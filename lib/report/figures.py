@@ -655,7 +655,7 @@ def prf_check(prf_xy: np.ndarray, centres: dict[str, np.ndarray], checks: dict[s
               images: np.ndarray | None = None) -> plt.Figure:  # fmt: skip
     """Per estimate (name -> (K, 2) effect centres, stimulus pixels): each voxel's true pRF centre (+) joined to
     its effect centre (o), on the stimulus frame (over the mean test image when given), with the median error
-    against chance from ``checks`` (:func:`lib.loo.prf_errors`) in the title."""
+    against chance from ``checks`` (:func:`lib.analysis.loo.prf_errors`) in the title."""
     fig, axes = plt.subplots(1, len(centres), figsize=(4.2 * len(centres), 4.3), squeeze=False)
     for ax, (name, c) in zip(axes[0], centres.items(), strict=True):
         if images is not None:
