@@ -18,7 +18,7 @@ from lib import io, runtime
 from lib.models import losses
 from lib.trainer import Run
 
-TRAIN_STATE_FORMAT = "lib.models.dino.state/1"
+TRAIN_STATE_FORMAT = "lib.dino.state/1"
 
 
 class ResNetBackbone(nn.Module):
@@ -269,7 +269,7 @@ def normalise(images: np.ndarray, ids_fit: np.ndarray | None = None, mean=None, 
     return ((x - m) / s).contiguous(memory_format=torch.channels_last)
 
 
-BACKBONE_FORMAT = "lib.models.dino.backbone/1"
+BACKBONE_FORMAT = "lib.dino.backbone/1"
 
 
 def save_backbone(path: str | Path, backbone: ResNetBackbone, stats, meta: dict | None = None) -> Path:

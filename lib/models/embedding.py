@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from lib import io, runtime
 
 CONFIG_DIR = Path(__file__).with_name("model_configs")
-CHECKPOINT_FORMAT = "lib.models.embedding/1"
-EMBEDDINGS_FORMAT = "lib.models.embedding.embeddings/1"
+CHECKPOINT_FORMAT = "lib.embedding/1"
+EMBEDDINGS_FORMAT = "lib.embedding.embeddings/1"
 
 
 class EmbeddingError(ValueError):

@@ -29,7 +29,7 @@ from lib.models import stylegan2 as sg
 from lib.models.embedding import fit_to_model
 from lib.trainer import CudaRNG, Run, TorchRNG
 
-GAN_STATE_FORMAT = "lib.models.gan.state/1"
+GAN_STATE_FORMAT = "lib.gan.state/1"
 
 
 class GANError(ValueError):

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from lib import io
 
-GENERATOR_FORMAT = "lib.models.stylegan2.generator/1"
+GENERATOR_FORMAT = "lib.stylegan2.generator/1"
 
 
 class StyleGANError(ValueError):
