@@ -8,7 +8,7 @@ PROFILE ?= mini
 PRETRAIN ?= full
 export HF_HUB_OFFLINE := 1
 
-.PHONY: help venv pretrain figures pipeline report test unit nbval lab lint format bench data clean
+.PHONY: help venv pretrain figures pipeline report test unit nbval lab lint format bench data fetch clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -58,6 +58,11 @@ bench: $(STAMP)  ## benchmarks: NSD-size session read, NSD-scale ridge (vs sciki
 	$(BIN)/python benchmarks/bench_ridge.py
 	$(BIN)/python benchmarks/bench_loo.py
 	$(BIN)/python benchmarks/bench_mlp_memory.py
+
+SUBJECT ?= 1
+WHAT ?= design,stiminfo,betas,ncsnr,rois,anat,behaviour
+fetch: $(STAMP)  ## download a subject of real NSD: make fetch SUBJECT=1 NSD_ROOT=/path [WHAT=...] [DRY=1] (prints the plan first)
+	$(BIN)/python -m lib.data.fetch --subject $(SUBJECT) --root "$(NSD_ROOT)" --what $(WHAT) $(if $(DRY),--dry-run)
 
 data: $(STAMP)  ## generate mini-NSD for PROFILE under data/PROFILE (the pipeline also does this on first use)
 	$(BIN)/python -m lib.data.simulate --out data/$(PROFILE) --profile $(PROFILE)

@@ -6,6 +6,7 @@ design indices, ROI values -1/0/labels with ctab names, voxel order = NIfTI orde
 """
 
 import json
+import shutil
 
 import h5py
 import nibabel as nib
@@ -185,3 +186,22 @@ def test_missing_pieces_give_one_line_errors(handmade, tmp_path):
         NSD(tmp_path / "nowhere")
     with pytest.raises(NSDError, match=r"expected an NSD copy"):
         NSD(tmp_path)
+
+
+def test_mat_named_hdf5_sessions_and_a_pickle_only_stimulus_table(handmade, tmp_path):
+    """Older copies name the HDF5 betas betas_sessionNN.mat; a copy with only the stimulus table's .pkl is told
+    which CSV to fetch, and the pickle is never opened."""
+    root = tmp_path / "copy"
+    shutil.copytree(handmade["root"], root)
+    bdir = root / "nsddata_betas/ppdata/subj01/func1pt8mm/betas_fithrf_GLMdenoise_RR"
+    (bdir / "betas_session02.hdf5").rename(bdir / "betas_session02.mat")
+    ds, ref = NSD(root), NSD(handmade["root"])
+    assert ds.sessions(1) == [1, 2, 3]
+    np.testing.assert_array_equal(ds.betas(1, roi="V1", sessions=[2]), ref.betas(1, roi="V1", sessions=[2]))
+    info = root / "nsddata/experiments/nsd/nsd_stim_info_merged.csv"
+    info.unlink()
+    info.with_suffix(".pkl").write_bytes(b"not to be unpickled")
+    with pytest.raises(
+        NSDError, match=r"stimulus table missing \(the \.pkl beside it is not read.*--what stiminfo"
+    ):
+        NSD(root).stim_info

@@ -78,12 +78,18 @@ class NSD:
         )
 
     def session_path(self, subject: int | str, session: int) -> Path:
-        """The session's HDF5 file, or its NIfTI twin when only that is present."""
+        """The session's HDF5 file (``.hdf5``, or ``.mat`` as older copies name the same HDF5 file), or its NIfTI
+        twin when only that is present."""
         h5 = self.betas_dir(subject) / f"betas_session{session:02d}.hdf5"
         if h5.exists():
             return h5
-        nii = h5.with_suffix(".nii.gz")
-        return nii if nii.exists() else h5
+        for twin in (
+            h5.with_suffix(".mat"),
+            h5.with_suffix(".nii.gz"),
+        ):  # older copies name the HDF5 file .mat
+            if twin.exists():
+                return twin
+        return h5
 
     @property
     def subjects(self) -> list[int]:
@@ -97,7 +103,7 @@ class NSD:
         found = {
             int(m.group(1))
             for p in d.iterdir()
-            if (m := re.fullmatch(r"betas_session(\d+)\.(?:hdf5|nii\.gz)", p.name))
+            if (m := re.fullmatch(r"betas_session(\d+)\.(?:hdf5|mat|nii\.gz)", p.name))
         }
         return sorted(found)
 
@@ -173,7 +179,13 @@ class NSD:
         """``nsd_stim_info_merged.csv`` indexed by nsdId."""
         path = self.root / "nsddata/experiments/nsd/nsd_stim_info_merged.csv"
         if not path.is_file():
-            raise NSDError(f"{path}: stimulus table missing")
+            pkl = (
+                " (the .pkl beside it is not read: it would run code)"
+                if path.with_suffix(".pkl").is_file()
+                else ""
+            )
+            raise NSDError(f"{path}: stimulus table missing{pkl}; fetch it with "
+                           f"python -m lib.data.fetch --subject 1 --root {self.root} --what stiminfo")  # fmt: skip
         return pd.read_csv(path, index_col=0).set_index("nsdId", drop=False)
 
     # ------------------------------------------------------------------------------------------------ ROIs

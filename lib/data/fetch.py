@@ -1,0 +1,403 @@
+"""Getting real NSD: ``python -m lib.data.fetch --subject 1 --root DIR`` (``make fetch``) plans which files the
+pipeline needs for a subject from ``data_manifests/nsd_fetch.csv``, prints the plan with sizes (``--dry-run`` stops
+there), then downloads them anonymously from NSD's public S3 bucket (``--endpoint`` and ``--bucket`` point it at a
+mirror) with boto3, several files in parallel, a progress bar per file and overall. Every file is resumable (an
+interrupted one continues from its partial copy with a ranged request, conditional on the same object's ETag),
+verified (size, and the MD5 behind the S3 ETag: of the whole object, or of each part for a multipart upload), atomic
+(the final name appears only once verified; a mismatch deletes the partial copy and names the file and what
+differed) and recorded (``<root>/fetch_record.json``: key, size, ETag, MD5, time); a second run transfers nothing.
+
+boto3/botocore is the client: the S3 API's own implementation (ranged and conditional GETs, retries with backoff,
+connection pooling, unsigned requests), maintained by AWS, with no filesystem layer between us and the checks."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import errno
+import hashlib
+import json
+import os
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+from lib import io, paths, runtime
+from lib.data.rois import ROI_FILES
+
+BUCKET = "natural-scenes-dataset"
+REGION = "us-east-2"
+MANIFEST = paths.PROJ_ROOT / "data_manifests" / "nsd_fetch.csv"
+RECORD = "fetch_record.json"
+WHAT = ("design", "stiminfo", "betas", "ncsnr", "rois", "anat", "behaviour", "stimuli", "captions")
+#: what the pipeline needs for one subject (the 37 GiB stimulus file and COCO's captions are asked for by name)
+DEFAULT_WHAT = ("design", "stiminfo", "betas", "ncsnr", "rois", "anat", "behaviour")
+OPTIONAL = ("anat",)  # planned when the bucket holds it, else left out with a note
+COCO_CAPTIONS = "http://images.cocodataset.org/annotations/annotations_trainval2017.zip"
+CHUNK = 1 << 20
+
+
+class FetchError(RuntimeError):
+    """A download that cannot go on: a missing object or bucket, a checksum that does not match, a full disk."""
+
+
+@dataclass(frozen=True)
+class Item:
+    key: str
+    size: int
+    etag: str  # without quotes; "<md5 of part md5s>-<parts>" for a multipart upload
+    what: str
+
+
+def manifest(path: Path = MANIFEST) -> list[tuple[str, str]]:
+    """(what, key pattern) rows of ``data_manifests/nsd_fetch.csv``."""
+    with open(path, newline="") as f:
+        return [(row["what"], row["key"]) for row in csv.DictReader(f)]
+
+
+def client(endpoint: str | None = None, region: str = REGION):
+    """An anonymous (unsigned) S3 client with retries, pooled connections for parallel downloads."""
+    import boto3
+    from botocore import UNSIGNED
+    from botocore.config import Config
+
+    cfg = Config(
+        signature_version=UNSIGNED, retries={"max_attempts": 8, "mode": "standard"}, max_pool_connections=32
+    )
+    return boto3.client("s3", endpoint_url=endpoint, region_name=region, config=cfg)
+
+
+def _error(e: Exception, bucket: str, key: str | None = None) -> FetchError:
+    code = getattr(e, "response", {}).get("Error", {}).get("Code", "")
+    where = f"s3://{bucket}/{key}" if key else f"s3://{bucket}"
+    if code == "NoSuchBucket":
+        return FetchError(f"s3://{bucket}: no such bucket (check --bucket and --endpoint)")
+    if code in ("404", "NoSuchKey", "NotFound"):
+        return FetchError(f"{where}: no such object on the bucket (check the subject and --what)")
+    if code in ("412", "PreconditionFailed"):
+        return FetchError(f"{where}: the object changed on the server since the partial copy began; rerun")
+    return FetchError(f"{where}: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}")
+
+
+def _listing(cl, bucket: str, prefix: str, limit: int | None = None) -> list[str]:
+    keys, token = [], None
+    try:
+        while True:
+            kw = {"Bucket": bucket, "Prefix": prefix} | ({"ContinuationToken": token} if token else {})
+            kw |= {"MaxKeys": limit} if limit else {}
+            page = cl.list_objects_v2(**kw)
+            keys += [o["Key"] for o in page.get("Contents", [])]
+            if limit or not page.get("IsTruncated"):
+                return keys
+            token = page["NextContinuationToken"]
+    except Exception as e:  # noqa: BLE001 - every client error becomes one line
+        raise _error(e, bucket) from None
+
+
+def plan(subject: int, what=DEFAULT_WHAT, sessions=None, bucket: str = BUCKET, endpoint: str | None = None,
+         space: str = "func1pt8mm", betas: str = "betas_fithrf_GLMdenoise_RR", cl=None) -> list[Item]:  # fmt: skip
+    """The objects to download for ``subject``, each with its size and ETag (HEAD requests). ``sessions``: None
+    for every session the bucket holds for the subject, else their numbers. ROI files are those of
+    :data:`lib.data.rois.ROI_FILES` the bucket holds (``nsdgeneral`` is required)."""
+    what = tuple(what)
+    unknown = sorted(set(what) - set(WHAT))
+    if unknown:
+        raise FetchError(f"--what {','.join(unknown)}: expected some of {','.join(WHAT)}")
+    if not 1 <= int(subject) <= 8:
+        raise FetchError(f"subject={subject}: expected 1..8")
+    cl = cl or client(endpoint)
+    _listing(
+        cl, bucket, "nsddata/experiments/", limit=1
+    )  # the bucket exists (a HEAD of a missing one says 404 only)
+    subj = f"{int(subject):02d}"
+    fields = {"subj": subj, "space": space, "betas": betas}
+    keys: list[tuple[str, str]] = []
+    for w, pattern in manifest():
+        if w not in what:
+            continue
+        if "{session}" in pattern:
+            stem, _, suffix = pattern.format(**fields, session="\0").partition("\0")
+            prefix = stem[: stem.rindex("/") + 1]
+            listed = sorted(
+                k for k in _listing(cl, bucket, prefix) if k.startswith(stem) and k.endswith(suffix)
+            )
+            if sessions is not None:
+                want = {pattern.format(**fields, session=f"{int(s):02d}") for s in sessions}
+                missing = sorted(want - set(listed))
+                if missing:
+                    raise FetchError(f"s3://{bucket}/{missing[0]}: no such object (subject {subject} has "
+                                     f"{len(listed)} sessions on the bucket)")  # fmt: skip
+                listed = sorted(want)
+            if not listed:
+                raise FetchError(f"s3://{bucket}/{prefix}: no betas for subject {subject} under this prefix")
+            keys += [(w, k) for k in listed]
+        elif "{roi}" in pattern:
+            prefix = pattern.format(**fields, roi="")
+            prefix = prefix[: prefix.rindex("/") + 1]
+            present = set(_listing(cl, bucket, prefix))
+            found = [pattern.format(**fields, roi=r) for r in ROI_FILES]
+            found = [k for k in found if k in present]
+            if ".nii.gz" in pattern and pattern.format(**fields, roi="nsdgeneral") not in present:
+                raise FetchError(f"s3://{bucket}/{pattern.format(**fields, roi='nsdgeneral')}: no such object "
+                                 "(every subject has nsdgeneral)")  # fmt: skip
+            keys += [(w, k) for k in found]
+        elif "{split}" in pattern:
+            keys += [(w, pattern.format(split=s)) for s in ("train", "val")]
+        else:
+            keys.append((w, pattern.format(**fields)))
+    items = []
+    for w, key in keys:
+        try:
+            head = cl.head_object(Bucket=bucket, Key=key)
+        except Exception as e:  # noqa: BLE001
+            err = _error(e, bucket, key)
+            if w in OPTIONAL and "no such object" in str(err):
+                continue
+            if w == "captions" and "no such object" in str(err):
+                raise FetchError(f"{err}; NSD does not ship COCO's captions: download {COCO_CAPTIONS} and put "
+                                 f"captions_train2017.json and captions_val2017.json under "
+                                 f"<root>/nsddata_stimuli/stimuli/nsd/annotations/") from None  # fmt: skip
+            raise err from None
+        items.append(Item(key, int(head["ContentLength"]), head["ETag"].strip('"'), w))
+    return items
+
+
+def _part_size(cl, bucket: str, item: Item) -> int | None:
+    """The part size of a multipart object: HEAD of part 1 when the server answers it, else None."""
+    try:
+        return int(cl.head_object(Bucket=bucket, Key=item.key, PartNumber=1)["ContentLength"])
+    except Exception:  # noqa: BLE001 - a server without part HEADs: the candidates below
+        return None
+
+
+def etag_of(path: Path, part_size: int | None = None) -> tuple[str, str]:
+    """(ETag S3 gives an upload of ``path`` in parts of ``part_size`` bytes (None: one part), whole-file MD5)."""
+    whole, parts, cur, n = hashlib.md5(), [], hashlib.md5(), 0
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK if part_size is None else min(CHUNK, part_size - n)):
+            whole.update(block)
+            if part_size is not None:
+                cur.update(block)
+                n += len(block)
+                if n == part_size:
+                    parts.append(cur.digest())
+                    cur, n = hashlib.md5(), 0
+    if part_size is None:
+        return whole.hexdigest(), whole.hexdigest()
+    if n:
+        parts.append(cur.digest())
+    return f"{hashlib.md5(b''.join(parts)).hexdigest()}-{len(parts)}", whole.hexdigest()
+
+
+def verify(path: Path, item: Item, part_size: int | None = None) -> str:
+    """Raise unless ``path`` has ``item``'s size and ETag; returns its MD5. A multipart ETag is checked against the
+    server's part size, or the usual client part sizes (5, 8, 16, 32, 64, 128 MiB) that give its part count."""
+    size = path.stat().st_size
+    if size != item.size:
+        raise FetchError(f"{item.key}: {size} bytes, expected {item.size}")
+    if "-" not in item.etag:
+        got, md5 = etag_of(path)
+        if got != item.etag:
+            raise FetchError(f"{item.key}: MD5 {got} does not match the ETag {item.etag}")
+        return md5
+    n_parts = int(item.etag.rsplit("-", 1)[1])
+    candidates = [part_size] if part_size else [m << 20 for m in (8, 5, 16, 32, 64, 128, 256, 512)]
+    candidates = [p for p in candidates if p and -(-item.size // p) == n_parts] or candidates[:1]
+    for p in candidates:
+        got, md5 = etag_of(path, p)
+        if got == item.etag:
+            return md5
+    raise FetchError(f"{item.key}: multipart MD5 {got} (parts of {candidates[-1]} bytes) does not match the ETag "
+                     f"{item.etag}")  # fmt: skip
+
+
+@dataclass
+class Result:
+    fetched: list[str]
+    skipped: list[str]
+    bytes_transferred: int
+    seconds: float
+
+
+class _Record:
+    """``<root>/fetch_record.json``: what was fetched (key, size, ETag, MD5, time), written atomically."""
+
+    def __init__(self, root: Path):
+        self.path, self.lock = root / RECORD, threading.Lock()
+        self.data = json.loads(self.path.read_text()) if self.path.is_file() else {"files": {}}
+
+    def done(self, item: Item, dest: Path) -> bool:
+        r = self.data["files"].get(item.key)
+        return (
+            bool(r)
+            and r["size"] == item.size
+            and r["etag"] == item.etag
+            and dest.is_file()
+            and (dest.stat().st_size == item.size)
+        )
+
+    def add(self, item: Item, md5: str) -> None:
+        with self.lock:
+            self.data["files"][item.key] = {"size": item.size, "etag": item.etag, "md5": md5,
+                                            "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
+            io.write_json(self.path, self.data)
+
+
+def _partial(dest: Path) -> Path:
+    return dest.with_name(f".{dest.name}.partial")
+
+
+def _download(cl, bucket: str, item: Item, dest: Path, count, position: int) -> str:
+    """One object into ``dest`` through its partial copy (resumed when present); returns its MD5."""
+    part = _partial(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    have = part.stat().st_size if part.exists() else 0
+    if have > item.size:
+        part.unlink()
+        have = 0
+    bar = runtime.progress(total=item.size, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
+                           desc=Path(item.key).name[:32], position=position, leave=False)  # fmt: skip
+    try:
+        if have < item.size:
+            try:
+                resp = cl.get_object(
+                    Bucket=bucket, Key=item.key, Range=f"bytes={have}-", IfMatch=f'"{item.etag}"'
+                )
+            except Exception as e:  # noqa: BLE001
+                raise _error(e, bucket, item.key) from None
+            try:
+                with open(part, "ab") as f:
+                    for block in resp["Body"].iter_chunks(CHUNK):
+                        f.write(block)
+                        bar.update(len(block))
+                        count(len(block))
+            except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    kept = part.stat().st_size if part.exists() else 0
+                    raise FetchError(f"{dest}: disk full ({kept} of {item.size} bytes kept in {part.name}; free "
+                                     "space and rerun to resume)") from None  # fmt: skip
+                raise FetchError(f"{dest}: {e.strerror or e}") from None
+        try:
+            md5 = verify(part, item, _part_size(cl, bucket, item) if "-" in item.etag else None)
+        except FetchError:
+            part.unlink(missing_ok=True)  # nothing unverified is kept
+            raise
+        os.chmod(part, 0o666 & ~io.UMASK)
+        os.replace(part, dest)
+        return md5
+    finally:
+        bar.close()
+
+
+def fetch(root: str | os.PathLike, items: list[Item], bucket: str = BUCKET, endpoint: str | None = None,
+          jobs: int = 4, cl=None) -> Result:  # fmt: skip
+    """Download ``items`` (:func:`plan`) under ``root`` (NSD's own paths), ``jobs`` at a time; returns what was
+    fetched and skipped and the bytes moved. Files already fetched with the same size and ETag are skipped; a file
+    that exists without a record is verified once and recorded."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    cl = cl or client(endpoint)
+    record = _Record(root)
+    todo, skipped = [], []
+    for item in items:
+        dest = root / item.key
+        if record.done(item, dest):
+            skipped.append(item.key)
+        elif dest.is_file() and dest.stat().st_size == item.size and not _partial(dest).exists():
+            record.add(item, verify(dest, item, _part_size(cl, bucket, item) if "-" in item.etag else None))
+            skipped.append(item.key)
+        else:
+            todo.append(item)
+    moved, lock, t0 = [0], threading.Lock(), time.perf_counter()
+    total = sum(i.size - (_partial(root / i.key).stat().st_size if _partial(root / i.key).exists() else 0)
+                for i in todo)  # fmt: skip
+    overall = runtime.progress(total=max(total, 0), unit="B", unit_scale=True, unit_divisor=1024,
+                               desc=f"NSD ({len(todo)} files)", position=0)  # fmt: skip
+
+    def count(n: int) -> None:
+        with lock:
+            moved[0] += n
+            overall.update(n)
+
+    fetched = []
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            futures = {pool.submit(_download, cl, bucket, it, root / it.key, count, 1 + k % max(1, jobs)): it
+                       for k, it in enumerate(todo)}  # fmt: skip
+            for fut in as_completed(futures):
+                item = futures[fut]
+                record.add(item, fut.result())
+                fetched.append(item.key)
+    finally:
+        overall.close()
+    return Result(fetched, skipped, moved[0], time.perf_counter() - t0)
+
+
+def _sizes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return ""
+
+
+def describe(items: list[Item]) -> str:
+    """The plan as a table: what, key, size; then the total."""
+    rows = [f"{i.what:<10} {_sizes(i.size):>11}  {i.key}" for i in items]
+    return "\n".join([*rows, f"{len(items)} files, {_sizes(sum(i.size for i in items))} in all"])
+
+
+def _sessions(text: str | None):
+    if not text:
+        return None
+    out = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        out += list(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lib.data.fetch", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--subject", type=int, required=True, help="NSD subject, 1..8")
+    ap.add_argument(
+        "--root", default=os.environ.get(paths.ROOT_ENV), help="NSD root to fill (default $NSD_ROOT)"
+    )
+    ap.add_argument("--what", default=",".join(DEFAULT_WHAT), help=f"comma list of {','.join(WHAT)}")
+    ap.add_argument(
+        "--sessions", help="e.g. 1-37 (papers that used 37 sessions); default every session listed"
+    )
+    ap.add_argument("--bucket", default=BUCKET)
+    ap.add_argument("--endpoint", default=None, help="S3 endpoint URL of a mirror (default AWS)")
+    ap.add_argument("--jobs", type=int, default=4, help="files downloaded at once")
+    ap.add_argument("--dry-run", action="store_true", help="print the plan with sizes and stop")
+    a = ap.parse_args(argv)
+    if not a.root:
+        print(f"error: --root (or ${paths.ROOT_ENV}) is required", file=sys.stderr)
+        return 2
+    try:
+        cl = client(a.endpoint)
+        items = plan(a.subject, a.what.split(","), _sessions(a.sessions), a.bucket, cl=cl)
+        print(describe(items))
+        if a.dry_run:
+            return 0
+        res = fetch(a.root, items, a.bucket, jobs=a.jobs, cl=cl)
+    except FetchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if not res.fetched:
+        print(
+            f"nothing to transfer: all {len(res.skipped)} files are here and verified ({paths.display(a.root)})"
+        )
+    else:
+        rate = res.bytes_transferred / max(res.seconds, 1e-9) / 2**20
+        print(f"fetched {len(res.fetched)} files ({_sizes(res.bytes_transferred)}, {rate:.1f} MiB/s), "
+              f"{len(res.skipped)} already here; record: {RECORD}")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

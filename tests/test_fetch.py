@@ -1,0 +1,194 @@
+"""lib.data.fetch against a real S3 server (moto's standalone server on 127.0.0.1, not a mock of the client) that
+holds the tiny mini-NSD tree as a bucket: plan, download, resume, verification, refusals, and the reader on the
+fetched copy."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import socket
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+boto3 = pytest.importorskip("boto3")
+moto_server = pytest.importorskip("moto.server")
+
+from boto3.s3.transfer import TransferConfig  # noqa: E402
+
+from lib.data import fetch  # noqa: E402
+from lib.data.nsd import NSD  # noqa: E402
+
+BUCKET = "nsd-mirror"
+MULTIPART = 5 << 20  # S3's smallest part: objects above it are uploaded in parts
+PUBLIC = {"ACL": "public-read"}  # as NSD's bucket: anyone may read, anonymously
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_root):
+    port = _free_port()
+    srv = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    srv.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    up = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test",
+                      aws_secret_access_key="test")  # fmt: skip
+    up.create_bucket(Bucket=BUCKET)
+    cfg = TransferConfig(multipart_threshold=MULTIPART, multipart_chunksize=MULTIPART)
+    for f in sorted(tiny_root.rglob("*")):
+        if f.is_file() and not f.name.startswith("."):
+            up.upload_file(str(f), BUCKET, f.relative_to(tiny_root).as_posix(), Config=cfg, ExtraArgs=PUBLIC)
+    big = bytes(np.random.default_rng(0).integers(0, 256, 11 << 20, dtype=np.uint8))  # 3 parts
+    up.put_object(Bucket=BUCKET, Key="extra/small.bin", Body=b"x" * 1000, **PUBLIC)
+    up.create_bucket(Bucket="bare")  # a mirror without COCO's captions
+    up.upload_fileobj(BytesIO(big), BUCKET, "extra/big.bin", Config=cfg, ExtraArgs=PUBLIC)
+    yield endpoint, up, big
+    srv.stop()
+
+
+def _item(up, key: str) -> fetch.Item:
+    h = up.head_object(Bucket=BUCKET, Key=key)
+    return fetch.Item(key, h["ContentLength"], h["ETag"].strip('"'), "test")
+
+
+def test_plan_lists_what_a_subject_needs(server, tiny):
+    endpoint, _, _ = server
+    items = fetch.plan(1, ("design", "stiminfo", "betas", "ncsnr", "rois"), bucket=BUCKET, endpoint=endpoint)
+    keys = [i.key for i in items]
+    assert sum("betas_session" in k for k in keys) == len(tiny.sessions(1))
+    assert "nsddata/ppdata/subj01/func1pt8mm/roi/nsdgeneral.nii.gz" in keys
+    assert "nsddata/freesurfer/subj01/label/nsdgeneral.mgz.ctab" in keys
+    assert all(i.size > 0 for i in items)
+    some = fetch.plan(1, ("betas",), sessions=[2], bucket=BUCKET, endpoint=endpoint)
+    assert [i.key.rsplit("/", 1)[1] for i in some] == ["betas_session02.hdf5"]
+    assert "files," in fetch.describe(items)
+
+
+def test_fetch_then_read_equals_the_local_tree_and_a_second_run_moves_nothing(server, tiny, tmp_path):
+    what = ("design", "stiminfo", "betas", "ncsnr", "rois", "stimuli", "captions")
+    endpoint, up, _ = server
+    # mini-NSD's marker too (its trial counts differ from NSD's); every other file is NSD's own
+    items = fetch.plan(1, what, bucket=BUCKET, endpoint=endpoint) + [_item(up, "MINI_NSD.json")]
+    res = fetch.fetch(tmp_path, items, BUCKET, endpoint, jobs=3)
+    assert len(res.fetched) == len(items) and res.bytes_transferred == sum(i.size for i in items)
+    for i in items:
+        assert (tmp_path / i.key).read_bytes() == (tiny.root / i.key).read_bytes()
+    copy = NSD(tmp_path)
+    np.testing.assert_array_equal(
+        copy.betas(1, "nsdgeneral", progress=False), tiny.betas(1, "nsdgeneral", progress=False)
+    )
+    np.testing.assert_array_equal(copy.images([0, 5]), tiny.images([0, 5]))
+    record = json.loads((tmp_path / fetch.RECORD).read_text())["files"]
+    assert set(record) == {i.key for i in items}
+    some = items[0]
+    assert record[some.key]["md5"] == hashlib.md5((tmp_path / some.key).read_bytes()).hexdigest()
+    again = fetch.fetch(tmp_path, items, BUCKET, endpoint)
+    assert again.fetched == [] and again.bytes_transferred == 0 and len(again.skipped) == len(items)
+
+
+def test_an_interrupted_multipart_file_resumes_without_fetching_its_start_again(server, tmp_path):
+    endpoint, up, big = server
+    item = _item(up, "extra/big.bin")
+    assert item.etag.endswith("-3")  # a multipart object: verified part by part
+    dest = tmp_path / item.key
+    dest.parent.mkdir(parents=True)
+    cut = 4_000_000
+    fetch._partial(dest).write_bytes(big[:cut])  # what a killed transfer leaves
+    res = fetch.fetch(tmp_path, [item], BUCKET, endpoint)
+    assert res.bytes_transferred == len(big) - cut
+    assert dest.read_bytes() == big and not fetch._partial(dest).exists()
+
+
+def test_a_corrupted_copy_is_detected_and_nothing_unverified_keeps_the_name(server, tmp_path):
+    endpoint, up, big = server
+    for key, body in (("extra/small.bin", b"x" * 1000), ("extra/big.bin", big)):
+        item = _item(up, key)
+        dest = tmp_path / key
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fetch._partial(dest).write_bytes(b"y" * 500)  # a partial copy whose bytes went wrong
+        with pytest.raises(fetch.FetchError, match=f"{key}: .*MD5 .* does not match the ETag") as e:
+            fetch.fetch(tmp_path, [item], BUCKET, endpoint)
+        assert "\n" not in str(e.value)
+        assert not dest.exists() and not fetch._partial(dest).exists()
+        fetch.fetch(tmp_path, [item], BUCKET, endpoint)  # the next run starts over and succeeds
+        assert dest.read_bytes() == body
+
+
+def test_missing_object_wrong_bucket_and_full_disk_are_one_line_errors(server, tmp_path, monkeypatch):
+    endpoint, up, _ = server
+    with pytest.raises(fetch.FetchError, match=r"no betas for subject 3") as e:
+        fetch.plan(3, ("betas",), bucket=BUCKET, endpoint=endpoint)
+    with pytest.raises(fetch.FetchError, match=r"s3://nope: no such bucket") as e:
+        fetch.plan(1, ("design",), bucket="nope", endpoint=endpoint)
+    assert "\n" not in str(e.value)
+    with pytest.raises(fetch.FetchError, match=r"betas_session99.hdf5: no such object"):
+        fetch.plan(1, ("betas",), sessions=[99], bucket=BUCKET, endpoint=endpoint)
+    gone = fetch.Item("extra/gone.bin", 10, "0" * 32, "test")
+    with pytest.raises(fetch.FetchError, match=r"s3://nsd-mirror/extra/gone.bin: no such object"):
+        fetch.fetch(tmp_path, [gone], BUCKET, endpoint)
+    with pytest.raises(fetch.FetchError, match="captions_train2017.json and captions_val2017.json under"):
+        fetch.plan(1, ("captions",), bucket="bare", endpoint=endpoint)
+    item = _item(up, "extra/big.bin")
+    real_open = open
+
+    class Full:
+        def __init__(self, f):
+            self.f, self.n = f, 0
+
+        def write(self, b):
+            if self.n > 2_000_000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.n += len(b)
+            return self.f.write(b)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.f.close()
+
+    def opener(path, mode="r", *a, **k):
+        f = real_open(path, mode, *a, **k)
+        return Full(f) if mode == "ab" else f
+
+    monkeypatch.setattr("builtins.open", opener)
+    with pytest.raises(
+        fetch.FetchError, match=r"disk full \(\d+ of 11534336 bytes kept in \.big\.bin\.partial"
+    ) as e:
+        fetch.fetch(tmp_path, [item], BUCKET, endpoint)
+    assert "\n" not in str(e.value) and not (tmp_path / item.key).exists()
+    monkeypatch.undo()
+    res = fetch.fetch(tmp_path, [item], BUCKET, endpoint)  # space again: it resumes
+    assert res.bytes_transferred < item.size and (tmp_path / item.key).stat().st_size == item.size
+
+
+def test_cli_dry_run_prints_the_plan(server, capsys):
+    endpoint, _, _ = server
+    code = fetch.main(["--subject", "1", "--root", "unused", "--what", "design,betas", "--bucket", BUCKET,
+                       "--endpoint", endpoint, "--dry-run"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0 and "nsd_expdesign.mat" in out and "betas_session01.hdf5" in out and "in all" in out
+    assert fetch.main(["--subject", "9", "--root", "x", "--endpoint", endpoint, "--bucket", BUCKET]) == 1
+    assert "subject=9: expected 1..8" in capsys.readouterr().err
+
+
+def test_etag_of_matches_s3s_multipart_rule(tmp_path):
+    data = bytes(range(256)) * 50_000  # 12.8 MB
+    p = tmp_path / "f"
+    p.write_bytes(data)
+    size = 5 << 20
+    parts = [hashlib.md5(data[i : i + size]).digest() for i in range(0, len(data), size)]
+    assert fetch.etag_of(p, size) == (
+        f"{hashlib.md5(b''.join(parts)).hexdigest()}-3",
+        hashlib.md5(data).hexdigest(),
+    )
+    assert fetch.etag_of(p)[0] == hashlib.md5(data).hexdigest()
+    assert Path(fetch.MANIFEST).is_file() and {w for w, _ in fetch.manifest()} == set(fetch.WHAT)
