@@ -75,6 +75,7 @@ def read_plain() -> np.ndarray:
 def child(method: str, repeats: int) -> None:
     """Run one method ``repeats`` times in this process; print JSON with times and the peak memory added."""
     import h5py  # noqa: F401 - imported before the baseline, as both methods use it
+
     import lib.data.nsd  # noqa: F401
 
     fn = {"lib": read_lib, "plain": read_plain}[method]

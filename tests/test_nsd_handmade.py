@@ -204,4 +204,4 @@ def test_mat_named_hdf5_sessions_and_a_pickle_only_stimulus_table(handmade, tmp_
     with pytest.raises(
         NSDError, match=r"stimulus table missing \(the \.pkl beside it is not read.*--what stiminfo"
     ):
-        NSD(root).stim_info
+        _ = NSD(root).stim_info
