@@ -173,45 +173,94 @@ def _part_size(cl, bucket: str, item: Item) -> int | None:
         return None
 
 
-def etag_of(path: Path, part_size: int | None = None) -> tuple[str, str]:
-    """(ETag S3 gives an upload of ``path`` in parts of ``part_size`` bytes (None: one part), whole-file MD5)."""
-    whole, parts, cur, n = hashlib.md5(), [], hashlib.md5(), 0
+class _Hasher:
+    """S3's ETag of a byte stream, computed as it passes: the whole object's MD5, or with ``part_size`` the MD5 of
+    each part's MD5s (a multipart upload's ETag, ``<hex>-<parts>``). One MD5 pass either way."""
+
+    def __init__(self, part_size: int | None = None):
+        self.part_size, self.cur, self.n, self.parts = part_size, hashlib.md5(), 0, []
+
+    def update(self, block: bytes) -> None:
+        if self.part_size is None:
+            self.cur.update(block)
+            return
+        view = memoryview(block)
+        while len(view):
+            take = min(len(view), self.part_size - self.n)
+            self.cur.update(view[:take])
+            self.n += take
+            view = view[take:]
+            if self.n == self.part_size:
+                self.parts.append(self.cur.digest())
+                self.cur, self.n = hashlib.md5(), 0
+
+    def etag(self) -> str:
+        if self.part_size is None:
+            return self.cur.hexdigest()
+        parts = self.parts + ([self.cur.digest()] if self.n else [])
+        return f"{hashlib.md5(b''.join(parts)).hexdigest()}-{len(parts)}"
+
+
+class _Background:
+    """Calls ``fn`` on each item in a second thread, in order; leaving the block waits for all of them."""
+
+    def __init__(self, fn):
+        import queue
+
+        self.fn, self.q, self.error = fn, queue.Queue(maxsize=16), None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while (item := self.q.get()) is not None:
+            if self.error is None:
+                try:
+                    self.fn(item)
+                except BaseException as e:  # noqa: BLE001 - raised in the caller's thread on exit
+                    self.error = e
+
+    def __enter__(self):
+        self.thread.start()
+        return self.q.put
+
+    def __exit__(self, *exc) -> None:
+        self.q.put(None)
+        self.thread.join()
+        if self.error is not None and exc[0] is None:
+            raise self.error
+
+
+def etag_of(path: Path, part_size: int | None = None) -> str:
+    """The ETag S3 gives an upload of ``path`` in parts of ``part_size`` bytes (None: in one part, its MD5)."""
+    h = _Hasher(part_size)
     with open(path, "rb") as f:
-        while block := f.read(CHUNK if part_size is None else min(CHUNK, part_size - n)):
-            whole.update(block)
-            if part_size is not None:
-                cur.update(block)
-                n += len(block)
-                if n == part_size:
-                    parts.append(cur.digest())
-                    cur, n = hashlib.md5(), 0
-    if part_size is None:
-        return whole.hexdigest(), whole.hexdigest()
-    if n:
-        parts.append(cur.digest())
-    return f"{hashlib.md5(b''.join(parts)).hexdigest()}-{len(parts)}", whole.hexdigest()
+        while block := f.read(CHUNK):
+            h.update(block)
+    return h.etag()
 
 
-def verify(path: Path, item: Item, part_size: int | None = None) -> str:
-    """Raise unless ``path`` has ``item``'s size and ETag; returns its MD5. A multipart ETag is checked against the
-    server's part size, or the usual client part sizes (5, 8, 16, 32, 64, 128 MiB) that give its part count."""
+def _candidates(item: Item, part_size: int | None) -> list[int | None]:
+    """Part sizes to check a multipart ETag with: the server's, or the usual client part sizes that give its count."""
+    if "-" not in item.etag:
+        return [None]
+    if part_size:
+        return [part_size]
+    n_parts = int(item.etag.rsplit("-", 1)[1])
+    sizes = [m << 20 for m in (8, 5, 16, 32, 64, 128, 256, 512)]
+    return [p for p in sizes if -(-item.size // p) == n_parts] or sizes[:1]
+
+
+def verify(path: Path, item: Item, part_size: int | None = None) -> None:
+    """Raise unless ``path`` has ``item``'s size and ETag (a multipart one with the server's part size, or with the
+    usual client part sizes that give its part count)."""
     size = path.stat().st_size
     if size != item.size:
         raise FetchError(f"{item.key}: {size} bytes, expected {item.size}")
-    if "-" not in item.etag:
-        got, md5 = etag_of(path)
-        if got != item.etag:
-            raise FetchError(f"{item.key}: MD5 {got} does not match the ETag {item.etag}")
-        return md5
-    n_parts = int(item.etag.rsplit("-", 1)[1])
-    candidates = [part_size] if part_size else [m << 20 for m in (8, 5, 16, 32, 64, 128, 256, 512)]
-    candidates = [p for p in candidates if p and -(-item.size // p) == n_parts] or candidates[:1]
-    for p in candidates:
-        got, md5 = etag_of(path, p)
+    for p in _candidates(item, part_size):
+        got = etag_of(path, p)
         if got == item.etag:
-            return md5
-    raise FetchError(f"{item.key}: multipart MD5 {got} (parts of {candidates[-1]} bytes) does not match the ETag "
-                     f"{item.etag}")  # fmt: skip
+            return
+    kind = "MD5" if "-" not in item.etag else "multipart MD5"
+    raise FetchError(f"{item.key}: {kind} {got} does not match the ETag {item.etag}")
 
 
 @dataclass
@@ -239,9 +288,9 @@ class _Record:
             and (dest.stat().st_size == item.size)
         )
 
-    def add(self, item: Item, md5: str) -> None:
+    def add(self, item: Item, checked: str) -> None:
         with self.lock:
-            self.data["files"][item.key] = {"size": item.size, "etag": item.etag, "md5": md5,
+            self.data["files"][item.key] = {"size": item.size, "etag": item.etag, "checked": checked,
                                             "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
             io.write_json(self.path, self.data)
 
@@ -250,8 +299,16 @@ def _partial(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.partial")
 
 
+def _checked(item: Item, part_size: int | None) -> str:
+    """How a file was checked, for the record."""
+    if "-" not in item.etag:
+        return "size and MD5 (the ETag)"
+    return f"size and the MD5 of each {part_size or 'usual-size'}-byte part (the multipart ETag)"
+
+
 def _download(cl, bucket: str, item: Item, dest: Path, count, position: int) -> str:
-    """One object into ``dest`` through its partial copy (resumed when present); returns its MD5."""
+    """One object into ``dest`` through its partial copy (resumed when present, its bytes hashed again, not
+    fetched again), checked while it streams; returns how it was checked."""
     part = _partial(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     have = part.stat().st_size if part.exists() else 0
@@ -260,7 +317,13 @@ def _download(cl, bucket: str, item: Item, dest: Path, count, position: int) -> 
         have = 0
     bar = runtime.progress(total=item.size, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
                            desc=Path(item.key).name[:32], position=position, leave=False)  # fmt: skip
+    part_size = _part_size(cl, bucket, item) if "-" in item.etag else None
+    hasher = _Hasher(part_size)
     try:
+        if have:  # the bytes a previous run got: hashed again, not fetched again
+            with open(part, "rb") as f:
+                while block := f.read(CHUNK):
+                    hasher.update(block)
         if have < item.size:
             try:
                 resp = cl.get_object(
@@ -269,9 +332,10 @@ def _download(cl, bucket: str, item: Item, dest: Path, count, position: int) -> 
             except Exception as e:  # noqa: BLE001
                 raise _error(e, bucket, item.key) from None
             try:
-                with open(part, "ab") as f:
+                with open(part, "ab") as f, _Background(hasher.update) as hash_later:
                     for block in resp["Body"].iter_chunks(CHUNK):
                         f.write(block)
+                        hash_later(block)  # MD5 in another thread, beside the network (hashlib frees the GIL)
                         bar.update(len(block))
                         count(len(block))
             except OSError as e:
@@ -281,13 +345,20 @@ def _download(cl, bucket: str, item: Item, dest: Path, count, position: int) -> 
                                      "space and rerun to resume)") from None  # fmt: skip
                 raise FetchError(f"{dest}: {e.strerror or e}") from None
         try:
-            md5 = verify(part, item, _part_size(cl, bucket, item) if "-" in item.etag else None)
+            size = part.stat().st_size
+            if size != item.size:
+                raise FetchError(f"{item.key}: {size} bytes, expected {item.size}")
+            if "-" in item.etag and part_size is None:  # no part HEADs on this server: the usual part sizes
+                verify(part, item)
+            elif hasher.etag() != item.etag:
+                kind = "multipart MD5" if part_size else "MD5"
+                raise FetchError(f"{item.key}: {kind} {hasher.etag()} does not match the ETag {item.etag}")
         except FetchError:
             part.unlink(missing_ok=True)  # nothing unverified is kept
             raise
         os.chmod(part, 0o666 & ~io.UMASK)
         os.replace(part, dest)
-        return md5
+        return _checked(item, part_size)
     finally:
         bar.close()
 
@@ -307,7 +378,9 @@ def fetch(root: str | os.PathLike, items: list[Item], bucket: str = BUCKET, endp
         if record.done(item, dest):
             skipped.append(item.key)
         elif dest.is_file() and dest.stat().st_size == item.size and not _partial(dest).exists():
-            record.add(item, verify(dest, item, _part_size(cl, bucket, item) if "-" in item.etag else None))
+            part_size = _part_size(cl, bucket, item) if "-" in item.etag else None
+            verify(dest, item, part_size)
+            record.add(item, _checked(item, part_size))
             skipped.append(item.key)
         else:
             todo.append(item)

@@ -1,0 +1,111 @@
+"""Benchmark: lib.data.fetch against boto3's own plain download of the same objects, from a local S3 server (moto's
+standalone server on 127.0.0.1) in the same run: one large object (multipart, 1 GiB by default) and 100 small ones.
+Prints the throughput of each and the ratio (goal: fetch >= 0.9 x plain, for all its checks)."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _plain(cl, bucket: str, key: str, dest: Path) -> None:
+    """boto3's managed download (parallel ranged GETs of the parts), no checks."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    cl.download_file(bucket, key, str(dest))
+
+
+def _stream(cl, bucket: str, key: str, dest: Path) -> None:
+    """One plain GET streamed to the file, no checks: the same requests lib.data.fetch makes."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest, "wb") as f:
+        shutil.copyfileobj(cl.get_object(Bucket=bucket, Key=key)["Body"], f, 1 << 20)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--big-mib", type=int, default=1024, help="size of the large object")
+    ap.add_argument("--small", type=int, default=100, help="number of small objects")
+    ap.add_argument("--small-kib", type=int, default=256, help="size of each small object")
+    ap.add_argument("--jobs", type=int, default=4)
+    a = ap.parse_args(argv)
+
+    import boto3
+    from boto3.s3.transfer import TransferConfig
+    from moto.server import ThreadedMotoServer
+
+    from lib.data import fetch
+
+    port = _free_port()
+    srv = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    srv.start()
+    endpoint, bucket = f"http://127.0.0.1:{port}", "bench"
+    up = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="b",
+                      aws_secret_access_key="b")  # fmt: skip
+    up.create_bucket(Bucket=bucket)
+    rng = np.random.default_rng(0)
+    cfg = TransferConfig(multipart_threshold=8 << 20, multipart_chunksize=8 << 20)
+    work = Path(tempfile.mkdtemp(prefix="bench_fetch_"))
+    try:
+        src = work / "big.bin"
+        with open(src, "wb") as f:
+            for _ in range(a.big_mib):
+                f.write(rng.integers(0, 256, 1 << 20, dtype=np.uint8).tobytes())
+        up.upload_file(str(src), bucket, "big/big.bin", Config=cfg, ExtraArgs={"ACL": "public-read"})
+        src.unlink()
+        for k in range(a.small):
+            up.put_object(Bucket=bucket, Key=f"small/{k:03d}.bin", ACL="public-read",
+                          Body=rng.integers(0, 256, a.small_kib << 10, dtype=np.uint8).tobytes())  # fmt: skip
+        cl = fetch.client(endpoint)
+        sets = {
+            "1 large": ["big/big.bin"],
+            f"{a.small} small": [f"small/{k:03d}.bin" for k in range(a.small)],
+        }
+        print(
+            f"local S3 (moto) at {endpoint}; {a.big_mib} MiB object in 8 MiB parts, {a.small} x {a.small_kib} KiB"
+        )
+        for name, keys in sets.items():
+            items = []
+            for key in keys:
+                h = cl.head_object(Bucket=bucket, Key=key)
+                items.append(fetch.Item(key, h["ContentLength"], h["ETag"].strip('"'), "bench"))
+            total = sum(i.size for i in items) / 2**20
+            plain_dir, ours_dir = work / "plain", work / "ours"
+            times = {}
+            for label, fn in (("boto3 download_file", _plain), ("boto3 get_object", _stream)):
+                t0 = time.perf_counter()
+                with ThreadPoolExecutor(a.jobs) as pool:
+                    list(pool.map(lambda k, d=plain_dir, fn=fn: fn(cl, bucket, k, d / k), keys))
+                times[label] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            res = fetch.fetch(ours_dir, items, bucket, endpoint, jobs=a.jobs, cl=cl)
+            t_ours = time.perf_counter() - t0
+            assert res.bytes_transferred == sum(i.size for i in items)
+            assert all((ours_dir / k).read_bytes() == (plain_dir / k).read_bytes() for k in keys[:3])
+            base = " | ".join(f"{lab} {total / t:6.1f} MiB/s" for lab, t in times.items())
+            print(
+                f"{name:>10}: {base} | lib.data.fetch {total / t_ours:6.1f} MiB/s (verified) | ratio "
+                + ", ".join(f"{t / t_ours:4.2f} x" for t in times.values())
+                + " (goal >= 0.9)"
+            )
+            shutil.rmtree(plain_dir)
+            shutil.rmtree(ours_dir)
+    finally:
+        srv.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
