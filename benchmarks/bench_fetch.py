@@ -34,12 +34,43 @@ def _stream(cl, bucket: str, key: str, dest: Path) -> None:
         shutil.copyfileobj(cl.get_object(Bucket=bucket, Key=key)["Body"], f, 1 << 20)
 
 
+def _remote_rows(up, cl, bucket: str, work: Path, n: int, rows: int, rng) -> None:
+    """Bytes moved to read ``rows`` random rows of an NSD-shaped ``imgBrick`` (n, 425, 425, 3) by byte ranges."""
+    import h5py
+
+    from lib.data import remote
+
+    path = work / "nsd_stimuli.hdf5"
+    with h5py.File(path, "w") as f:
+        d = f.create_dataset("imgBrick", (n, 425, 425, 3), np.uint8)
+        for lo in range(0, n, 100):
+            d[lo : lo + 100] = rng.integers(0, 256, (min(100, n - lo), 425, 425, 3), dtype=np.uint8)
+    up.upload_file(str(path), bucket, "stimuli/nsd_stimuli.hdf5", ExtraArgs={"ACL": "public-read"})
+    size = path.stat().st_size
+    ids = np.sort(rng.choice(n, rows, replace=False))
+    rf = remote.RangeFile(f"s3://{bucket}/stimuli/nsd_stimuli.hdf5", cl=cl)
+    t0 = time.perf_counter()
+    with h5py.File(rf, "r") as f, h5py.File(path, "r") as local:
+        for i in ids:
+            assert np.array_equal(f["imgBrick"][i], local["imgBrick"][i])
+    t = time.perf_counter() - t0
+    row = 425 * 425 * 3
+    print(f"remote stimuli: {rows} random rows of a {n}-row imgBrick ({size / 2**20:.0f} MiB, contiguous): "
+          f"{rf.bytes_fetched / 2**20:.1f} MiB moved ({rf.bytes_fetched / size:.1%} of the file), "
+          f"{rf.bytes_fetched / rows / 2**10:.0f} KiB per image (an image is {row / 2**10:.0f} KiB; "
+          f"{remote.BLOCK >> 10} KiB blocks), {t / rows * 1000:.0f} ms per image")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--big-mib", type=int, default=1024, help="size of the large object")
     ap.add_argument("--small", type=int, default=100, help="number of small objects")
     ap.add_argument("--small-kib", type=int, default=256, help="size of each small object")
     ap.add_argument("--jobs", type=int, default=4)
+    ap.add_argument(
+        "--stimuli", type=int, default=1000, help="rows of the NSD-shaped stimulus file (425 x 425 x 3)"
+    )
+    ap.add_argument("--rows", type=int, default=100, help="random rows read remotely from it")
     a = ap.parse_args(argv)
 
     import boto3
@@ -102,6 +133,7 @@ def main(argv: list[str] | None = None) -> None:
             )
             shutil.rmtree(plain_dir)
             shutil.rmtree(ours_dir)
+        _remote_rows(up, cl, bucket, work, a.stimuli, a.rows, rng)
     finally:
         srv.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -190,3 +190,28 @@ def test_etag_of_matches_s3s_multipart_rule(tmp_path):
     assert fetch.etag_of(p, size) == f"{hashlib.md5(b''.join(parts)).hexdigest()}-3"
     assert fetch.etag_of(p) == hashlib.md5(data).hexdigest()
     assert Path(fetch.MANIFEST).is_file() and {w for w, _ in fetch.manifest()} == set(fetch.WHAT)
+
+
+def test_remote_stimuli_read_rows_by_byte_range_and_cache_them(server, tiny, tmp_path, monkeypatch):
+    from lib.data import remote
+
+    endpoint, up, _ = server
+    monkeypatch.setattr(remote, "BLOCK", 4 << 10)  # the tiny file is 83 KB: small blocks show the saving
+    items = fetch.plan(1, ("design", "stiminfo"), bucket=BUCKET, endpoint=endpoint) + [
+        _item(up, "MINI_NSD.json")
+    ]
+    fetch.fetch(tmp_path, items, BUCKET, endpoint)
+    url = f"s3://{BUCKET}/nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5"
+    ds = NSD(tmp_path, stimuli=url, stimuli_endpoint=endpoint)
+    ids = [7, 0, 7, 80]
+    np.testing.assert_array_equal(ds.images(ids), tiny.images(ids))
+    size = (tiny.root / "nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5").stat().st_size
+    moved = ds._remote.bytes_fetched
+    assert 0 < moved < size / 2, (moved, size)
+    assert len(list((tmp_path / "derived/stimuli").glob("*.npy"))) == 3
+    np.testing.assert_array_equal(ds.images([80, 0]), tiny.images([80, 0]))  # from the cache
+    assert ds._remote.bytes_fetched == moved
+    with pytest.raises(remote.RemoteError, match="no such object"):
+        NSD(tmp_path, stimuli=f"s3://{BUCKET}/nope.hdf5", stimuli_endpoint=endpoint).images([1])
+    with pytest.raises(remote.RemoteError, match="expected s3://bucket/key"):
+        remote.parse_s3("https://example.org/x.hdf5")

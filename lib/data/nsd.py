@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from lib.data import rois as roi_lib
+from lib.io import atomic_path
 
 BETAS_VERSIONS = ("betas_fithrf_GLMdenoise_RR", "betas_fithrf", "betas_assumehrf")
 #: how many voxels one read gathers before converting to float (bounds the reader's extra memory)
@@ -41,7 +42,8 @@ class NSD:
     """Read NSD (or mini-NSD) from ``root``; every call takes explicit arguments and returns arrays."""
 
     def __init__(self, root: str | Path, space: str = "func1pt8mm", betas_version: str = BETAS_VERSIONS[0],
-                 annotations: str | Path | None = None):  # fmt: skip
+                 annotations: str | Path | None = None, stimuli: str | None = None,
+                 stimuli_endpoint: str | None = None):  # fmt: skip
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise NSDError(f"data root {self.root}: no such folder (set NSD_ROOT or pass a dataset root)")
@@ -56,6 +58,8 @@ class NSD:
         self.annotations = (
             Path(annotations) if annotations else self.root / "nsddata_stimuli/stimuli/nsd/annotations"
         )
+        # s3:// URL of nsd_stimuli.hdf5, read by byte ranges when the local file is absent (lib.data.remote)
+        self.stimuli_url, self.stimuli_endpoint, self._remote = stimuli, stimuli_endpoint, None
         marker = self.root / "MINI_NSD.json"
         self.simulation: dict | None = json.loads(marker.read_text()) if marker.is_file() else None
 
@@ -295,9 +299,13 @@ class NSD:
         return self.root / "nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5"
 
     def images(self, ids) -> np.ndarray:
-        """uint8 (n, H, W, 3): rows ``ids`` (0-based nsdId) of ``imgBrick``, in the order asked."""
+        """uint8 (n, H, W, 3): rows ``ids`` (0-based nsdId) of ``imgBrick``, in the order asked. Without the local
+        stimulus file and with ``stimuli=`` an s3:// URL, the rows are read remotely by byte ranges and cached
+        under ``<root>/derived/stimuli/`` (one ``.npy`` per image), so each image crosses the network once."""
         ids = np.asarray(ids, dtype=np.int64).ravel()
         path = self.stimuli_path
+        if not path.is_file() and self.stimuli_url:
+            return self._remote_images(ids)
         with _open_h5(path) as f:
             if "imgBrick" not in f:
                 raise NSDError(f"{path}: dataset 'imgBrick' missing")
@@ -306,6 +314,32 @@ class NSD:
                 raise NSDError(f"image ids out of range 0..{brick.shape[0] - 1} of {path}")
             uniq, inv = np.unique(ids, return_inverse=True)
             return brick[uniq][inv] if len(uniq) else np.zeros((0, *brick.shape[1:]), np.uint8)
+
+    def _remote_images(self, ids: np.ndarray) -> np.ndarray:
+        from lib.data.remote import RangeFile
+
+        cache = self.root / "derived" / "stimuli"
+        uniq, inv = np.unique(ids, return_inverse=True)
+        rows: dict[int, np.ndarray] = {}
+        for i in uniq:
+            f = cache / f"{int(i):05d}.npy"
+            if f.is_file():
+                rows[int(i)] = np.load(f)
+        missing = [int(i) for i in uniq if int(i) not in rows]
+        if missing:
+            if self._remote is None:
+                self._remote = RangeFile(self.stimuli_url, self.stimuli_endpoint)
+            with h5py.File(self._remote, "r") as h:
+                brick = h["imgBrick"]
+                if max(missing) >= brick.shape[0] or min(missing) < 0:
+                    raise NSDError(f"image ids out of range 0..{brick.shape[0] - 1} of {self.stimuli_url}")
+                for i in missing:
+                    rows[i] = brick[i]
+                    with atomic_path(cache / f"{i:05d}.npy", suffix=".npy") as tmp:
+                        np.save(tmp, rows[i])
+        if not len(uniq):
+            return np.zeros((0, 0, 0, 3), np.uint8)
+        return np.stack([rows[int(i)] for i in uniq])[inv]
 
     @functools.cached_property
     def _captions(self) -> dict[int, list[str]]:
