@@ -205,3 +205,37 @@ def test_mat_named_hdf5_sessions_and_a_pickle_only_stimulus_table(handmade, tmp_
         NSDError, match=r"stimulus table missing \(the \.pkl beside it is not read.*--what stiminfo"
     ):
         _ = NSD(root).stim_info
+
+
+def test_behaviour_agrees_with_the_design_and_a_mismatch_is_named(tiny, tmp_path):
+    beh = tiny.behaviour(1, sessions=[1, 2])
+    np.testing.assert_array_equal(beh["73KID"].to_numpy() - 1, tiny.trial_images(1, [1, 2]))
+    assert set(beh["SESSION"]) == {1, 2}
+    root = tmp_path / "copy"
+    shutil.copytree(tiny.root, root, ignore=shutil.ignore_patterns("*.hdf5", "derived"))
+    tsv = root / "nsddata/ppdata/subj01/behav/responses.tsv"
+    table = pd.read_csv(tsv, sep="\t")
+    table.loc[5, "73KID"] += 1
+    table.to_csv(tsv, sep="\t", index=False)
+    ds = NSD(root)
+    ds.sessions = lambda s: tiny.sessions(s)  # the betas were not copied
+    with pytest.raises(
+        NSDError, match=r"73KID - 1 disagrees with the design's trial images .*first difference at trial 5"
+    ):
+        ds.behaviour(1, sessions=[1])
+    tsv.unlink()
+    with pytest.raises(NSDError, match="behaviour file missing; fetch it with .*--what behaviour"):
+        ds.behaviour(1)
+
+
+def test_a_label_in_several_roi_files_warns_with_their_names():
+    from lib.data import rois
+
+    available = {"prf-visualrois": {1: "V1v", 2: "hV4"}, "Kastner2015": {1: "V1v", 2: "IPS0"}}
+    with pytest.warns(
+        UserWarning, match=r"'V1v' is a label of several ROI files \(prf-visualrois, Kastner2015\)"
+    ):
+        sel = rois.resolve("V1v", available)
+    assert sel[0].file == "prf-visualrois"
+    sel = rois.resolve("Kastner2015:V1v", available)
+    assert sel[0].file == "Kastner2015"

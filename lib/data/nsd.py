@@ -178,6 +178,33 @@ class NSD:
         """0-based nsdIds of the shared images (the test set), sorted."""
         return np.sort(self.design["sharedix"] - 1)
 
+    def behaviour(self, subject: int | str, sessions=None) -> pd.DataFrame:
+        """``responses.tsv`` of ``subject``: one row per trial (SESSION, RUN, TRIAL, 73KID, ... RT, ISCORRECT,
+        MISSINGDATA as NSD has them), for ``sessions`` (default: those on disk), checked against the design: row k
+        shows image ``73KID - 1`` = ``trial_images(subject, sessions)[k]`` (MindEye2's cross-check)."""
+        s = parse_subject(subject)
+        path = self.root / f"nsddata/ppdata/subj{s:02d}/behav/responses.tsv"
+        if not path.is_file():
+            raise NSDError(f"{path}: behaviour file missing; fetch it with python -m lib.data.fetch --subject {s} "
+                           f"--root {self.root} --what behaviour")  # fmt: skip
+        beh = pd.read_csv(path, sep="\t")
+        need = {"SESSION", "RUN", "TRIAL", "73KID"}
+        if not need <= set(beh.columns):
+            raise NSDError(f"{path}: columns {sorted(need - set(beh.columns))} missing")
+        sessions = self.check_sessions(s, sessions)
+        beh = beh[beh["SESSION"].isin(sessions)].sort_values(["SESSION", "RUN", "TRIAL"], kind="stable")
+        expected = self.trial_images(s, sessions)
+        got = beh["73KID"].to_numpy() - 1
+        if len(got) != len(expected) or not np.array_equal(got, expected):
+            bad = (
+                int(np.argmax(got[: len(expected)] != expected[: len(got)]))
+                if len(got) and len(expected)
+                else 0
+            )
+            raise NSDError(f"{path}: 73KID - 1 disagrees with the design's trial images ({len(got)} rows, "
+                           f"{len(expected)} trials; first difference at trial {bad})")  # fmt: skip
+        return beh.reset_index(drop=True)
+
     @functools.cached_property
     def stim_info(self) -> pd.DataFrame:
         """``nsd_stim_info_merged.csv`` indexed by nsdId."""

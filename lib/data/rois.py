@@ -149,11 +149,16 @@ def _resolve_one(name: str, available: dict[str, dict[int, str]], hemi: str | No
             raise KeyError(f"ROI {name!r}: no ROI file {file!r} (available: {sorted(available)})")
         return Selection(file, _labels_of(file, (label,), available, name), hemi)
     order = [f for f in ROI_FILES if f in available] + sorted(set(available) - set(ROI_FILES))
-    for file in order:
-        for label, lname in available[file].items():
-            if label > 0 and lname == name:
-                return Selection(file, (label,), hemi)
-    return None
+    hits = [(f, k) for f in order for k, lname in available[f].items() if k > 0 and lname == name]
+    if not hits:
+        return None
+    if len({f for f, _ in hits}) > 1:
+        import warnings
+
+        files = ", ".join(dict.fromkeys(f for f, _ in hits))
+        warnings.warn(f"ROI {name!r} is a label of several ROI files ({files}): {hits[0][0]} is used; write "
+                      f"'file:{name}' to choose", stacklevel=3)  # fmt: skip
+    return Selection(hits[0][0], (hits[0][1],), hemi)
 
 
 def _unknown(name: str, available: dict[str, dict[int, str]]) -> str:
