@@ -62,8 +62,9 @@ bench: $(STAMP)  ## benchmarks: NSD-size session read, NSD-scale ridge (vs sciki
 
 SUBJECT ?= 1
 WHAT ?= design,stiminfo,betas,ncsnr,rois,anat,behaviour
-fetch: $(STAMP)  ## download a subject of real NSD: make fetch SUBJECT=1 NSD_ROOT=/path [WHAT=...] [DRY=1] (prints the plan first)
-	$(BIN)/python -m lib.data.fetch --subject $(SUBJECT) --root "$(NSD_ROOT)" --what $(WHAT) $(if $(DRY),--dry-run)
+fetch: $(STAMP)  ## download a subject of real NSD: make fetch SUBJECT=1 NSD_ROOT=/path [WHAT=] [SESSIONS=1-37] [JOBS=4] [ENDPOINT=] [DRY=1]
+	$(BIN)/python -m lib.data.fetch --subject $(SUBJECT) --root "$(NSD_ROOT)" --what $(WHAT) $(if $(DRY),--dry-run) \
+		$(if $(SESSIONS),--sessions $(SESSIONS)) $(if $(JOBS),--jobs $(JOBS)) $(if $(ENDPOINT),--endpoint $(ENDPOINT))
 
 data: $(STAMP)  ## generate mini-NSD for PROFILE under data/PROFILE (the pipeline also does this on first use)
 	$(BIN)/python -m lib.data.simulate --out data/$(PROFILE) --profile $(PROFILE)

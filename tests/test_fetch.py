@@ -150,6 +150,9 @@ def test_missing_object_wrong_bucket_and_full_disk_are_one_line_errors(server, t
             self.n += len(b)
             return self.f.write(b)
 
+        def flush(self):
+            self.f.flush()
+
         def __enter__(self):
             return self
 
@@ -208,10 +211,40 @@ def test_remote_stimuli_read_rows_by_byte_range_and_cache_them(server, tiny, tmp
     size = (tiny.root / "nsddata_stimuli/stimuli/nsd/nsd_stimuli.hdf5").stat().st_size
     moved = ds._remote.bytes_fetched
     assert 0 < moved < size / 2, (moved, size)
-    assert len(list((tmp_path / "derived/stimuli").glob("*.npy"))) == 3
+    assert len(list((tmp_path / "derived/stimuli").glob("*/*.npy"))) == 3
     np.testing.assert_array_equal(ds.images([80, 0]), tiny.images([80, 0]))  # from the cache
     assert ds._remote.bytes_fetched == moved
     with pytest.raises(remote.RemoteError, match="no such object"):
         NSD(tmp_path, stimuli=f"s3://{BUCKET}/nope.hdf5", stimuli_endpoint=endpoint).images([1])
     with pytest.raises(remote.RemoteError, match="expected s3://bucket/key"):
         remote.parse_s3("https://example.org/x.hdf5")
+
+
+def test_a_stale_partial_or_a_wrong_copy_under_the_final_name_is_replaced(server, tmp_path):
+    endpoint, up, _ = server
+    item = _item(up, "extra/small.bin")
+    dest = tmp_path / item.key
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(b"z" * item.size)  # same size, other bytes, no record: checked, refused, fetched again
+    res = fetch.fetch(tmp_path, [item], BUCKET, endpoint)
+    assert res.fetched == [item.key] and dest.read_bytes() == b"x" * 1000
+    other = fetch.Item(
+        item.key, item.size, "0" * 32, "test"
+    )  # a partial begun on another version of the object
+    dest.unlink()
+    fetch._partial(dest).write_bytes(b"x" * 10)
+    with pytest.raises(fetch.FetchError, match="changed on the server.*partial copy was removed") as e:
+        fetch.fetch(tmp_path, [other], BUCKET, endpoint)
+    assert "\n" not in str(e.value) and not fetch._partial(dest).exists() and not dest.exists()
+
+
+def test_range_file_reads_across_blocks_and_stops_at_the_end(server):
+    from lib.data import remote
+
+    endpoint, _, big = server
+    rf = remote.RangeFile(f"s3://{BUCKET}/extra/big.bin", endpoint, block=1000, cache_blocks=4)
+    rf.seek(900)
+    assert rf.read(2500) == big[900:3400] and rf.tell() == 3400
+    rf.seek(-30, 2)
+    assert rf.read(100) == big[-30:] and rf.read(10) == b""
+    assert rf.bytes_fetched == 4 * 1000 + len(big) % 1000  # blocks 0-3, and the (short) last block once

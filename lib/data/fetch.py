@@ -38,6 +38,7 @@ DEFAULT_WHAT = ("design", "stiminfo", "betas", "ncsnr", "rois", "anat", "behavio
 OPTIONAL = ("anat",)  # planned when the bucket holds it, else left out with a note
 COCO_CAPTIONS = "http://images.cocodataset.org/annotations/annotations_trainval2017.zip"
 CHUNK = 1 << 20
+RETRIES = 3  # new ranged GETs after a dropped stream, per file
 
 
 class FetchError(RuntimeError):
@@ -71,7 +72,7 @@ def client(endpoint: str | None = None, region: str = REGION):
 
 
 def _error(e: Exception, bucket: str, key: str | None = None) -> FetchError:
-    code = getattr(e, "response", {}).get("Error", {}).get("Code", "")
+    code = ((getattr(e, "response", None) or {}).get("Error") or {}).get("Code", "")
     where = f"s3://{bucket}/{key}" if key else f"s3://{bucket}"
     if code == "NoSuchBucket":
         return FetchError(f"s3://{bucket}: no such bucket (check --bucket and --endpoint)")
@@ -324,26 +325,37 @@ def _download(cl, bucket: str, item: Item, dest: Path, count, position: int) -> 
             with open(part, "rb") as f:
                 while block := f.read(CHUNK):
                     hasher.update(block)
-        if have < item.size:
-            try:
-                resp = cl.get_object(
-                    Bucket=bucket, Key=item.key, Range=f"bytes={have}-", IfMatch=f'"{item.etag}"'
-                )
-            except Exception as e:  # noqa: BLE001
-                raise _error(e, bucket, item.key) from None
-            try:
-                with open(part, "ab") as f, _Background(hasher.update) as hash_later:
+        part.touch()  # an empty object still gets its file
+        with open(part, "ab") as f, _Background(hasher.update) as hash_later:
+            for attempt in range(RETRIES + 1):  # a dropped stream continues where it stopped
+                have = part.stat().st_size
+                if have >= item.size:
+                    break
+                try:
+                    resp = cl.get_object(Bucket=bucket, Key=item.key, Range=f"bytes={have}-",
+                                         IfMatch=f'"{item.etag}"')  # fmt: skip
                     for block in resp["Body"].iter_chunks(CHUNK):
                         f.write(block)
                         hash_later(block)  # MD5 in another thread, beside the network (hashlib frees the GIL)
                         bar.update(len(block))
                         count(len(block))
-            except OSError as e:
-                if e.errno == errno.ENOSPC:
-                    kept = part.stat().st_size if part.exists() else 0
-                    raise FetchError(f"{dest}: disk full ({kept} of {item.size} bytes kept in {part.name}; free "
-                                     "space and rerun to resume)") from None  # fmt: skip
-                raise FetchError(f"{dest}: {e.strerror or e}") from None
+                    f.flush()
+                except OSError as e:
+                    if e.errno == errno.ENOSPC:
+                        f.flush()
+                        raise FetchError(f"{dest}: disk full ({part.stat().st_size} of {item.size} bytes kept in "
+                                         f"{part.name}; free space and rerun to resume)") from None  # fmt: skip
+                    if attempt == RETRIES:
+                        raise FetchError(f"{dest}: {e.strerror or e}") from None
+                except Exception as e:  # noqa: BLE001 - botocore's stream and HTTP errors
+                    err = _error(e, bucket, item.key)
+                    if "changed on the server" in str(err):  # another version: its partial copy is useless
+                        f.close()
+                        part.unlink(missing_ok=True)
+                        raise FetchError(f"{err} (its partial copy was removed)") from None
+                    if "no such" in str(err) or attempt == RETRIES:
+                        raise err from None
+                f.flush()
         try:
             size = part.stat().st_size
             if size != item.size:
@@ -379,7 +391,12 @@ def fetch(root: str | os.PathLike, items: list[Item], bucket: str = BUCKET, endp
             skipped.append(item.key)
         elif dest.is_file() and dest.stat().st_size == item.size and not _partial(dest).exists():
             part_size = _part_size(cl, bucket, item) if "-" in item.etag else None
-            verify(dest, item, part_size)
+            try:  # a copy from elsewhere: checked once, then recorded
+                verify(dest, item, part_size)
+            except FetchError:
+                dest.unlink()  # not the object on the bucket: fetched again
+                todo.append(item)
+                continue
             record.add(item, _checked(item, part_size))
             skipped.append(item.key)
         else:

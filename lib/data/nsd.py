@@ -196,11 +196,9 @@ class NSD:
         expected = self.trial_images(s, sessions)
         got = beh["73KID"].to_numpy() - 1
         if len(got) != len(expected) or not np.array_equal(got, expected):
-            bad = (
-                int(np.argmax(got[: len(expected)] != expected[: len(got)]))
-                if len(got) and len(expected)
-                else 0
-            )
+            n = min(len(got), len(expected))
+            differ = np.flatnonzero(got[:n] != expected[:n])
+            bad = int(differ[0]) if len(differ) else n
             raise NSDError(f"{path}: 73KID - 1 disagrees with the design's trial images ({len(got)} rows, "
                            f"{len(expected)} trials; first difference at trial {bad})")  # fmt: skip
         return beh.reset_index(drop=True)
@@ -328,7 +326,8 @@ class NSD:
     def images(self, ids) -> np.ndarray:
         """uint8 (n, H, W, 3): rows ``ids`` (0-based nsdId) of ``imgBrick``, in the order asked. Without the local
         stimulus file and with ``stimuli=`` an s3:// URL, the rows are read remotely by byte ranges and cached
-        under ``<root>/derived/stimuli/`` (one ``.npy`` per image), so each image crosses the network once."""
+        under ``<root>/derived/stimuli/<url hash>/`` (one ``.npy`` per image), so each image crosses the network
+        once."""
         ids = np.asarray(ids, dtype=np.int64).ravel()
         path = self.stimuli_path
         if not path.is_file() and self.stimuli_url:
@@ -343,9 +342,11 @@ class NSD:
             return brick[uniq][inv] if len(uniq) else np.zeros((0, *brick.shape[1:]), np.uint8)
 
     def _remote_images(self, ids: np.ndarray) -> np.ndarray:
+        import hashlib
+
         from lib.data.remote import RangeFile
 
-        cache = self.root / "derived" / "stimuli"
+        cache = self.root / "derived" / "stimuli" / hashlib.sha256(self.stimuli_url.encode()).hexdigest()[:12]
         uniq, inv = np.unique(ids, return_inverse=True)
         rows: dict[int, np.ndarray] = {}
         for i in uniq:
@@ -357,6 +358,8 @@ class NSD:
             if self._remote is None:
                 self._remote = RangeFile(self.stimuli_url, self.stimuli_endpoint)
             with h5py.File(self._remote, "r") as h:
+                if "imgBrick" not in h:
+                    raise NSDError(f"{self.stimuli_url}: dataset 'imgBrick' missing")
                 brick = h["imgBrick"]
                 if max(missing) >= brick.shape[0] or min(missing) < 0:
                     raise NSDError(f"image ids out of range 0..{brick.shape[0] - 1} of {self.stimuli_url}")

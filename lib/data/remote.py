@@ -27,7 +27,8 @@ def parse_s3(url: str) -> tuple[str, str]:
 class RangeFile(io.RawIOBase):
     """``s3://bucket/key`` as a read-only binary file: each read fetches the ``block``-byte blocks it touches by
     ranged GETs (anonymous, :func:`lib.data.fetch.client`), keeping the last ``cache_blocks`` in memory.
-    ``bytes_fetched`` counts what came over the network."""
+    ``bytes_fetched`` counts what came over the network. Reads are not thread-safe on their own (h5py's global
+    lock serialises them)."""
 
     def __init__(self, url: str, endpoint: str | None = None, block: int | None = None, cache_blocks: int = 64,
                  cl=None):  # fmt: skip
@@ -39,7 +40,7 @@ class RangeFile(io.RawIOBase):
         try:
             head = self.cl.head_object(Bucket=self.bucket, Key=self.key)
         except Exception as e:  # noqa: BLE001 - one line, whatever the client raised
-            raise RemoteError(f"{url}: {fetch._error(e, self.bucket, self.key)}") from None
+            raise RemoteError(str(fetch._error(e, self.bucket, self.key))) from None
         self.size, self.etag = int(head["ContentLength"]), head["ETag"]
         self.block, self.cache_blocks = int(block or BLOCK), int(cache_blocks)
         self.pos, self.bytes_fetched = 0, 0
@@ -65,11 +66,18 @@ class RangeFile(io.RawIOBase):
             if k in self._cache:
                 self._cache.move_to_end(k)
                 return self._cache[k]
+        from lib.data import fetch
+
         lo, hi = k * self.block, min(self.size, (k + 1) * self.block) - 1
-        body = self.cl.get_object(
-            Bucket=self.bucket, Key=self.key, Range=f"bytes={lo}-{hi}", IfMatch=self.etag
-        )
-        data = body["Body"].read()
+        try:
+            body = self.cl.get_object(
+                Bucket=self.bucket, Key=self.key, Range=f"bytes={lo}-{hi}", IfMatch=self.etag
+            )
+            data = body["Body"].read()
+        except Exception as e:  # noqa: BLE001 - one line, whatever the client raised
+            raise RemoteError(str(fetch._error(e, self.bucket, self.key))) from None
+        if len(data) != hi - lo + 1:  # a server that ignored the range, or a short read: never wrong bytes
+            raise RemoteError(f"{self.url}: bytes {lo}-{hi} asked, {len(data)} received")
         with self._lock:
             self.bytes_fetched += len(data)
             self._cache[k] = data
