@@ -284,7 +284,10 @@ class NSD:
         return np.argwhere(self.roi_mask(subject, roi))
 
     def affine(self, subject: int | str) -> np.ndarray:
-        """Voxel -> world affine of the subject's functional space (MNI for mini-NSD, scanner space for NSD)."""
+        """Voxel -> world affine of the subject's functional space, as nibabel reads ``nsdgeneral.nii.gz``: MNI for
+        mini-NSD. NSD's own NIfTI files carry no qform/sform (both codes 0), so for real NSD this is nibabel's
+        default, a centred LAS-labelled affine: millimetre offsets from the volume centre, not scanner space, and
+        the left-right orientation of brain maps drawn with it has not been checked against NSD's data."""
         import nibabel as nib
 
         s = parse_subject(subject)
