@@ -66,6 +66,19 @@ ENCODERS = ("ridge_image", "ridge_text", "mlp_image", "mlp_text")
 GENERATORS = ("generator", "generator_tuned")
 
 
+def _one_of(name: str, names, kind: str) -> None:
+    if name not in names:
+        raise ArtifactError(f"{kind} {name!r}: expected one of {', '.join(names)}")
+
+
+def _read_npz(path, fmt: str, keys: list[str] | None = None) -> dict[str, np.ndarray]:
+    """The members ``keys`` (default: all but the tag) of an ``.npz`` hand-off, refused unless tagged ``fmt``."""
+    with np.load(path, allow_pickle=False) as z:
+        if "format" not in z.files or str(z["format"]) != fmt:
+            raise ValueError(f"not a {fmt} file")
+        return {k: z[k] for k in (keys or z.files) if k != "format"}
+
+
 class Store:
     """The hand-off files of one profile (under ``root``, by default ``build/<profile>/results/``)."""
 
@@ -94,16 +107,13 @@ class Store:
 
     # ------------------------------------------------------------------------------------------------------------
     def _spec(self, name: str) -> Artifact:
-        if name not in ARTIFACTS:
-            raise ArtifactError(f"artifact {name!r}: expected one of {', '.join(ARTIFACTS)}")
+        _one_of(name, ARTIFACTS, "artifact")
         return ARTIFACTS[name]
 
     def error(self, name: str, problem: str) -> ArtifactError:
         """A one-line error about artifact ``name`` that says which notebook to rerun, and how."""
-        a = self._spec(name)
         return ArtifactError(
-            f"{paths.display(self.path(name))}: {problem}; rerun notebooks/{a.stage}.ipynb "
-            f"(python -m lib.pipeline --profile {self.profile} --only {a.stage[:2]})"
+            f"{paths.display(self.path(name))}: {problem}; rerun {paths.rerun(self._spec(name).stage, self.profile)}"
         )
 
     def require(self, name: str) -> Path:
@@ -162,8 +172,7 @@ class Store:
     # ------------------------------------------------------------------------------------------------ 02
     def save_encoder(self, name: str, enc, model_key: str, roi: str, subject: int) -> Path:
         """An encoder of 02 (``name`` in :data:`ENCODERS`) with the embedding model, ROI and subject it maps."""
-        if name not in ENCODERS:
-            raise ArtifactError(f"encoder {name!r}: expected one of {', '.join(ENCODERS)}")
+        _one_of(name, ENCODERS, "encoder")
         return enc.save(self.path(name), meta={"model_key": model_key, "roi": roi, "subject": int(subject)})
 
     def load_encoder(self, name: str, device: str = "auto", model_key: str | None = None, roi: str | None = None,
@@ -172,8 +181,7 @@ class Store:
         from lib.models.mlp import MLPEncoder
         from lib.models.ridge import RidgeEncoder
 
-        if name not in ENCODERS:
-            raise ArtifactError(f"encoder {name!r}: expected one of {', '.join(ENCODERS)}")
+        _one_of(name, ENCODERS, "encoder")
         reader = (
             RidgeEncoder.load if name.startswith("ridge") else lambda p: MLPEncoder.load(p, device=device)
         )
@@ -192,14 +200,8 @@ class Store:
 
     def load_predictions(self, model_key: str | None = None, roi: str | None = None,
                          subject: int | None = None) -> dict[str, np.ndarray]:  # fmt: skip
-        def read(path):
-            with np.load(path, allow_pickle=False) as z:
-                if "format" not in z.files or str(z["format"]) != PREDICTIONS_FORMAT:
-                    raise ValueError("format")
-                return {k: z[k] for k in z.files if k != "format"}
-
         def read_with_meta(path):
-            out = read(path)
+            out = _read_npz(path, PREDICTIONS_FORMAT)
             meta = json.loads(str(out.pop("meta"))) if "meta" in out else {"model_key": str(out["model_key"])}
             return out, meta
 
@@ -212,16 +214,14 @@ class Store:
         """A generator of 03 (``name`` in :data:`GENERATORS`) with the embedding model it is conditioned on."""
         from lib.models import stylegan2
 
-        if name not in GENERATORS:
-            raise ArtifactError(f"generator {name!r}: expected one of {', '.join(GENERATORS)}")
+        _one_of(name, GENERATORS, "generator")
         return stylegan2.save_generator(self.path(name), G, {"model_key": model_key, **meta})
 
     def load_generator(self, name: str, device: str = "cpu", model_key: str | None = None):
         """A generator of 03, refused unless conditioned on ``model_key``'s space (when given)."""
         from lib.models import stylegan2
 
-        if name not in GENERATORS:
-            raise ArtifactError(f"generator {name!r}: expected one of {', '.join(GENERATORS)}")
+        _one_of(name, GENERATORS, "generator")
         return self._load(
             name, lambda p: stylegan2.load_generator(p, device=device), {"model_key": model_key}
         )
@@ -248,12 +248,10 @@ class Store:
 
     def load_reconstructions(self, model_key: str | None = None) -> Reconstructions:
         def read(path):
-            with np.load(path, allow_pickle=False) as z:
-                if "format" not in z.files or str(z["format"]) != RECONSTRUCTIONS_FORMAT:
-                    raise ValueError("format")
-                meta = json.loads(str(z["meta"]))
-                variants = {name: z[f"v{i}"] for i, name in enumerate(meta["variants"])}
-                return Reconstructions(z["test_ids"], variants, meta["provenance"], meta["settings"], meta)
+            z = _read_npz(path, RECONSTRUCTIONS_FORMAT)
+            meta = json.loads(str(z["meta"]))
+            variants = {name: z[f"v{i}"] for i, name in enumerate(meta["variants"])}
+            return Reconstructions(z["test_ids"], variants, meta["provenance"], meta["settings"], meta)
 
         return self._load("reconstructions", read, {"model_key": model_key})
 
@@ -261,11 +259,8 @@ class Store:
         """03's settings that 04 and 05 reuse (:data:`GENERATION_SETTINGS`: the perturbation ratio, the encoder
         03 optimised, the latent optimisation's), read from the reconstructions file without its images."""
 
-        def read(path):
-            with np.load(path, allow_pickle=False) as z:
-                if "format" not in z.files or str(z["format"]) != RECONSTRUCTIONS_FORMAT:
-                    raise ValueError("format")
-                return json.loads(str(z["meta"]))["settings"]
+        def read(path):  # the meta member only: the images are not read
+            return json.loads(str(_read_npz(path, RECONSTRUCTIONS_FORMAT, ["meta"])["meta"]))["settings"]
 
         return self._load("reconstructions", read, {})
 

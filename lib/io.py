@@ -132,12 +132,6 @@ def training_state(
     return path, state
 
 
-def restore(state: dict, **objects) -> None:
-    """``obj.load_state_dict(state[name])`` for each ``name=obj`` (models, optimisers, losses of a training state)."""
-    for name, obj in objects.items():
-        obj.load_state_dict(state[name])
-
-
 def cast_floats(state: dict, dtype) -> dict:
     """``state`` with its floating-point tensors cast to ``dtype`` (float16 to store, float32 to load), others as
     they are."""

@@ -65,12 +65,14 @@ def display(path: str | os.PathLike) -> str:
     return str(p)
 
 
+def rerun(producer: str, profile: str) -> str:
+    """The notebook that makes a file and the command that runs it, for error messages."""
+    return f"notebooks/{producer}.ipynb (python -m lib.pipeline --profile {profile} --only {producer[:2]})"
+
+
 def require(path: str | os.PathLike, producer: str, profile: str) -> Path:
     """``path`` if it exists; else an error saying which notebook makes it and how to run it."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(
-            f"{path} is missing: it is made by notebooks/{producer}.ipynb "
-            f"(python -m lib.pipeline --profile {profile} --only {producer[:2]})"
-        )
+        raise FileNotFoundError(f"{path} is missing: it is made by {rerun(producer, profile)}")
     return path

@@ -355,13 +355,18 @@ def fit_layout_readout(features: np.ndarray, images: np.ndarray, grid: int = 16,
     )
 
 
-def example_voxels(importance: np.ndarray, early: np.ndarray, n: int) -> np.ndarray:
-    """Voxels to show: the ``n // 2`` most important of the ``early`` ones (boolean mask or indices) and the
-    ``n - n // 2`` most important of the others, in that order."""
+def _ranked(importance: np.ndarray, early) -> tuple[np.ndarray, np.ndarray]:
+    """Voxels by decreasing importance (ties in index order), and ``early`` (mask or indices) as a mask."""
     importance = np.asarray(importance)
     mask = np.zeros(len(importance), bool)
     mask[early] = True
-    order = np.argsort(-importance, kind="stable")
+    return np.argsort(-importance, kind="stable"), mask
+
+
+def example_voxels(importance: np.ndarray, early: np.ndarray, n: int) -> np.ndarray:
+    """Voxels to show: the ``n // 2`` most important of the ``early`` ones (boolean mask or indices) and the
+    ``n - n // 2`` most important of the others, in that order."""
+    order, mask = _ranked(importance, early)
     in_early = mask[order]
     return np.r_[order[in_early][: n // 2], order[~in_early][: n - n // 2]]
 
@@ -371,10 +376,7 @@ def prf_voxels(
 ) -> np.ndarray:
     """The pRF check's voxels: the ``n`` most important ``early`` voxels (mask or indices) whose pRF centre
     (``prf_xy`` (V, 2), stimulus pixels) lies inside the ``size``-pixel stimulus (:func:`in_stimulus`)."""
-    importance = np.asarray(importance)
-    mask = np.zeros(len(importance), bool)
-    mask[early] = True
-    order = np.argsort(-importance, kind="stable")
+    order, mask = _ranked(importance, early)
     return order[(mask & in_stimulus(prf_xy, size))[order]][:n]
 
 

@@ -167,7 +167,10 @@ def plan(subject: int, what=DEFAULT_WHAT, sessions=None, bucket: str = BUCKET, e
 
 
 def _part_size(cl, bucket: str, item: Item) -> int | None:
-    """The part size of a multipart object: HEAD of part 1 when the server answers it, else None."""
+    """The part size of a multipart object: HEAD of part 1 when the server answers it; None for a single-part
+    object or a server without part HEADs."""
+    if "-" not in item.etag:
+        return None
     try:
         return int(cl.head_object(Bucket=bucket, Key=item.key, PartNumber=1)["ContentLength"])
     except Exception:  # noqa: BLE001 - a server without part HEADs: the candidates below
@@ -250,14 +253,16 @@ def _candidates(item: Item, part_size: int | None) -> list[int | None]:
     return [p for p in sizes if -(-item.size // p) == n_parts] or sizes[:1]
 
 
-def verify(path: Path, item: Item, part_size: int | None = None) -> None:
+def verify(path: Path, item: Item, part_size: int | None = None, streamed: str | None = None) -> None:
     """Raise unless ``path`` has ``item``'s size and ETag (a multipart one with the server's part size, or with the
-    usual client part sizes that give its part count)."""
+    usual client part sizes that give its part count). ``streamed``: the ETag already computed as the file came
+    in at ``part_size`` (no second read when that is the only candidate)."""
     size = path.stat().st_size
     if size != item.size:
         raise FetchError(f"{item.key}: {size} bytes, expected {item.size}")
-    for p in _candidates(item, part_size):
-        got = etag_of(path, p)
+    candidates = _candidates(item, part_size)
+    for p in candidates:
+        got = streamed if streamed is not None and candidates == [part_size] else etag_of(path, p)
         if got == item.etag:
             return
     kind = "MD5" if "-" not in item.etag else "multipart MD5"
@@ -318,7 +323,7 @@ def _download(cl, bucket: str, item: Item, dest: Path, count, position: int) -> 
         have = 0
     bar = runtime.progress(total=item.size, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
                            desc=Path(item.key).name[:32], position=position, leave=False)  # fmt: skip
-    part_size = _part_size(cl, bucket, item) if "-" in item.etag else None
+    part_size = _part_size(cl, bucket, item)
     hasher = _Hasher(part_size)
     try:
         if have:  # the bytes a previous run got: hashed again, not fetched again
@@ -356,15 +361,8 @@ def _download(cl, bucket: str, item: Item, dest: Path, count, position: int) -> 
                     if "no such" in str(err) or attempt == RETRIES:
                         raise err from None
                 f.flush()
-        try:
-            size = part.stat().st_size
-            if size != item.size:
-                raise FetchError(f"{item.key}: {size} bytes, expected {item.size}")
-            if "-" in item.etag and part_size is None:  # no part HEADs on this server: the usual part sizes
-                verify(part, item)
-            elif hasher.etag() != item.etag:
-                kind = "multipart MD5" if part_size else "MD5"
-                raise FetchError(f"{item.key}: {kind} {hasher.etag()} does not match the ETag {item.etag}")
+        try:  # without the server's part size, verify reads the file again for each usual part size
+            verify(part, item, part_size, streamed=hasher.etag())
         except FetchError:
             part.unlink(missing_ok=True)  # nothing unverified is kept
             raise
@@ -390,7 +388,7 @@ def fetch(root: str | os.PathLike, items: list[Item], bucket: str = BUCKET, endp
         if record.done(item, dest):
             skipped.append(item.key)
         elif dest.is_file() and dest.stat().st_size == item.size and not _partial(dest).exists():
-            part_size = _part_size(cl, bucket, item) if "-" in item.etag else None
+            part_size = _part_size(cl, bucket, item)
             try:  # a copy from elsewhere: checked once, then recorded
                 verify(dest, item, part_size)
             except FetchError:

@@ -339,8 +339,7 @@ class NSD:
             if "imgBrick" not in f:
                 raise NSDError(f"{path}: dataset 'imgBrick' missing")
             brick = f["imgBrick"]
-            if len(ids) and (ids.min() < 0 or ids.max() >= brick.shape[0]):
-                raise NSDError(f"image ids out of range 0..{brick.shape[0] - 1} of {path}")
+            _check_ids(ids, brick.shape[0], path)
             uniq, inv = np.unique(ids, return_inverse=True)
             return brick[uniq][inv] if len(uniq) else np.zeros((0, *brick.shape[1:]), np.uint8)
 
@@ -364,8 +363,7 @@ class NSD:
                 if "imgBrick" not in h:
                     raise NSDError(f"{self.stimuli_url}: dataset 'imgBrick' missing")
                 brick = h["imgBrick"]
-                if max(missing) >= brick.shape[0] or min(missing) < 0:
-                    raise NSDError(f"image ids out of range 0..{brick.shape[0] - 1} of {self.stimuli_url}")
+                _check_ids(np.asarray(missing), brick.shape[0], self.stimuli_url)
                 for i in missing:
                     rows[i] = brick[i]
                     with atomic_path(cache / f"{i:05d}.npy", suffix=".npy") as tmp:
@@ -437,6 +435,11 @@ def noise_ceiling(ncsnr: np.ndarray, n: int | np.ndarray = 1) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------- low level
+def _check_ids(ids: np.ndarray, n: int, where) -> None:
+    if len(ids) and (ids.min() < 0 or ids.max() >= n):
+        raise NSDError(f"image ids out of range 0..{n - 1} of {where}")
+
+
 def _open_h5(path: Path) -> h5py.File:
     if not Path(path).is_file():
         raise NSDError(f"{path}: file missing")
