@@ -38,6 +38,42 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
             tmp.unlink()
 
 
+class Busy(RuntimeError):
+    """Another process holds the lock on what this one wants to change."""
+
+
+@contextlib.contextmanager
+def exclusive(lock: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold an OS file lock on ``lock`` for the block (the OS releases it if the process dies); if another process
+    holds it, raise :class:`Busy` at once, naming ``what`` it guards and the holder's PID, host and start time (kept
+    beside the lock, in ``<lock>.owner``)."""
+    import socket
+    import time
+
+    import filelock
+
+    lock = Path(lock)
+    owner = lock.with_name(lock.name + ".owner")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    held = filelock.FileLock(str(lock), thread_local=False)
+    try:
+        held.acquire(timeout=0)
+    except filelock.Timeout:
+        try:
+            o = json.loads(owner.read_text())
+            who = f"process {o['pid']} on {o['host']} since {o['since']}"
+        except (OSError, ValueError, KeyError):
+            who = "another process"
+        raise Busy(f"{what}: in use by {who}; wait for it to finish (lock {lock.name})") from None
+    try:
+        write_json(owner, {"pid": os.getpid(), "host": socket.gethostname(),
+                           "since": time.strftime("%Y-%m-%d %H:%M:%S")})  # fmt: skip
+        yield
+    finally:
+        owner.unlink(missing_ok=True)
+        held.release()
+
+
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp:

@@ -7,7 +7,13 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
+import threading
+import time
 from io import BytesIO
 from pathlib import Path
 
@@ -52,6 +58,43 @@ def server(tiny_root):
     up.upload_fileobj(BytesIO(big), BUCKET, "extra/big.bin", Config=cfg, ExtraArgs=PUBLIC)
     yield endpoint, up, big
     srv.stop()
+
+
+class SlowProxy:
+    """A TCP proxy to the server that passes the server's answers at ``rate`` bytes/s: a transfer slow enough to
+    kill mid-file."""
+
+    def __init__(self, endpoint: str, rate: int = 2 << 20):
+        self.up = ("127.0.0.1", int(endpoint.rsplit(":", 1)[1]))
+        self.rate, self.sock = rate, socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.up)
+            threading.Thread(target=self._pump, args=(client, server, None), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, self.rate), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst, rate) -> None:
+        try:
+            while data := src.recv(1 << 16):
+                dst.sendall(data)
+                if rate:
+                    time.sleep(len(data) / rate)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                s.close()
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def _item(up, key: str) -> fetch.Item:
@@ -248,3 +291,32 @@ def test_range_file_reads_across_blocks_and_stops_at_the_end(server):
     rf.seek(-30, 2)
     assert rf.read(100) == big[-30:] and rf.read(10) == b""
     assert rf.bytes_fetched == 4 * 1000 + len(big) % 1000  # blocks 0-3, and the (short) last block once
+
+
+def test_a_killed_fetch_resumes_and_a_second_fetch_into_its_folder_is_refused(server, tmp_path):
+    endpoint, up, big = server
+    item = _item(up, "extra/big.bin")
+    proxy = SlowProxy(endpoint)  # 2 MiB/s: the 11 MiB object takes seconds
+    code = (f"from lib.data import fetch; fetch.fetch({str(tmp_path)!r}, [fetch.{item!r}], {BUCKET!r}, "
+            f"{proxy.endpoint!r})")  # fmt: skip
+    root = Path(fetch.__file__).parents[2]
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=root, env={**os.environ, "LIB_QUIET": "1"})
+    part = fetch._partial(tmp_path / item.key)
+    try:
+        deadline = time.monotonic() + 60
+        while not (part.exists() and part.stat().st_size > 3 << 20):
+            assert proc.poll() is None and time.monotonic() < deadline, "the fetch ended before the kill"
+            time.sleep(0.05)
+        with pytest.raises(fetch.FetchError, match=rf"in use by process {proc.pid} on .*; wait for it") as e:
+            fetch.fetch(tmp_path, [item], BUCKET, endpoint)  # the same folder while the first one runs
+        assert "\n" not in str(e.value)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        proc.kill()
+        proxy.close()
+    kept = part.stat().st_size
+    assert 3 << 20 < kept < item.size and not (tmp_path / item.key).exists()
+    res = fetch.fetch(tmp_path, [item], BUCKET, endpoint)  # the OS released the dead process's lock
+    assert res.bytes_transferred == item.size - kept  # its start was not fetched again
+    assert (tmp_path / item.key).read_bytes() == big

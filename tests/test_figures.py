@@ -119,6 +119,52 @@ def test_background_and_volume_image(tiny):
     np.testing.assert_array_equal(np.asanyarray(whole.dataobj), data)
 
 
+def _headerless_nsd(root, data: np.ndarray, name: str = "roi/nsdgeneral.nii.gz"):
+    """A real-NSD-shaped subject folder: 1.8 mm NIfTI files with no qform or sform (both codes 0), as NSD's are."""
+    from lib.data.nsd import NSD
+
+    (root / "nsddata/experiments/nsd").mkdir(parents=True, exist_ok=True)
+    (root / "nsddata/experiments/nsd/nsd_expdesign.mat").touch()
+    img = nib.Nifti1Image(data, None)
+    img.header.set_zooms((1.8, 1.8, 1.8))
+    path = root / "nsddata/ppdata/subj01/func1pt8mm" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(img, path)
+    assert int(nib.load(path).header["sform_code"]) == int(nib.load(path).header["qform_code"]) == 0
+    return NSD(root)
+
+
+def test_real_nsd_maps_show_a_left_posterior_voxel_on_the_left_and_at_the_back(tmp_path):
+    from nilearn import plotting
+
+    shape = (30, 36, 24)
+    ds = _headerless_nsd(tmp_path, np.ones(shape, np.float32))
+    _headerless_nsd(tmp_path, np.full(shape, 100.0, np.float32), "T1_to_func1pt8mm.nii.gz")  # the anatomy
+    # NSD's volumes are LPI: voxel (0, 0, 0) is left, posterior, inferior. nibabel's default for a file without
+    # qform/sform is LAS (left-right flipped): a map drawn with it would show this voxel on the right.
+    assert nib.load(ds.func_dir(1) / "roi/nsdgeneral.nii.gz").affine[0, 0] < 0
+    aff = ds.affine(1)
+    centred = [[1.8, 0, 0, -26.1], [0, 1.8, 0, -31.5], [0, 0, 1.8, -20.7], [0, 0, 0, 1]]
+    np.testing.assert_allclose(aff, centred)
+    bg = figures.background_image(ds, 1)
+    np.testing.assert_allclose(bg.affine, aff)  # the anatomy is placed as the maps are
+    vol = np.zeros(shape, np.float32)
+    vol[2:6, 3:7, 12] = 1.0  # left (small i), posterior (small j)
+    z = float((aff @ [0, 0, 12, 1])[2])
+    display = plotting.plot_stat_map(figures.volume_image(ds, 1, vol), bg_img=bg, display_mode="z",
+                                     cut_coords=[z], threshold=0.5, vmax=2.0, cmap="hot", colorbar=False,
+                                     draw_cross=False, annotate=False, black_bg=True)  # fmt: skip
+    ax = display.axes[z].ax
+    fig = ax.figure
+    fig.canvas.draw()
+    rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3].astype(int)
+    ys, xs = np.nonzero((rgb[..., 0] > 150) & (rgb[..., 2] < 100))  # the marked voxels (hot's red)
+    box = ax.get_window_extent()  # pixels from bottom left; the slice spans the volume, centred on x = y = 0
+    assert 20 < len(xs) < 0.2 * box.width * box.height
+    assert xs.mean() < (box.x0 + box.x1) / 2, "the left voxel is drawn on the right"
+    assert rgb.shape[0] - ys.mean() < (box.y0 + box.y1) / 2, "the posterior voxel is drawn at the front"
+
+
 def test_roi_label_volume_early_areas_win(tiny):
     vol = figures.roi_label_volume(tiny, 1)
     assert vol.dtype == np.int16 and vol.shape == tiny.roi_mask(1, "V1").shape

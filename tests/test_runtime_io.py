@@ -61,6 +61,18 @@ def test_atomic_path_renames_on_success_and_cleans_up_on_failure(tmp_path):
     assert target.read_text() == "ok" and sorted(p.name for p in target.parent.iterdir()) == ["f.txt"]
 
 
+def test_exclusive_refuses_a_second_holder_naming_the_first_and_frees_on_exit(tmp_path):
+    lock = tmp_path / "d" / ".x.lock"
+    with io.exclusive(lock, "folder d"):
+        assert (tmp_path / "d" / ".x.lock.owner").is_file()
+        with pytest.raises(io.Busy, match=rf"folder d: in use by process {os.getpid()} on .* since .*; wait"):
+            with io.exclusive(lock, "folder d"):
+                pass
+    assert not (tmp_path / "d" / ".x.lock.owner").exists()
+    with io.exclusive(lock, "folder d"):  # released: the next holder gets it
+        pass
+
+
 def test_content_key_ignores_key_order_and_sees_values():
     assert io.content_key({"a": 1, "b": [1, 2]}) == io.content_key({"b": [1, 2], "a": 1})
     assert io.content_key({"a": 1}) != io.content_key({"a": 2})

@@ -13,6 +13,7 @@ connection pooling, unsigned requests), maintained by AWS, with no filesystem la
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import errno
 import hashlib
@@ -32,12 +33,14 @@ BUCKET = "natural-scenes-dataset"
 REGION = "us-east-2"
 MANIFEST = paths.PROJ_ROOT / "data_manifests" / "nsd_fetch.csv"
 RECORD = "fetch_record.json"
+LOCK = ".fetch.lock"
 WHAT = ("design", "stiminfo", "betas", "ncsnr", "rois", "anat", "behaviour", "stimuli", "captions")
 #: what the pipeline needs for one subject (the 37 GiB stimulus file and COCO's captions are asked for by name)
 DEFAULT_WHAT = ("design", "stiminfo", "betas", "ncsnr", "rois", "anat", "behaviour")
 OPTIONAL = ("anat",)  # planned when the bucket holds it, else left out with a note
 COCO_CAPTIONS = "http://images.cocodataset.org/annotations/annotations_trainval2017.zip"
 CHUNK = 1 << 20
+BESIDE = 8 << 20  # objects above this size are hashed in a second thread as they arrive
 RETRIES = 3  # new ranged GETs after a dropped stream, per file
 
 
@@ -278,10 +281,11 @@ class Result:
 
 
 class _Record:
-    """``<root>/fetch_record.json``: what was fetched (key, size, ETag, MD5, time), written atomically."""
+    """``<root>/fetch_record.json``: what was fetched (key, size, ETag, MD5, time), written atomically, at most once a
+    second while files arrive and once at the end (a file whose entry a crash lost is verified once next run)."""
 
     def __init__(self, root: Path):
-        self.path, self.lock = root / RECORD, threading.Lock()
+        self.path, self.lock, self.written, self.dirty = root / RECORD, threading.Lock(), 0.0, False
         self.data = json.loads(self.path.read_text()) if self.path.is_file() else {"files": {}}
 
     def done(self, item: Item, dest: Path) -> bool:
@@ -298,7 +302,15 @@ class _Record:
         with self.lock:
             self.data["files"][item.key] = {"size": item.size, "etag": item.etag, "checked": checked,
                                             "fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
-            io.write_json(self.path, self.data)
+            self.dirty = True
+        if time.monotonic() - self.written > 1.0:
+            self.flush()
+
+    def flush(self) -> None:
+        with self.lock:
+            if self.dirty:
+                io.write_json(self.path, self.data)
+                self.dirty, self.written = False, time.monotonic()
 
 
 def _partial(dest: Path) -> Path:
@@ -331,7 +343,10 @@ def _download(cl, bucket: str, item: Item, dest: Path, count, position: int) -> 
                 while block := f.read(CHUNK):
                     hasher.update(block)
         part.touch()  # an empty object still gets its file
-        with open(part, "ab") as f, _Background(hasher.update) as hash_later:
+        # MD5 in another thread beside the network for a large object (hashlib frees the GIL); inline for a small one
+        large = item.size - have > BESIDE
+        beside = _Background(hasher.update) if large else contextlib.nullcontext(hasher.update)
+        with open(part, "ab") as f, beside as hash_later:
             for attempt in range(RETRIES + 1):  # a dropped stream continues where it stopped
                 have = part.stat().st_size
                 if have >= item.size:
@@ -341,7 +356,7 @@ def _download(cl, bucket: str, item: Item, dest: Path, count, position: int) -> 
                                          IfMatch=f'"{item.etag}"')  # fmt: skip
                     for block in resp["Body"].iter_chunks(CHUNK):
                         f.write(block)
-                        hash_later(block)  # MD5 in another thread, beside the network (hashlib frees the GIL)
+                        hash_later(block)
                         bar.update(len(block))
                         count(len(block))
                     f.flush()
@@ -377,10 +392,18 @@ def fetch(root: str | os.PathLike, items: list[Item], bucket: str = BUCKET, endp
           jobs: int = 4, cl=None) -> Result:  # fmt: skip
     """Download ``items`` (:func:`plan`) under ``root`` (NSD's own paths), ``jobs`` at a time; returns what was
     fetched and skipped and the bytes moved. Files already fetched with the same size and ETag are skipped; a file
-    that exists without a record is verified once and recorded."""
+    that exists without a record is verified once and recorded. One fetch at a time per ``root``: a second one
+    fails at once, naming the first one's process."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    cl = cl or client(endpoint)
+    try:
+        with io.exclusive(root / LOCK, f"{paths.display(root)} (an NSD folder being fetched)"):
+            return _fetch(root, items, bucket, cl or client(endpoint), jobs)
+    except io.Busy as e:
+        raise FetchError(str(e)) from None
+
+
+def _fetch(root: Path, items: list[Item], bucket: str, cl, jobs: int) -> Result:
     record = _Record(root)
     todo, skipped = [], []
     for item in items:
@@ -420,6 +443,7 @@ def fetch(root: str | os.PathLike, items: list[Item], bucket: str = BUCKET, endp
                 record.add(item, fut.result())
                 fetched.append(item.key)
     finally:
+        record.flush()
         overall.close()
     return Result(fetched, skipped, moved[0], time.perf_counter() - t0)
 

@@ -26,6 +26,20 @@ BETAS_VERSIONS = ("betas_fithrf_GLMdenoise_RR", "betas_fithrf", "betas_assumehrf
 _BLOCK_VOXELS = 2048
 
 
+def volume_affine(img) -> np.ndarray:
+    """The voxel -> world (RAS+ mm) affine of an NSD NIfTI image. A file with an sform or qform keeps it. NSD's own
+    files have neither (both codes 0), where nibabel falls back to a left-right flipped (LAS) default; NSD
+    documents its volumes as LPI (the first voxel left, posterior, inferior) with the origin at the volume centre,
+    so voxel axes i, j, k run to the right, front and top: a diagonal of voxel sizes, centred."""
+    hdr = img.header
+    if int(hdr.get("sform_code", 0)) > 0 or int(hdr.get("qform_code", 0)) > 0:
+        return np.asarray(img.affine, float)
+    zooms = np.asarray(hdr.get_zooms()[:3], float)
+    affine = np.diag([*zooms, 1.0])
+    affine[:3, 3] = -(np.asarray(img.shape[:3]) - 1) / 2 * zooms
+    return affine
+
+
 class NSDError(ValueError):
     """A problem with the dataset on disk or with a request to it; the message names the file or value."""
 
@@ -284,14 +298,13 @@ class NSD:
         return np.argwhere(self.roi_mask(subject, roi))
 
     def affine(self, subject: int | str) -> np.ndarray:
-        """Voxel -> world affine of the subject's functional space, as nibabel reads ``nsdgeneral.nii.gz``: MNI for
-        mini-NSD. NSD's own NIfTI files carry no qform/sform (both codes 0), so for real NSD this is nibabel's
-        default, a centred LAS-labelled affine: millimetre offsets from the volume centre, not scanner space, and
-        the left-right orientation of brain maps drawn with it has not been checked against NSD's data."""
+        """Voxel -> world (RAS+ mm) affine of the subject's functional space, from ``nsdgeneral.nii.gz`` by
+        :func:`volume_affine`: MNI for mini-NSD; for real NSD, whose files carry no qform/sform, the documented
+        LPI voxel order with the origin at the volume centre (mm offsets from the centre, not scanner space)."""
         import nibabel as nib
 
         s = parse_subject(subject)
-        return nib.load(self.func_dir(s) / "roi/nsdgeneral.nii.gz").affine
+        return volume_affine(nib.load(self.func_dir(s) / "roi/nsdgeneral.nii.gz"))
 
     def ncsnr(self, subject: int | str, roi=None) -> np.ndarray:
         """Noise-ceiling SNR: the volume (X, Y, Z), or the ROI's voxels in NIfTI order."""

@@ -37,13 +37,21 @@ def save(fig: plt.Figure, path: str | Path, dpi: int = 130, close: bool = False)
 
 def background_image(ds: NSD, subject: int):
     """Anatomy to draw a subject's maps on: the MNI152 template for mini-NSD (its space), NSD's
-    ``T1_to_func1pt8mm.nii.gz`` for real NSD when present, else no background."""
+    ``T1_to_func1pt8mm.nii.gz`` for real NSD when present, else None (no background)."""
     if ds.is_simulated:
         from nilearn import datasets
 
         return datasets.load_mni152_template(resolution=1)
     t1 = ds.func_dir(subject) / "T1_to_func1pt8mm.nii.gz"
-    return str(t1) if t1.is_file() else False
+    if not t1.is_file():
+        return None
+    import nibabel as nib
+
+    from lib.data.nsd import volume_affine
+
+    # no qform/sform in NSD's files: placed as the maps are (NSD's LPI voxel order), not by nibabel's default
+    img = nib.load(t1)
+    return nib.Nifti1Image(np.asarray(img.dataobj, np.float32), volume_affine(img))
 
 
 def volume_image(ds: NSD, subject: int, values: np.ndarray, mask: np.ndarray | None = None):
