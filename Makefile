@@ -5,6 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PROFILE ?= mini
+NPROC ?= 1
 PRETRAIN ?= full
 export HF_HUB_OFFLINE := 1
 
@@ -27,8 +28,8 @@ figures: $(STAMP)  ## regenerate every report figure of the embedded default (mi
 	$(BIN)/python -m lib.pipeline --profile mini
 	$(BIN)/python -m lib.report --profile mini
 
-pipeline: $(STAMP)  ## run the notebooks on another profile: make pipeline PROFILE=quick|nsd
-	$(BIN)/python -m lib.pipeline --profile $(PROFILE)
+pipeline: $(STAMP)  ## run the notebooks on another profile: make pipeline PROFILE=quick|nsd [NPROC=N processes per trainer]
+	$(BIN)/python -m lib.pipeline --profile $(PROFILE) --nproc $(NPROC)
 
 report: $(STAMP)  ## rebuild build/PROFILE/report.html and render it in headless chromium to report.png (apt: chromium)
 	$(BIN)/python -m lib.report --profile $(PROFILE) --screenshot

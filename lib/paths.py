@@ -18,6 +18,9 @@ EMBEDDED_PROFILE = "mini"
 SIMULATED_PROFILES = ("quick", "mini")
 #: Environment variable naming the data root of a real NSD copy (or any other dataset root).
 ROOT_ENV = "NSD_ROOT"
+NPROC_ENV = (
+    "LIB_NPROC"  # processes per trainer (lib.distributed; lib.pipeline --nproc, make pipeline NPROC=N)
+)
 
 
 def data_root(profile: str, override: str | os.PathLike | None = None) -> Path:

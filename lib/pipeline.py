@@ -125,15 +125,17 @@ def resolve_parameters(profile: str, nbs: list[Path], overrides: dict | None = N
     return out
 
 
-def _execute(nb: Path, out: Path, params: dict, log_output: bool) -> tuple[int, float, float]:
-    """Run papermill on one notebook in a child process: (exit code, seconds, peak RSS in MiB)."""
+def _execute(nb: Path, out: Path, params: dict, log_output: bool, nproc: int = 1) -> tuple[int, float, float]:
+    """Run papermill on one notebook in a child process: (exit code, seconds, peak RSS in MiB). ``nproc``: the
+    processes each trainer of the notebook launches (:mod:`lib.distributed`, through ``LIB_NPROC``)."""
     cmd = [sys.executable, "-m", "papermill", str(nb), str(out), "-y", yaml.safe_dump(params), "--kernel", "python3",
            "--cwd", str(out.parent)]  # fmt: skip
     if not log_output:
         cmd.append("--no-progress-bar")
     t0 = time.perf_counter()
+    env = {**os.environ, paths.NPROC_ENV: str(int(nproc))}
     proc = subprocess.Popen(
-        cmd, stdout=None if log_output else subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        cmd, stdout=None if log_output else subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
     )
     err = proc.stderr.read() if proc.stderr else ""
     _, status, usage = os.wait4(proc.pid, 0)  # resource usage of the child and the kernel it reaped
@@ -145,8 +147,11 @@ def _execute(nb: Path, out: Path, params: dict, log_output: bool) -> tuple[int, 
 
 
 def run(profile: str = paths.EMBEDDED_PROFILE, only: list[str] | None = None, overrides: dict | None = None,
-        prepare_only: bool = False) -> list[dict]:  # fmt: skip
-    """Execute (or, with ``prepare_only``, only parameterise) the chosen notebooks; returns one record each."""
+        prepare_only: bool = False, nproc: int = 1) -> list[dict]:  # fmt: skip
+    """Execute (or, with ``prepare_only``, only parameterise) the chosen notebooks; returns one record each.
+    ``nproc``: processes per trainer (the MLP encoder and the GAN; ``batch_size`` is per process)."""
+    if int(nproc) < 1:
+        raise PipelineError(f"--nproc {nproc}: expected 1 or more processes per trainer")
     import papermill
 
     nbs = select(only)
@@ -165,9 +170,9 @@ def run(profile: str = paths.EMBEDDED_PROFILE, only: list[str] | None = None, ov
             records.append({"notebook": nb.name, "parameters": params[nb], "output": str(out)})
             continue
         bar.set_postfix_str(nb.name)
-        code, seconds, peak = _execute(nb, out, params[nb], log_output=False)
+        code, seconds, peak = _execute(nb, out, params[nb], log_output=False, nproc=nproc)
         rec = {"notebook": nb.name, "ok": code == 0, "seconds": round(seconds, 1), "peak_rss_mib": round(peak),
-               "parameters": params[nb], "output": str(out)}  # fmt: skip
+               "parameters": params[nb], "output": str(out), "processes_per_trainer": int(nproc)}  # fmt: skip
         records.append(rec)
         bar.write(
             f"{nb.name:<28} {'ok' if code == 0 else 'FAILED':<6} {seconds:7.1f} s  peak {peak:7.0f} MiB"
@@ -193,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         "--prepare-only", action="store_true", help="write parameterised notebooks to build/<profile>/nbval"
     )
     ap.add_argument("--list", action="store_true", help="list notebooks and their parameters, then exit")
+    ap.add_argument(
+        "--nproc", type=int, default=1, help="processes per trainer (torchrun; batch_size is per process)"
+    )
     a = ap.parse_args(argv)
     try:
         if a.list:
@@ -200,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{nb.name}: {p}")
             return 0
         t0 = time.perf_counter()
-        records = run(a.profile, a.only, parse_overrides(a.set), a.prepare_only)
+        records = run(a.profile, a.only, parse_overrides(a.set), a.prepare_only, a.nproc)
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -7,13 +7,14 @@ A resumed run equals an uninterrupted one: each trainer's tests check it."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from lib import io, runtime
+from lib import distributed, io, runtime
 
 
 class TorchRNG:
@@ -75,6 +76,13 @@ def restore(obj: Any, state: Any) -> None:
         obj.load_state_dict(state)
 
 
+@dataclass
+class _PerRank:
+    """The states of one object on every rank, in rank order."""
+
+    states: list
+
+
 class Run:
     """One resumable training run of ``total`` steps.
 
@@ -93,10 +101,11 @@ class Run:
     """
 
     def __init__(self, state_dir: str | Path | None, prefix: str, fmt: str, key: str, total: int, desc: str,
-                 objects: dict[str, Any], counter: str = "step"):  # fmt: skip
+                 objects: dict[str, Any], counter: str = "step", per_rank: tuple[str, ...] = ()):  # fmt: skip
         self.path, self._saved = io.training_state(state_dir, prefix, fmt, key)
         self.fmt, self.key, self.total, self.desc = fmt, key, int(total), desc
-        self.objects, self.counter = objects, counter
+        self.objects, self.counter, self.per_rank = objects, counter, tuple(per_rank)
+        self.world, self.saved_by = distributed.world(), None
         self.step, self.done, self.history, self.extra = 0, False, {}, {}
         self.bar = None
 
@@ -113,7 +122,11 @@ class Run:
         if s is None:
             return False
         for name, obj in self.objects.items():
-            restore(obj, s[name])
+            state = s[name]
+            if name in s.get("per_rank", ()):  # saved by several processes: this rank's own
+                self.saved_by = len(state)
+                state = state[self.world.rank if self.saved_by == self.world.size else 0]
+            restore(obj, state)
         self.step, self.history = int(s[self.counter]), s["history"]
         self.extra = {k: s[k] for k in extra}
         self.done = bool(s.get("done", False))
@@ -125,15 +138,32 @@ class Run:
         self.extra.update(extra)
         if self.path is None:
             return None
+        objects = {name: state_of(obj) for name, obj in self.objects.items()}
+        if (
+            self.world.active
+        ):  # every rank's own random streams go into rank 0's file (a collective: all call)
+            import torch.distributed as dist
+
+            for name in self.per_rank:
+                states = [None] * self.world.size
+                dist.all_gather_object(states, objects[name])
+                objects[name] = _PerRank(states)
+            if not self.world.main:
+                return None
         state = {"format": self.fmt, "key": self.key, self.counter: self.step, "history": self.history}
-        state |= {name: state_of(obj) for name, obj in self.objects.items()} | self.extra
+        state |= {k: (v.states if isinstance(v, _PerRank) else v) for k, v in objects.items()} | self.extra
+        state["per_rank"] = [k for k, v in objects.items() if isinstance(v, _PerRank)]
         return io.write_bytes(self.path, io.torch_bytes(state))
 
     def steps(self, stop_after: int | None = None) -> Iterator[int]:
         """The remaining steps up to ``total`` (or ``stop_after`` more in this call), with a progress bar; each
         must end with :meth:`advance`. Stops after a step that set :attr:`done`."""
         end = self.total if stop_after is None else min(self.total, self.step + stop_after)
-        self.bar = runtime.progress(total=self.total, initial=self.step, desc=self.desc)
+        if end > self.step and self.saved_by not in (None, self.world.size):
+            raise RuntimeError(f"{self.path}: saved by {self.saved_by} processes; resume it with {self.saved_by} "
+                               f"(this is {self.world.size})")  # fmt: skip
+        self.bar = runtime.progress(total=self.total, initial=self.step, desc=self.desc,
+                                    disable=runtime.quiet() or not self.world.main)  # fmt: skip
         try:
             while not self.done and self.step < end:
                 i = self.step

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lib import io, runtime
+from lib import distributed, io, runtime
 from lib.models import losses
 from lib.models import stylegan2 as sg
 from lib.models.embedding import fit_to_model
@@ -132,19 +132,37 @@ class EmbeddingView(torch.nn.Module):
         return F.normalize(self.visual(x).float(), dim=-1)
 
 
+def _noise_rows(G: sg.Generator, batch: int, part: slice, dev: torch.device, spread: bool) -> list | None:
+    """Under several processes, this process's rows of the noise maps that ``noise_mode="random"`` draws for the
+    whole batch (the same draws in the same order, from torch's generator, which every process keeps in step);
+    one process: None (the generator draws them itself)."""
+    if not spread:
+        return None
+    return [torch.randn([batch, 1, la.resolution, la.resolution], device=dev)[part] if la.use_noise else None
+            for la in G.synthesis.noise_layers()]  # fmt: skip
+
+
 def _contrastive(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.Tensor:
     return losses.clip_loss(F.normalize(a.float(), dim=-1), F.normalize(b.float(), dim=-1), 1.0 / temperature)
 
 
 def train_gan(images: np.ndarray, features: np.ndarray, cfg: GANConfig, embedder, device: str = "auto",
               state_dir: str | Path | None = None, stop_after: int | None = None,
-              monitor=None, monitor_every: int = 0) -> tuple[sg.Generator, sg.Discriminator, dict]:  # fmt: skip
+              monitor=None, monitor_every: int = 0, nproc: int | None = None,
+              _launch: bool = True) -> tuple[sg.Generator, sg.Discriminator, dict]:  # fmt: skip
     """Train a conditional generator on ``images`` (uint8 (N, R, R, 3)) and their embeddings ``features``
     ((N, D), by ``embedder``); returns (G_ema in eval mode, D, history). History: per-step ``loss_g``,
     ``loss_d``, ``itc`` and ``r1`` (0 between lazy R1 steps), and ``seconds``; ``monitor(G_ema)`` ->
     dict is recorded every ``monitor_every`` steps. The state is saved atomically every ``cfg.save_every``
     steps to ``<state_dir>/gan-state-<key>.pt`` (key: configuration, data, embedder, device) and resumed from
-    there; ``stop_after`` ends this call after that many steps."""
+    there; ``stop_after`` ends this call after that many steps.
+
+    Several processes (:mod:`lib.distributed`; under ``torchrun``, or ``nproc`` > 1 launches them, default the
+    pipeline's ``LIB_NPROC``): ``cfg.batch_size`` is per process, every process holds all images and draws the
+    same random numbers (batch rows, z, pseudo features, crops, noise maps) for the global batch and runs its own
+    rows; the contrastive terms see the gathered batch, R1 and the losses are means over it, the EMA counts the
+    global batch, and the minibatch-stddev groups are the ones one process forms: the trained weights match one
+    process's with the global batch. ``monitor`` is not run by launched processes."""
     cfg.check()
     images, features = np.asarray(images), np.asarray(features, np.float32)
     if (
@@ -159,15 +177,31 @@ def train_gan(images: np.ndarray, features: np.ndarray, cfg: GANConfig, embedder
     if len(images) < cfg.batch_size:
         raise GANError(f"batch_size={cfg.batch_size}: larger than the {len(images)} images")
     res = images.shape[1]
-    dev = torch.device(runtime.pick_device(device))
-    key = io.content_key({"config": dataclasses.asdict(cfg), "data": io.array_key(images, features),
-                          "embedder": embedder.key, "device": dev.type})  # fmt: skip
+    w = distributed.world()
+    nproc = distributed.nproc_default() if nproc is None else int(nproc)
+    ranks = w.size if w.active else max(1, nproc)
+    dev = torch.device(distributed.device(runtime.pick_device(device)))
+    data_key = io.array_key(images, features)
+    key = io.content_key({"config": dataclasses.asdict(cfg), "data": data_key, "embedder": embedder.key,
+                          "device": dev.type} | ({"ranks": ranks} if ranks > 1 else {}))  # fmt: skip
+    if ranks > 1 and not w.active and _launch:  # launch the processes, then resume from their state
+        given = {"images": images, "features": features, "cfg": cfg, "embedder": embedder, "device": device,
+                 "stop_after": stop_after}  # fmt: skip
+        return distributed.launched(train_gan, ranks, given, state_dir, "gan")
+    if not distributed.all_same(data_key):
+        raise GANError("images and features differ between processes: every process must hold all of them")
+    batch = cfg.batch_size * ranks  # the global batch
+    if len(images) < batch:
+        raise GANError(
+            f"batch_size={cfg.batch_size} x {ranks} processes: larger than the {len(images)} images"
+        )
+    part = distributed.local_part(batch)
     torch.manual_seed(cfg.seed)
     G, D = build(cfg, res, features.shape[1])
     G, D = G.to(dev).train(), D.to(dev).train()
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     view = EmbeddingView(embedder, cfg.crop_min).to(dev)
-    gamma = cfg.r1_gamma if cfg.r1_gamma is not None else 0.0002 * res**2 / cfg.batch_size
+    gamma = cfg.r1_gamma if cfg.r1_gamma is not None else 0.0002 * res**2 / batch
     c = cfg.r1_interval / (cfg.r1_interval + 1)  # lazy regularisation: D's Adam adjusted as stylegan2-ada
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.99), eps=1e-8)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr * c, betas=(cfg.beta1**c, 0.99**c), eps=1e-8)
@@ -184,24 +218,26 @@ def train_gan(images: np.ndarray, features: np.ndarray, cfg: GANConfig, embedder
     end = cfg.steps if stop_after is None else min(cfg.steps, run.step + stop_after)
     t0 = time.perf_counter()
     for step in run.steps(stop_after):
-        idx = torch.as_tensor(rng.choice(len(images), cfg.batch_size, replace=False), device=dev)
-        real = sg.from_uint8(real_all[idx])
-        f = feat_all[idx]
-        fts = perturb(f, cfg.feature_ratio, gen)
-        z = torch.randn(cfg.batch_size, cfg.z_dim, generator=gen).to(dev)
+        idx = torch.as_tensor(rng.choice(len(images), batch, replace=False), device=dev)
+        real = sg.from_uint8(real_all[idx[part]])
+        f = feat_all[idx]  # the whole batch's conditions: the contrastive terms see all of them
+        fts = perturb(f, cfg.feature_ratio, gen)[part]
+        z = torch.randn(batch, cfg.z_dim, generator=gen).to(dev)[part]
+        gather = distributed.gather
         # generator: non-saturating loss + contrastive terms
         G.requires_grad_(True)
         D.requires_grad_(False)
         with runtime.autocast(dev):
-            fake = G(z, fts=fts)
+            fake = G(z, fts=fts, noises=_noise_rows(G, batch, part, dev, w.active))
             logit, d_fake = D(fake, fts)
-            itc = _contrastive(view(fake, gen), f, cfg.temperature) if cfg.itc else fake.new_zeros(())
-            itd = _contrastive(d_fake, f, cfg.temperature) if cfg.itd else fake.new_zeros(())
+            itc = _contrastive(gather(view(fake, gen)), f, cfg.temperature) if cfg.itc else fake.new_zeros(())
+            itd = _contrastive(gather(d_fake), f, cfg.temperature) if cfg.itd else fake.new_zeros(())
             loss_g = cfg.adv * F.softplus(-logit).mean() + cfg.itc * itc + cfg.itd * itd
             if cfg.rec:
                 loss_g = loss_g + cfg.rec * (fake.float() - real).abs().mean()
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
+        distributed.average_gradients(G)
         opt_g.step()
         # discriminator: non-saturating loss + contrastive term on real images, lazy R1
         G.requires_grad_(False)
@@ -209,13 +245,13 @@ def train_gan(images: np.ndarray, features: np.ndarray, cfg: GANConfig, embedder
         r1_step = step % cfg.r1_interval == 0 and gamma > 0
         with runtime.autocast(dev):
             with torch.no_grad():
-                fake = G(z, fts=fts)
+                fake = G(z, fts=fts, noises=_noise_rows(G, batch, part, dev, w.active))
             real_in = real.detach().requires_grad_(r1_step)
             logit_f, _ = D(fake, fts)
             logit_r, d_real = D(real_in, fts)
             loss_d = F.softplus(logit_f).mean() + F.softplus(-logit_r).mean()
             if cfg.itd:
-                loss_d = loss_d + cfg.itd * _contrastive(d_real, f, cfg.temperature)
+                loss_d = loss_d + cfg.itd * _contrastive(gather(d_real), f, cfg.temperature)
         r1 = torch.zeros((), device=dev)
         if r1_step:
             (grad,) = torch.autograd.grad(logit_r.float().sum(), real_in, create_graph=True)
@@ -223,13 +259,15 @@ def train_gan(images: np.ndarray, features: np.ndarray, cfg: GANConfig, embedder
             loss_d = loss_d + (gamma / 2) * r1 * cfg.r1_interval
         opt_d.zero_grad(set_to_none=True)
         loss_d.backward()
+        distributed.average_gradients(D)
         opt_d.step()
+        distributed.average_buffers(G)  # w_avg: each process tracked its own rows' mean w
         # EMA generator, half-life ema_kimg with ramp-up
         step = run.advance()
         ema_nimg = cfg.ema_kimg * 1000
         if cfg.ema_rampup:
-            ema_nimg = min(ema_nimg, step * cfg.batch_size * cfg.ema_rampup)
-        beta = 0.5 ** (cfg.batch_size / max(ema_nimg, 1e-8))
+            ema_nimg = min(ema_nimg, step * batch * cfg.ema_rampup)
+        beta = 0.5 ** (batch / max(ema_nimg, 1e-8))
         with torch.no_grad():
             for pe, p in zip(G_ema.parameters(), G.parameters(), strict=True):
                 pe.copy_(p.detach().lerp(pe, beta))
@@ -237,11 +275,16 @@ def train_gan(images: np.ndarray, features: np.ndarray, cfg: GANConfig, embedder
                 be.copy_(b)
         history["step"].append(step)
         for k, v in (("loss_g", loss_g), ("loss_d", loss_d), ("itc", itc), ("r1", r1)):
-            history[k].append(float(v.detach()))
+            history[k].append(distributed.mean(float(v.detach())))  # over the processes' rows
         if step % 10 == 0:
             run.bar.set_postfix(g=f"{history['loss_g'][-1]:.2f}", d=f"{history['loss_d'][-1]:.2f}",
                                 itc=f"{history['itc'][-1]:.2f}")  # fmt: skip
-        if monitor is not None and monitor_every and (step % monitor_every == 0 or step == cfg.steps):
+        if (
+            monitor is not None
+            and monitor_every
+            and (step % monitor_every == 0 or step == cfg.steps)
+            and w.main
+        ):
             history.setdefault("monitor", []).append({"step": step, **monitor(G_ema)})
         if run.path is not None and (step % cfg.save_every == 0 or step == end):
             history["seconds"] += time.perf_counter() - t0

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lib import io, runtime
+from lib import distributed, io, runtime
 from lib.models import losses
 from lib.models.ridge import EncoderError
 from lib.trainer import CudaRNG, Run, TorchRNG
@@ -189,13 +189,22 @@ def _unit(x: torch.Tensor) -> torch.Tensor:
 
 
 def mlp_loss(model: ResidualMLP, x: torch.Tensor, y: torch.Tensor, cfg: MLPConfig, mix: bool,
-             rng: np.random.Generator) -> tuple[torch.Tensor, dict]:  # fmt: skip
+             rng: np.random.Generator, part: slice | None = None) -> tuple[torch.Tensor, dict]:  # fmt: skip
     """The weighted loss of one batch, and its terms. ``mix``: BiMixCo phase (voxel mixup; the contrastive term
-    is BiMixCo), else SoftCLIP. Regression terms and InfoNCE always see the unmixed batch."""
+    is BiMixCo), else SoftCLIP. Regression terms and InfoNCE always see the unmixed batch. ``part``: under several
+    processes, the rows of the (global) batch this process runs through the model; the outputs of every process
+    are gathered, so each computes the loss of the whole batch, as one process would."""
     terms: dict[str, torch.Tensor] = {}
     yn = _unit(y.float())
-    emb, proj = model(x)
-    emb, proj = emb.float(), proj.float()
+
+    def forward(inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if part is None:
+            emb, proj = model(inputs)
+        else:
+            emb, proj = (distributed.gather(t) for t in model(inputs[part]))
+        return emb.float(), proj.float()
+
+    emb, proj = forward(x)
     if cfg.mse:
         terms["mse"] = ((emb - y.float()) ** 2).sum(-1).mean()
     if cfg.cosine:
@@ -204,8 +213,8 @@ def mlp_loss(model: ResidualMLP, x: torch.Tensor, y: torch.Tensor, cfg: MLPConfi
         terms["clip"] = losses.clip_loss(_unit(proj), yn, model.logit_scale.exp().clamp(max=100))
     if mix and cfg.bimixco:
         xm, perm, b = losses.mixco(x, rng, beta=cfg.mixup_beta)
-        _, pm = model(xm)
-        terms["bimixco"] = losses.bimixco_loss(_unit(pm.float()), yn, perm, b.float(), cfg.bimixco_temp)
+        _, pm = forward(xm)
+        terms["bimixco"] = losses.bimixco_loss(_unit(pm), yn, perm, b.float(), cfg.bimixco_temp)
     elif not mix and cfg.softclip:
         terms["softclip"] = losses.soft_clip_loss(_unit(proj), yn, cfg.softclip_temp)
     total = sum(getattr(cfg, k) * v for k, v in terms.items())
@@ -214,8 +223,17 @@ def mlp_loss(model: ResidualMLP, x: torch.Tensor, y: torch.Tensor, cfg: MLPConfi
 
 def train_mlp(x_train: np.ndarray, y_train: np.ndarray, cfg: MLPConfig, x_val: np.ndarray | None = None,
               y_val: np.ndarray | None = None, device: str = "auto", state_dir: str | Path | None = None,
-              stop_after: int | None = None) -> tuple[MLPEncoder, dict]:  # fmt: skip
+              stop_after: int | None = None, accumulate: int = 1,
+              nproc: int | None = None, _launch: bool = True) -> tuple[MLPEncoder, dict]:  # fmt: skip
     """Train a :class:`ResidualMLP` from voxels to target embeddings (rows of ``y_train``).
+
+    Several processes (:mod:`lib.distributed`): under ``torchrun``, or with ``nproc`` > 1 (default: the
+    pipeline's ``LIB_NPROC``), which launches them and resumes here from their finished state (``state_dir``
+    given or temporary). ``cfg.batch_size`` is per process: a step's global batch is ``batch_size x processes x
+    accumulate`` rows (``accumulate`` micro-batches' gradients summed before a step), and every process runs
+    its slice of the same rows one process would, so the trained weights match one process's with that batch
+    (dropout masks aside). Each process holding different rows (not the usual case) trains on its own, with
+    the step count of the smallest and contrastive terms over its own batch.
 
     AdamW with a one-cycle learning rate over ``cfg.epochs``; bf16 autocast on CUDA. After every ``val_every``
     epochs, top-1 image retrieval on (``x_val``, ``y_val``) decides early stopping (``patience``) and which epoch's
@@ -227,6 +245,9 @@ def train_mlp(x_train: np.ndarray, y_train: np.ndarray, cfg: MLPConfig, x_val: n
     from lib.analysis import metrics
 
     cfg.check()
+    if int(accumulate) < 1:
+        raise EncoderError(f"accumulate={accumulate}: expected 1 or more micro-batches per step")
+    accumulate = int(accumulate)
     x_train, y_train = np.asarray(x_train), np.asarray(y_train)
     if x_train.ndim != 2 or y_train.ndim != 2 or len(x_train) != len(y_train):
         raise EncoderError(f"x_train {x_train.shape} and y_train {y_train.shape}: expected (n, V) and (n, D)")
@@ -248,20 +269,32 @@ def train_mlp(x_train: np.ndarray, y_train: np.ndarray, cfg: MLPConfig, x_val: n
             )
         if len(x_val) < 2:
             raise EncoderError(f"x_val has {len(x_val)} rows: validation retrieval needs at least 2")
-    dev = torch.device(runtime.pick_device(device))
+    w = distributed.world()
+    nproc = distributed.nproc_default() if nproc is None else int(nproc)
+    ranks = w.size if w.active else max(1, nproc)
+    dev = torch.device(distributed.device(runtime.pick_device(device)))
     n, v = x_train.shape
     d = y_train.shape[1]
-    key = io.content_key(
-        {
-            "config": dataclasses.asdict(cfg),
-            "data": io.array_key(x_train, y_train, *((x_val, y_val) if has_val else ())),
-            "device": dev.type,
-        }
-    )
+    data_key = io.array_key(x_train, y_train, *((x_val, y_val) if has_val else ()))
+    shared = distributed.all_same(data_key)  # every process holds the same rows: global batches
+    spread = {"ranks": ranks} if ranks > 1 else {}
+    spread |= {"accumulate": accumulate} if accumulate > 1 else {}
+    spread |= {} if shared else {"own_rows": True}
+    key = io.content_key({"config": dataclasses.asdict(cfg), "data": data_key, "device": dev.type} | spread)
+    if ranks > 1 and not w.active and _launch:  # launch the processes, then resume from their state
+        given = {"x_train": x_train, "y_train": y_train, "cfg": cfg, "device": device, "stop_after": stop_after,
+                 "accumulate": accumulate} | ({"x_val": x_val, "y_val": y_val} if has_val else {})  # fmt: skip
+        return distributed.launched(train_mlp, ranks, given, state_dir, "mlp")
+    global_batch = cfg.batch_size * (ranks if shared else 1) * accumulate
+    steps_per_epoch = distributed.smallest(n // global_batch)
+    if steps_per_epoch < 1:
+        raise EncoderError(f"batch_size={cfg.batch_size} x {ranks} processes x accumulate={accumulate}: more "
+                           f"than the {n} training rows")  # fmt: skip
     torch.manual_seed(cfg.seed)
     model = _build(cfg, v, d).to(dev)
+    if w.active:  # the same initial weights everywhere; each process its own dropout masks
+        torch.manual_seed(cfg.seed * 1000 + w.rank + 1)
     opt = runtime.adamw_for(model, cfg.lr, cfg.weight_decay)
-    steps_per_epoch = n // cfg.batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=cfg.pct_start
     )
@@ -270,9 +303,10 @@ def train_mlp(x_train: np.ndarray, y_train: np.ndarray, cfg: MLPConfig, x_val: n
     # dropout draws from torch's generator (on a GPU, from the device's own)
     objects = {"model": model, "optimizer": opt, "scheduler": sched, "rng": rng, "torch_rng": TorchRNG(),
                "cuda_rng": CudaRNG(dev)}  # fmt: skip
-    run = Run(
-        state_dir, "mlp-state", MLP_STATE_FORMAT, key, cfg.epochs, "MLP encoder", objects, counter="epoch"
-    )
+    # under several processes each keeps its own dropout stream (and its own batch order, holding its own rows)
+    per_rank = (("torch_rng", "cuda_rng") + (() if shared else ("rng",))) if w.active else ()
+    run = Run(state_dir, "mlp-state", MLP_STATE_FORMAT, key, cfg.epochs, "MLP encoder", objects, counter="epoch",
+              per_rank=per_rank)  # fmt: skip
     run.start(history, best=-1.0, best_state=None, stale=0)
     history = run.history
     best, best_state, stale = (run.extra[k] for k in ("best", "best_state", "stale"))
@@ -284,17 +318,24 @@ def train_mlp(x_train: np.ndarray, y_train: np.ndarray, cfg: MLPConfig, x_val: n
         model.train()
         order = rng.permutation(n)
         total, terms = 0.0, {}
+        micro = global_batch // accumulate  # rows of one micro-batch, over every process when shared
+        part = distributed.local_part(micro) if shared and w.active else None
         for b in range(steps_per_epoch):
-            idx = torch.as_tensor(order[b * cfg.batch_size : (b + 1) * cfg.batch_size], device=dev)
-            with runtime.autocast(dev):
-                loss, parts = mlp_loss(model, xt[idx], yt[idx], cfg, epoch < mix_epochs, rng)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            for a in range(accumulate):
+                lo = b * global_batch + a * micro
+                idx = torch.as_tensor(order[lo : lo + micro], device=dev)
+                with runtime.autocast(dev):
+                    loss, parts = mlp_loss(model, xt[idx], yt[idx], cfg, epoch < mix_epochs, rng, part)
+                (loss / accumulate).backward()
+                total += float(loss.detach()) / accumulate
+                for k, val in parts.items():
+                    terms[k] = terms.get(k, 0.0) + val / (steps_per_epoch * accumulate)
+            # shared rows: each process's loss is the whole batch's, and gathering summed its gradient over the
+            # processes, so the average is the one-process gradient; own rows: the average of the processes'
+            distributed.average_gradients(model)
             opt.step()
             sched.step()
-            total += float(loss.detach())
-            for k, val in parts.items():
-                terms[k] = terms.get(k, 0.0) + val / steps_per_epoch
         epoch += 1
         history["loss"].append(total / steps_per_epoch)
         history["terms"].append(terms)
@@ -310,7 +351,9 @@ def train_mlp(x_train: np.ndarray, y_train: np.ndarray, cfg: MLPConfig, x_val: n
                 history["best_epoch"] = epoch
             else:
                 stale += cfg.val_every
-        run.done = epoch >= cfg.epochs or (cfg.patience > 0 and stale >= cfg.patience and has_val)
+        run.done = distributed.agree(
+            epoch >= cfg.epochs or (cfg.patience > 0 and stale >= cfg.patience and has_val)
+        )
         history["stopped_early"] = run.done and epoch < cfg.epochs
         run.advance(loss=f"{history['loss'][-1]:.3f}", val=f"{best:.3f}")
         run.save(best=best, best_state=best_state, stale=stale, done=run.done)
