@@ -230,7 +230,10 @@ def _encode(value, folder: Path, name: str):
         from lib.models import embedding
 
         embedding.save_checkpoint(folder / f"{name}.pt", value, meta=value.meta)
-        return {"embedder": f"{name}.pt", "key": value.key}
+        return {"embedder": f"{name}.pt", "key": value.key, "device": value.device.type}
+    if isinstance(value, torch.Tensor):
+        np.save(folder / f"{name}.npy", value.detach().cpu().numpy(), allow_pickle=False)
+        return {"tensor": f"{name}.npy"}
     if isinstance(value, np.ndarray):
         np.save(folder / f"{name}.npy", value, allow_pickle=False)
         return {"array": f"{name}.npy"}
@@ -245,11 +248,13 @@ def _decode(spec: dict, folder: Path):
     if "embedder" in spec:
         from lib.models import embedding
 
-        emb = embedding.load(checkpoint=folder / spec["embedder"], device="cpu")
+        emb = embedding.load(checkpoint=folder / spec["embedder"], device=device(spec["device"]))
         emb.key = spec["key"]  # the same weights: the caller's key, so that the state file is the caller's
         return emb
     if "array" in spec:
         return np.load(folder / spec["array"], allow_pickle=False)
+    if "tensor" in spec:
+        return torch.from_numpy(np.load(folder / spec["tensor"], allow_pickle=False))
     if "dataclass" in spec:
         return _resolve(spec["dataclass"])(**spec["fields"])
     return spec["value"]

@@ -135,3 +135,52 @@ def test_gan_on_two_processes_with_batch_b_trains_as_one_with_batch_2b(tmp_path)
         assert diff < 1e-4, diff
     np.testing.assert_allclose(h2["loss_g"], h1["loss_g"], rtol=1e-4)
     np.testing.assert_allclose(h2["r1"], h1["r1"], rtol=1e-4)
+
+
+def _captioned(n=24):
+    from lib.data import scenes
+
+    rng = np.random.default_rng(5)
+    sc = [scenes.sample_scene(rng) for _ in range(n)]
+    return np.stack([scenes.render(s, 32)[0] for s in sc]), [scenes.captions(s, rng, 3) for s in sc]
+
+
+def test_clip_on_two_processes_with_batch_b_trains_as_one_with_batch_2b(tmp_path):
+    from lib.models import contrastive, embedding
+
+    imgs, caps = _captioned()
+    # mini-vit: a ViT image tower, no BatchNorm (whose statistics are each process's own on CPU)
+    cfg = dict(steps=3, lr=1e-3, checkpoint_every=10, eval_every=0)
+    one = embedding.create("mini-vit", 32, "cpu", seed=1)
+    h_one = contrastive.train_clip(one, imgs, caps, contrastive.ClipTrainConfig(batch_size=8, **cfg))
+    two = embedding.create("mini-vit", 32, "cpu", seed=1)
+    h_two = contrastive.train_clip(two, imgs, caps, contrastive.ClipTrainConfig(batch_size=4, **cfg),
+                                   state_dir=tmp_path, nproc=2)  # fmt: skip
+    assert h_two["done"] and len(h_two["loss"]) == 3
+    np.testing.assert_allclose(h_two["loss"], h_one["loss"], rtol=1e-5)
+    a, b = _weights(SimpleNamespace(model=one.model)), _weights(SimpleNamespace(model=two.model))
+    # attention's key bias has an exactly zero gradient (softmax ignores a constant added to every logit): its
+    # float rounding noise, divided by Adam's tiny second moment, moves it by up to lr either way; left out here
+    for name in a:
+        if name.endswith("in_proj_bias"):
+            w = len(a[name]) // 3
+            a[name], b[name] = np.delete(a[name], slice(w, 2 * w)), np.delete(b[name], slice(w, 2 * w))
+    assert _max_diff(a, b) < 1e-5
+
+
+def test_dino_on_two_processes_keeps_one_centre_and_resumes_exactly(tmp_path):
+    from lib.models import dino
+
+    imgs, _ = _captioned(16)
+    x = dino.normalise(imgs)
+    cfg = dino.DinoConfig(steps=3, batch_size=4, out_dim=16, n_local=2, global_size=32, local_size=32,
+                          checkpoint_every=1, width=8)  # fmt: skip
+    _, t_full, h_full = dino.train_dino(x, cfg, state_dir=tmp_path / "full", device="cpu", nproc=2)
+    assert h_full["done"] and np.isfinite(h_full["loss"]).all()
+    state = torch.load(next((tmp_path / "full").glob("dino-state-*.pt")), weights_only=True)
+    c0, c1 = (s["center"] for s in state["loss"])  # each process's centre, updated from the gathered batch
+    assert torch.equal(c0, c1) and float(c0.abs().sum()) > 0
+    dino.train_dino(x, cfg, state_dir=tmp_path / "cut", device="cpu", stop_after=1, nproc=2)
+    _, t_res, h_res = dino.train_dino(x, cfg, state_dir=tmp_path / "cut", device="cpu", nproc=2)
+    assert h_res["loss"] == h_full["loss"]
+    assert _max_diff(_weights(SimpleNamespace(model=t_full)), _weights(SimpleNamespace(model=t_res))) == 0.0

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lib import io, runtime
+from lib import distributed, io, runtime
 from lib.models import losses
 from lib.models.embedding import Embedder, EmbeddingError
 from lib.trainer import Run
@@ -50,6 +50,8 @@ def train_clip(
     state_dir: str | Path | None = None,
     monitor: Callable[[Embedder], dict] | None = None,
     stop_after: int | None = None,
+    nproc: int | None = None,
+    _launch: bool = True,
 ) -> dict:
     """Train ``emb`` in place with CLIP's symmetric InfoNCE (learnable temperature) on image-caption pairs.
 
@@ -61,6 +63,12 @@ def train_clip(
     ``stop_after`` ends early after that many steps (to test resuming). Returns the history: per step ``loss``
     and ``logit_scale``; per evaluation ``eval_step`` plus whatever ``monitor(emb)`` returns; ``seconds`` of
     training (evaluations excluded) summed over all sessions.
+
+    Several processes (:mod:`lib.distributed`; under ``torchrun``, or ``nproc`` > 1 launches them, default the
+    pipeline's ``LIB_NPROC``): ``batch_size`` is per process; every process draws the same global batch and caption
+    choices, embeds its rows, and the loss sees the gathered batch (every negative), so an image tower without
+    BatchNorm trains as one process with the global batch. BatchNorm layers use each process's rows (SyncBatchNorm
+    on GPUs) and their running statistics are averaged after each step. ``monitor`` runs on rank 0 only.
     """
     cfg.check()
     if len(images) != len(captions):
@@ -71,6 +79,9 @@ def train_clip(
     if 0 in counts:
         raise EmbeddingError("every training image needs at least one caption")
     model, dev = emb.model, emb.device
+    w = distributed.world()
+    nproc = distributed.nproc_default() if nproc is None else int(nproc)
+    ranks = w.size if w.active else max(1, nproc)
     key = io.content_key(
         {
             "model": emb.key,
@@ -78,7 +89,25 @@ def train_clip(
             "data": _data_key(images, captions),
             "device": dev.type,
         }
+        | ({"ranks": ranks} if ranks > 1 else {})
     )
+    if ranks > 1 and not w.active and _launch:  # launch the processes, then resume from their state
+        given = {
+            "emb": emb,
+            "images": np.asarray(images),
+            "captions": captions,
+            "cfg": cfg,
+            "stop_after": stop_after,
+        }
+        return distributed.launched(train_clip, ranks, given, state_dir, "clip")
+    batch = cfg.batch_size * ranks  # the global batch
+    if len(images) < batch:
+        raise ValueError(
+            f"batch_size={cfg.batch_size} x {ranks} processes: larger than the {len(images)} images"
+        )
+    part = distributed.local_part(batch)
+    if w.active and dev.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     opt = runtime.adamw_for(model, cfg.lr, cfg.weight_decay, no_decay=("logit_scale", "embedding"))
     rng = np.random.default_rng(cfg.seed)
     history: dict = {"loss": [], "logit_scale": [], "eval_step": [], "seconds": 0.0, "state_key": key}
@@ -101,21 +130,29 @@ def train_clip(
         lr = losses.warmup_cosine(i, cfg.steps, warmup, cfg.lr)
         for g in opt.param_groups:
             g["lr"] = lr
-        idx = rng.choice(len(images), cfg.batch_size, replace=False)
-        cap = first[idx] + (rng.random(cfg.batch_size) * n_cap[idx]).astype(int)
+        idx = rng.choice(len(images), batch, replace=False)
+        cap = first[idx] + (rng.random(batch) * n_cap[idx]).astype(int)
         with runtime.autocast(dev):
-            img, txt, scale = model(x_all[idx], tokens[cap])
+            img, txt, scale = model(x_all[idx[part]], tokens[cap[part]])  # this process's rows
+            img, txt = distributed.gather(img), distributed.gather(txt)
             loss = losses.clip_loss(img.float(), txt.float(), scale.float())
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(model)
         opt.step()
+        distributed.average_buffers(model)  # BatchNorm's running statistics
         with torch.no_grad():
             model.logit_scale.clamp_(0, float(np.log(cfg.max_logit_scale)))
         history["loss"].append(float(loss.detach()))
         history["logit_scale"].append(float(scale.detach()))
         history["seconds"] += time.perf_counter() - t0
         step = run.advance(loss=f"{history['loss'][-1]:.3f}")
-        if monitor is not None and cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+        if (
+            monitor is not None
+            and cfg.eval_every
+            and (step % cfg.eval_every == 0 or step == cfg.steps)
+            and w.main
+        ):
             result = monitor(emb)
             model.train()
             history["eval_step"].append(step)

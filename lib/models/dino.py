@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lib import io, runtime
+from lib import distributed, io, runtime
 from lib.models import losses
 from lib.trainer import Run
 
@@ -157,6 +157,20 @@ def build(cfg: DinoConfig) -> tuple[nn.Module, nn.Module]:
     return student, teacher
 
 
+def _views(net: nn.Module, crops: torch.Tensor, n: int, batch: int, spread: bool) -> torch.Tensor:
+    """``net`` on the crops (n * batch, ...) of a global batch, view-major; under several processes each runs its
+    images' crops (:func:`lib.distributed.local_part`) and the outputs are gathered back into the whole batch's
+    (n * batch, K), view-major, as one process computes them."""
+    if not spread:
+        return net(crops)
+    part = distributed.local_part(batch)
+    mine = crops.view(n, batch, *crops.shape[1:])[:, part].reshape(-1, *crops.shape[1:])
+    out = net(mine.contiguous(memory_format=torch.channels_last))
+    k = out.shape[-1]
+    rows = distributed.gather(out.view(n, -1, k).transpose(0, 1).reshape(-1, n * k))  # (batch, n * K)
+    return rows.view(batch, n, k).transpose(0, 1).reshape(n * batch, k)
+
+
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     """teacher <- momentum * teacher + (1 - momentum) * student, parameter by parameter. Buffers (BatchNorm
@@ -167,7 +181,7 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
 
 def train_dino(
     x: torch.Tensor, cfg: DinoConfig, state_dir: str | Path | None = None, device: str = "auto",
-    stop_after: int | None = None,
+    stop_after: int | None = None, nproc: int | None = None, _launch: bool = True,
 ) -> tuple[nn.Module, nn.Module, dict]:  # fmt: skip
     """DINO on normalised images ``x`` (N, 3, H, W): returns (student, teacher, history).
 
@@ -179,13 +193,32 @@ def train_dino(
     entropy also near log K means collapse to uniform), ``momentum``, ``teacher_temp``; ``seconds``.
     Training state is checkpointed to ``state_dir/dino-state-<key>.pt`` and resumed as in
     :func:`lib.models.contrastive.train_clip`.
+
+    Several processes (:mod:`lib.distributed`; under ``torchrun``, or ``nproc`` > 1 launches them): ``batch_size``
+    is per process; every process draws the global batch and its crops as one process would and runs its images'
+    crops; the student's and teacher's outputs are gathered (the student's with their gradients), so the loss and
+    the centre's update (c <- m c + (1 - m) mean of the teacher's outputs) are those of the whole batch on every
+    process: the all-reduced centre. BatchNorm uses each process's crops (SyncBatchNorm on GPUs); its running
+    statistics are averaged after each step.
     """
     cfg.check()
-    dev = torch.device(runtime.pick_device(device))
-    if len(x) < cfg.batch_size:
-        raise ValueError(f"batch_size={cfg.batch_size}: larger than the {len(x)} training images")
+    w = distributed.world()
+    nproc = distributed.nproc_default() if nproc is None else int(nproc)
+    ranks = w.size if w.active else max(1, nproc)
+    dev = torch.device(distributed.device(runtime.pick_device(device)))
+    if len(x) < cfg.batch_size * ranks:
+        raise ValueError(
+            f"batch_size={cfg.batch_size} x {ranks} processes: larger than the {len(x)} training images"
+        )
+    if ranks > 1 and not w.active and _launch:  # launch the processes, then resume from their state
+        given = {"x": x, "cfg": cfg, "device": device, "stop_after": stop_after}
+        return distributed.launched(train_dino, ranks, given, state_dir, "dino")
+    batch_size = cfg.batch_size * ranks  # the global batch
     student, teacher = build(cfg)
     student, teacher = student.to(dev), teacher.to(dev)
+    if w.active and dev.type == "cuda":
+        student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
+        teacher = nn.SyncBatchNorm.convert_sync_batchnorm(teacher)
     crit = losses.DINOLoss(
         cfg.out_dim, cfg.n_global, cfg.student_temp, cfg.teacher_temp, cfg.warmup_teacher_temp,
         int(round(cfg.teacher_temp_warmup_frac * cfg.steps)), cfg.center_momentum,
@@ -194,7 +227,7 @@ def train_dino(
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     key = io.content_key({"config": dataclasses.asdict(cfg), "data": io.array_key(x.detach().cpu().numpy()),
-                          "device": dev.type})  # fmt: skip
+                          "device": dev.type} | ({"ranks": ranks} if ranks > 1 else {}))  # fmt: skip
     history: dict = {k: [] for k in ("loss", "teacher_entropy", "batch_entropy", "momentum", "teacher_temp")}
     history["seconds"] = 0.0
     history["state_key"] = key
@@ -206,7 +239,9 @@ def train_dino(
         "torch_rng": gen,
         "rng": rng,
     }
-    run = Run(state_dir, "dino-state", TRAIN_STATE_FORMAT, key, cfg.steps, "DINO training", objects)
+    # each process's centre is saved too: gathered teacher outputs keep them equal (tests/test_distributed.py)
+    run = Run(state_dir, "dino-state", TRAIN_STATE_FORMAT, key, cfg.steps, "DINO training", objects,
+              per_rank=("loss",) if w.active else ())  # fmt: skip
     run.start(history)
     history = run.history
     warmup = int(round(cfg.warmup_frac * cfg.steps))
@@ -217,16 +252,15 @@ def train_dino(
         t0 = time.perf_counter()
         for g in opt.param_groups:
             g["lr"] = losses.warmup_cosine(step, cfg.steps, warmup, cfg.lr)
-        batch = x[torch.as_tensor(rng.choice(len(x), cfg.batch_size, replace=False))].to(dev)
+        batch = x[torch.as_tensor(rng.choice(len(x), batch_size, replace=False))].to(dev)
         glob = multicrop(batch, cfg.n_global, cfg.global_size, cfg.global_scale, gen, cfg.flip)
         with runtime.autocast(dev):
             with torch.no_grad():
-                t_out = teacher(glob)
-            s_out = [student(glob)]
+                t_out = _views(teacher, glob, cfg.n_global, batch_size, w.active)
+            s_out = [_views(student, glob, cfg.n_global, batch_size, w.active)]
             if cfg.n_local:
-                s_out.append(
-                    student(multicrop(batch, cfg.n_local, cfg.local_size, cfg.local_scale, gen, cfg.flip))
-                )
+                loc = multicrop(batch, cfg.n_local, cfg.local_size, cfg.local_scale, gen, cfg.flip)
+                s_out.append(_views(student, loc, cfg.n_local, batch_size, w.active))
         with torch.no_grad():
             probs = crit.teacher_probs(t_out, step)
             history["teacher_entropy"].append(float(losses.entropy(probs).mean()))
@@ -235,9 +269,12 @@ def train_dino(
         loss = crit(torch.cat(s_out), t_out, step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(student)
         opt.step()
         m = losses.cosine_momentum(step, cfg.steps, cfg.momentum)
         ema_update(teacher, student, m)
+        distributed.average_buffers(student)  # BatchNorm's running statistics
+        distributed.average_buffers(teacher)
         history["loss"].append(float(loss.detach()))
         history["momentum"].append(m)
         history["seconds"] += time.perf_counter() - t0
