@@ -234,6 +234,13 @@ def _encode(value, folder: Path, name: str):
     if isinstance(value, torch.Tensor):
         np.save(folder / f"{name}.npy", value.detach().cpu().numpy(), allow_pickle=False)
         return {"tensor": f"{name}.npy"}
+    if isinstance(value, torch.nn.Module):  # its weights (a trainer that starts from them reads state_dict())
+        torch.save({k: v.detach().cpu() for k, v in value.state_dict().items()}, folder / f"{name}.pt")
+        return {"weights": f"{name}.pt"}
+    if type(value).__name__ == "Corpus":  # lib.data.corpus's scene stream: its arguments
+        c = value
+        return {"corpus": {"seed": c.seed, "image_size": c.image_size, "n_captions": c.n_captions,
+                           "hard_negatives": c.hard_negatives, "exclude": sorted(c.exclude)}}  # fmt: skip
     if isinstance(value, np.ndarray):
         np.save(folder / f"{name}.npy", value, allow_pickle=False)
         return {"array": f"{name}.npy"}
@@ -253,11 +260,27 @@ def _decode(spec: dict, folder: Path):
         return emb
     if "array" in spec:
         return np.load(folder / spec["array"], allow_pickle=False)
+    if "weights" in spec:
+        return _Weights(torch.load(folder / spec["weights"], map_location="cpu", weights_only=True))
+    if "corpus" in spec:
+        from lib.data.corpus import Corpus
+
+        return Corpus(**(spec["corpus"] | {"exclude": frozenset(spec["corpus"]["exclude"])}))
     if "tensor" in spec:
         return torch.from_numpy(np.load(folder / spec["tensor"], allow_pickle=False))
     if "dataclass" in spec:
         return _resolve(spec["dataclass"])(**spec["fields"])
     return spec["value"]
+
+
+@dataclass(frozen=True)
+class _Weights:
+    """A module's weights as a launched trainer receives them: what ``state_dict()`` gave in the caller."""
+
+    weights: dict
+
+    def state_dict(self) -> dict:
+        return self.weights
 
 
 def _resolve(path: str):

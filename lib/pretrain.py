@@ -45,7 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lib import io, paths, runtime
+from lib import distributed, io, paths, runtime
 from lib.analysis import metrics
 from lib.data import corpus as cp
 from lib.models import dino, embedding, gan, losses, pretrained
@@ -209,23 +209,45 @@ def grammar_vocab(seed: int, n: int = 20000) -> np.ndarray:
 
 def _run(state_dir, name: str, key: str, total: int, desc: str, gen: torch.Generator, rng: np.random.Generator,
          **objects) -> Run:  # fmt: skip
-    """A pretraining stage's resumable run: ``pretrain-<name>-<key>.pt``, its random generators saved as one."""
+    """A pretraining stage's resumable run: ``pretrain-<name>-<key>.pt``, its random generators saved as one (one
+    per process under several: each draws for its own scenes)."""
     rngs = Group(gen=gen, rng=rng, torch=TorchRNG())
-    return Run(state_dir, f"pretrain-{name}", STATE_FORMAT, key, total, desc, {**objects, "rng": rngs})
+    per_rank = ("rng",) if distributed.world().active else ()
+    return Run(state_dir, f"pretrain-{name}", STATE_FORMAT, key, total, desc, {**objects, "rng": rngs},
+               per_rank=per_rank)  # fmt: skip
+
+
+def _spread(nproc: int | None) -> tuple[distributed.World, int]:
+    """This process's world and the number of processes the stage runs on."""
+    w = distributed.world()
+    nproc = distributed.nproc_default() if nproc is None else int(nproc)
+    return w, (w.size if w.active else max(1, nproc))
+
+
+def _batch(corp: cp.Corpus, offset: int, step: int, n: int, w: distributed.World) -> cp.Batch:
+    """This process's scenes of a step: batch ``offset + step`` alone, else batch ``offset + step * size + rank``
+    (each process draws and renders its own ``n`` scenes; the step's global batch is ``n * size``)."""
+    return corp.batch(offset + step * w.size + w.rank, n)
 
 
 def train_embedding(cfg: PretrainConfig, corp: cp.Corpus, state_dir: Path | None, device: str = "auto",
-                    stop_after: int | None = None) -> tuple[embedding.Embedder, dict]:  # fmt: skip
-    """The joint embedding (see the module docstring); returns the trained :class:`Embedder` and its history."""
-    dev = torch.device(runtime.pick_device(device))
+                    stop_after: int | None = None, nproc: int | None = None,
+                    _launch: bool = True) -> tuple[embedding.Embedder, dict]:  # fmt: skip
+    """The joint embedding (see the module docstring); returns the trained :class:`Embedder` and its history.
+    Several processes (``nproc`` or ``LIB_NPROC``, or under torchrun): each draws its own ``clip_batch`` scenes a
+    step, the contrastive loss sees the gathered batch, gradients and BatchNorm statistics are averaged."""
+    w, ranks = _spread(nproc)
+    if ranks > 1 and not w.active and _launch:
+        given = {"cfg": cfg, "corp": corp, "device": device, "stop_after": stop_after}
+        return distributed.launched(train_embedding, ranks, given, state_dir, "pretrain-clip")
+    dev = torch.device(distributed.device(runtime.pick_device(device)))
     vocab = grammar_vocab(corp.seed)
     emb = embedding.create(cfg.clip_arch, cfg.image_size, str(dev), cfg.seed, vocab=vocab)
     aids = nn.ModuleDict({"heads": AttributeHeads(emb.dim), "decoder": PixelDecoder(emb.dim)}).to(dev)
     params = nn.ModuleDict({"model": emb.model, "aids": aids})
     opt = runtime.adamw_for(params, cfg.clip_lr, 0.1, no_decay=("logit_scale", "embedding"))
-    key = io.content_key(
-        {"stage": "clip", "config": dataclasses.asdict(cfg), "model": emb.key, "device": dev.type}
-    )
+    key = io.content_key({"stage": "clip", "config": dataclasses.asdict(cfg), "model": emb.key, "device": dev.type}
+                         | ({"ranks": ranks} if ranks > 1 else {}))  # fmt: skip
     rng, gen = np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed)
     history: dict = {"loss": [], "clip": [], "attr": [], "pixel": [], "seconds": 0.0, "scenes": 0}
     run = _run(
@@ -238,7 +260,7 @@ def train_embedding(cfg: PretrainConfig, corp: cp.Corpus, state_dir: Path | None
     params.train()
     for step in run.steps(stop_after):
         t0 = time.perf_counter()
-        b = corp.batch(OFFSETS["clip"] + step, cfg.clip_batch)
+        b = _batch(corp, OFFSETS["clip"], step, cfg.clip_batch, w)
         for g in opt.param_groups:
             g["lr"] = losses.warmup_cosine(step, cfg.clip_steps, warmup, cfg.clip_lr)
         pick = rng.integers(0, [len(c) for c in b.captions])
@@ -247,18 +269,20 @@ def train_embedding(cfg: PretrainConfig, corp: cp.Corpus, state_dir: Path | None
         with runtime.autocast(dev):
             img, txt, scale = emb.model(emb.preprocess(b.images), tokens)
         img, txt = img.float(), txt.float()
-        l_clip = losses.clip_loss(img, txt, scale.float())
+        l_clip = losses.clip_loss(distributed.gather(img), distributed.gather(txt), scale.float())
         l_attr = aids["heads"].loss(img, labels) + aids["heads"].loss(txt, labels)
         l_pix = F.mse_loss(aids["decoder"](img), _targets(b.images, 32, dev))
         loss = l_clip + cfg.attr_weight * l_attr + cfg.pixel_weight * l_pix
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(params)
         opt.step()
+        distributed.average_buffers(params)
         with torch.no_grad():
             emb.model.logit_scale.clamp_(0, float(np.log(100)))
         for k, v in (("loss", loss), ("clip", l_clip), ("attr", l_attr), ("pixel", l_pix)):
-            history[k].append(float(v.detach()))
-        history["scenes"] += len(b.images)
+            history[k].append(distributed.mean(float(v.detach())))
+        history["scenes"] += len(b.images) * w.size
         history["seconds"] += time.perf_counter() - t0
         done = run.advance(clip=f"{history['clip'][-1]:.2f}", attr=f"{history['attr'][-1]:.2f}",
                            pix=f"{history['pixel'][-1]:.4f}")  # fmt: skip
@@ -316,11 +340,19 @@ def gan_phases(cfg: PretrainConfig) -> tuple[GanPhase, ...]:
 
 def train_generator(cfg: PretrainConfig, corp: cp.Corpus, emb: embedding.Embedder, state_dir: Path | None,
                     device: str = "auto", stop_after: int | None = None, phase: GanPhase | None = None,
-                    init: sg.Generator | None = None) -> tuple[sg.Generator, dict]:  # fmt: skip
+                    init: sg.Generator | None = None, nproc: int | None = None,
+                    _launch: bool = True) -> tuple[sg.Generator, dict]:  # fmt: skip
     """One phase of the generator (see the module docstring; default the first) on the frozen embedding ``emb``,
-    starting from ``init``'s weights when given; returns (G_ema, history)."""
+    starting from ``init``'s weights when given; returns (G_ema, history). Several processes (``nproc`` or
+    ``LIB_NPROC``, or under torchrun): each draws its own ``gan_batch`` scenes a step; gradients and ``w_avg`` are
+    averaged, R1's gamma and the EMA count the global batch."""
     phase = phase or gan_phases(cfg)[0]
-    dev = torch.device(runtime.pick_device(device))
+    w, ranks = _spread(nproc)
+    if ranks > 1 and not w.active and _launch:
+        given = {"cfg": cfg, "corp": corp, "emb": emb, "device": device, "stop_after": stop_after, "phase": phase,
+                 "init": init}  # fmt: skip
+        return distributed.launched(train_generator, ranks, given, state_dir, f"pretrain-{phase.name}")
+    dev = torch.device(distributed.device(runtime.pick_device(device)))
     emb.model.to(dev).eval().requires_grad_(False)
     torch.manual_seed(cfg.seed)
     G, D = gan.build(gan_config(cfg), cfg.image_size, emb.dim)
@@ -332,11 +364,18 @@ def train_generator(cfg: PretrainConfig, corp: cp.Corpus, emb: embedding.Embedde
     opt_g = torch.optim.Adam(_condition_groups(G, phase.lr), betas=(0.9, 0.99), eps=1e-8)
     c = 16 / 17  # lazy R1 every 16 steps, D's Adam adjusted as stylegan2-ada
     opt_d = torch.optim.Adam(D.parameters(), lr=phase.lr * c, betas=(0.9**c, 0.99**c), eps=1e-8)
-    gamma = 0.0002 * cfg.image_size**2 / cfg.gan_batch
+    batch = cfg.gan_batch * ranks  # the global batch
+    gamma = 0.0002 * cfg.image_size**2 / batch
     init_key = None if init is None else io.array_key(*(v.cpu().numpy() for v in init.state_dict().values()))
     key = io.content_key({"stage": phase.name, "config": dataclasses.asdict(cfg), "phase": dataclasses.asdict(phase),
-                          "init": init_key, "embedder": emb.key, "device": dev.type})  # fmt: skip
+                          "init": init_key, "embedder": emb.key, "device": dev.type}
+                         | ({"ranks": ranks} if ranks > 1 else {}))  # fmt: skip
     rng, gen = np.random.default_rng(cfg.seed + 1), torch.Generator().manual_seed(cfg.seed + 1)
+    if w.active:  # each process its own noise on the conditions of its own scenes
+        rng, gen = (
+            np.random.default_rng([cfg.seed + 1, w.rank]),
+            torch.Generator().manual_seed(cfg.seed + 1 + 1000 * w.rank),
+        )
     history: dict = {"l1": [], "itc": [], "adv_g": [], "loss_d": [], "seconds": 0.0, "scenes": 0}
     run = _run(state_dir, phase.name, key, phase.steps, f"pretrain generator ({phase.name})", gen, rng,
                G=G, D=D, G_ema=G_ema, opt_g=opt_g, opt_d=opt_d)  # fmt: skip
@@ -349,7 +388,7 @@ def train_generator(cfg: PretrainConfig, corp: cp.Corpus, emb: embedding.Embedde
         t0 = time.perf_counter()
         for g, base in zip(opt_g.param_groups, (phase.lr, phase.lr * 100), strict=True):
             g["lr"] = losses.warmup_cosine(step, phase.steps, max(1, phase.steps // 50), base, base * 0.1)
-        b = corp.batch(OFFSETS[phase.name] + step, cfg.gan_batch)
+        b = _batch(corp, OFFSETS[phase.name], step, cfg.gan_batch, w)
         real = sg.from_uint8(b.images, dev)
         f = torch.as_tensor(emb.embed_images(b.images), device=dev)
         noise = torch.randn(f.shape, generator=gen).to(dev) * cfg.gan_noise / np.sqrt(f.shape[1])
@@ -373,6 +412,7 @@ def train_generator(cfg: PretrainConfig, corp: cp.Corpus, emb: embedding.Embedde
             loss_g = loss_g + cfg.gan_adv * adv_g
         opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
+        distributed.average_gradients(G)
         opt_g.step()
         loss_d = torch.zeros((), device=dev)
         if adv:
@@ -388,15 +428,17 @@ def train_generator(cfg: PretrainConfig, corp: cp.Corpus, emb: embedding.Embedde
                 loss_d = loss_d + (gamma / 2) * grad.square().sum([1, 2, 3]).mean() * 16
             opt_d.zero_grad(set_to_none=True)
             loss_d.backward()
+            distributed.average_gradients(D)
             opt_d.step()
+        distributed.average_buffers(G)  # w_avg
         step += 1  # the EMA's ramp-up counts this step
-        beta = 0.5 ** (cfg.gan_batch / max(min(2000.0, step * cfg.gan_batch * 0.1), 1e-8))
+        beta = 0.5 ** (batch / max(min(2000.0, step * batch * 0.1), 1e-8))
         with torch.no_grad():
             for pe, p in zip(G_ema.parameters(), G.parameters(), strict=True):
                 pe.copy_(p.detach().lerp(pe, beta))
         for k, v in (("l1", l1), ("itc", itc), ("adv_g", adv_g), ("loss_d", loss_d)):
-            history[k].append(float(v.detach()))
-        history["scenes"] += len(b.images)
+            history[k].append(distributed.mean(float(v.detach())))
+        history["scenes"] += len(b.images) * w.size
         history["seconds"] += time.perf_counter() - t0
         run.advance(l1=f"{history['l1'][-1]:.3f}", adv=f"{history['adv_g'][-1]:.2f}")
         if step % cfg.checkpoint_every == 0 or step == end:

@@ -184,3 +184,28 @@ def test_dino_on_two_processes_keeps_one_centre_and_resumes_exactly(tmp_path):
     _, t_res, h_res = dino.train_dino(x, cfg, state_dir=tmp_path / "cut", device="cpu", nproc=2)
     assert h_res["loss"] == h_full["loss"]
     assert _max_diff(_weights(SimpleNamespace(model=t_full)), _weights(SimpleNamespace(model=t_res))) == 0.0
+
+
+def test_pretraining_stages_on_two_processes_resume_exactly(tmp_path):
+    import dataclasses
+
+    from lib import pretrain
+    from lib.data import corpus as cp
+
+    cfg = dataclasses.replace(
+        pretrain.PROFILES["quick"], clip_steps=4, clip_batch=16, gan_steps=3, gan_adv_steps=2
+    )
+    corp = cp.Corpus(cfg.seed, cfg.image_size, hard_negatives=cfg.hard_negatives, exclude=frozenset())
+    whole, h1 = pretrain.train_embedding(cfg, corp, tmp_path / "a", "cpu", nproc=2)
+    assert h1["done"] and h1["scenes"] == cfg.clip_steps * cfg.clip_batch * 2  # each process its own scenes
+    pretrain.train_embedding(cfg, corp, tmp_path / "b", "cpu", stop_after=2, nproc=2)
+    resumed, h2 = pretrain.train_embedding(cfg, corp, tmp_path / "b", "cpu", nproc=2)
+    assert h1["clip"] == h2["clip"]  # each process's caption and noise draws resumed
+    assert (
+        _max_diff(
+            _weights(SimpleNamespace(model=whole.model)), _weights(SimpleNamespace(model=resumed.model))
+        )
+        == 0
+    )
+    G, g = pretrain.train_generator(cfg, corp, whole, tmp_path / "a", "cpu", nproc=2, init=None)
+    assert g["done"] and np.isfinite(g["l1"]).all() and g["scenes"] == cfg.gan_steps * cfg.gan_batch * 2
