@@ -126,9 +126,10 @@ def test_gan_on_two_processes_with_batch_b_trains_as_one_with_batch_2b(tmp_path)
     # R1 at step 0, both contrastive terms, L1, random crops and noise maps, minibatch-stddev groups of 4
     tiny = dict(z_dim=8, w_dim=16, channel_base=64, channel_max=16, fts_hidden=16, steps=3, itd=1.0, rec=1.0,
                 beta1=0.9, crop_min=0.5, r1_interval=2)  # fmt: skip
-    G1, D1, h1 = gan.train_gan(images, feats, gan.GANConfig(batch_size=8, **tiny), emb, "cpu")
+    # two micro-batches per step on both sides: the global batch is batch_size x processes x accumulate
+    G1, D1, h1 = gan.train_gan(images, feats, gan.GANConfig(batch_size=8, **tiny), emb, "cpu", accumulate=2)
     G2, D2, h2 = gan.train_gan(images, feats, gan.GANConfig(batch_size=4, **tiny), emb, "cpu",
-                               state_dir=tmp_path, nproc=2)  # fmt: skip
+                               state_dir=tmp_path, nproc=2, accumulate=2)  # fmt: skip
     assert h2["done"] and len(h2["loss_g"]) == 3
     for one, two in ((G1, G2), (D1, D2)):
         diff = _max_diff(_weights(SimpleNamespace(model=one)), _weights(SimpleNamespace(model=two)))
@@ -175,13 +176,15 @@ def test_dino_on_two_processes_keeps_one_centre_and_resumes_exactly(tmp_path):
     x = dino.normalise(imgs)
     cfg = dino.DinoConfig(steps=3, batch_size=4, out_dim=16, n_local=2, global_size=32, local_size=32,
                           checkpoint_every=1, width=8)  # fmt: skip
-    _, t_full, h_full = dino.train_dino(x, cfg, state_dir=tmp_path / "full", device="cpu", nproc=2)
+    _, t_full, h_full = dino.train_dino(
+        x, cfg, state_dir=tmp_path / "full", device="cpu", nproc=2, accumulate=2
+    )
     assert h_full["done"] and np.isfinite(h_full["loss"]).all()
     state = torch.load(next((tmp_path / "full").glob("dino-state-*.pt")), weights_only=True)
     c0, c1 = (s["center"] for s in state["loss"])  # each process's centre, updated from the gathered batch
     assert torch.equal(c0, c1) and float(c0.abs().sum()) > 0
-    dino.train_dino(x, cfg, state_dir=tmp_path / "cut", device="cpu", stop_after=1, nproc=2)
-    _, t_res, h_res = dino.train_dino(x, cfg, state_dir=tmp_path / "cut", device="cpu", nproc=2)
+    dino.train_dino(x, cfg, state_dir=tmp_path / "cut", device="cpu", stop_after=1, nproc=2, accumulate=2)
+    _, t_res, h_res = dino.train_dino(x, cfg, state_dir=tmp_path / "cut", device="cpu", nproc=2, accumulate=2)
     assert h_res["loss"] == h_full["loss"]
     assert _max_diff(_weights(SimpleNamespace(model=t_full)), _weights(SimpleNamespace(model=t_res))) == 0.0
 

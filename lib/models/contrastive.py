@@ -51,6 +51,7 @@ def train_clip(
     monitor: Callable[[Embedder], dict] | None = None,
     stop_after: int | None = None,
     nproc: int | None = None,
+    accumulate: int = 1,
     _launch: bool = True,
 ) -> dict:
     """Train ``emb`` in place with CLIP's symmetric InfoNCE (learnable temperature) on image-caption pairs.
@@ -69,7 +70,12 @@ def train_clip(
     choices, embeds its rows, and the loss sees the gathered batch (every negative), so an image tower without
     BatchNorm trains as one process with the global batch. BatchNorm layers use each process's rows (SyncBatchNorm
     on GPUs) and their running statistics are averaged after each step. ``monitor`` runs on rank 0 only.
+    ``accumulate``: micro-batches (each of the global batch, with its own negatives) whose gradients are summed
+    before each step.
     """
+    if int(accumulate) < 1:
+        raise ValueError(f"accumulate={accumulate}: expected 1 or more micro-batches per step")
+    accumulate = int(accumulate)
     cfg.check()
     if len(images) != len(captions):
         raise EmbeddingError(f"{len(images)} images but {len(captions)} caption lists")
@@ -90,6 +96,7 @@ def train_clip(
             "device": dev.type,
         }
         | ({"ranks": ranks} if ranks > 1 else {})
+        | ({"accumulate": accumulate} if accumulate > 1 else {})
     )
     if ranks > 1 and not w.active and _launch:  # launch the processes, then resume from their state
         given = {
@@ -98,6 +105,7 @@ def train_clip(
             "captions": captions,
             "cfg": cfg,
             "stop_after": stop_after,
+            "accumulate": accumulate,
         }
         return distributed.launched(train_clip, ranks, given, state_dir, "clip")
     batch = cfg.batch_size * ranks  # the global batch
@@ -130,20 +138,23 @@ def train_clip(
         lr = losses.warmup_cosine(i, cfg.steps, warmup, cfg.lr)
         for g in opt.param_groups:
             g["lr"] = lr
-        idx = rng.choice(len(images), batch, replace=False)
-        cap = first[idx] + (rng.random(batch) * n_cap[idx]).astype(int)
-        with runtime.autocast(dev):
-            img, txt, scale = model(x_all[idx[part]], tokens[cap[part]])  # this process's rows
-            img, txt = distributed.gather(img), distributed.gather(txt)
-            loss = losses.clip_loss(img.float(), txt.float(), scale.float())
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total = 0.0
+        for _ in range(accumulate):  # micro-batches (each its own negatives), gradients summed
+            idx = rng.choice(len(images), batch, replace=False)
+            cap = first[idx] + (rng.random(batch) * n_cap[idx]).astype(int)
+            with runtime.autocast(dev):
+                img, txt, scale = model(x_all[idx[part]], tokens[cap[part]])  # this process's rows
+                img, txt = distributed.gather(img), distributed.gather(txt)
+                loss = losses.clip_loss(img.float(), txt.float(), scale.float())
+            (loss / accumulate).backward()
+            total += float(loss.detach()) / accumulate
         distributed.average_gradients(model)
         opt.step()
         distributed.average_buffers(model)  # BatchNorm's running statistics
         with torch.no_grad():
             model.logit_scale.clamp_(0, float(np.log(cfg.max_logit_scale)))
-        history["loss"].append(float(loss.detach()))
+        history["loss"].append(total)
         history["logit_scale"].append(float(scale.detach()))
         history["seconds"] += time.perf_counter() - t0
         step = run.advance(loss=f"{history['loss'][-1]:.3f}")

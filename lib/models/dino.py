@@ -181,7 +181,7 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
 
 def train_dino(
     x: torch.Tensor, cfg: DinoConfig, state_dir: str | Path | None = None, device: str = "auto",
-    stop_after: int | None = None, nproc: int | None = None, _launch: bool = True,
+    stop_after: int | None = None, nproc: int | None = None, accumulate: int = 1, _launch: bool = True,
 ) -> tuple[nn.Module, nn.Module, dict]:  # fmt: skip
     """DINO on normalised images ``x`` (N, 3, H, W): returns (student, teacher, history).
 
@@ -199,9 +199,13 @@ def train_dino(
     crops; the student's and teacher's outputs are gathered (the student's with their gradients), so the loss and
     the centre's update (c <- m c + (1 - m) mean of the teacher's outputs) are those of the whole batch on every
     process: the all-reduced centre. BatchNorm uses each process's crops (SyncBatchNorm on GPUs); its running
-    statistics are averaged after each step.
+    statistics are averaged after each step. ``accumulate``: micro-batches (each of the global batch) whose
+    gradients are summed before each step.
     """
     cfg.check()
+    if int(accumulate) < 1:
+        raise ValueError(f"accumulate={accumulate}: expected 1 or more micro-batches per step")
+    accumulate = int(accumulate)
     w = distributed.world()
     nproc = distributed.nproc_default() if nproc is None else int(nproc)
     ranks = w.size if w.active else max(1, nproc)
@@ -211,7 +215,7 @@ def train_dino(
             f"batch_size={cfg.batch_size} x {ranks} processes: larger than the {len(x)} training images"
         )
     if ranks > 1 and not w.active and _launch:  # launch the processes, then resume from their state
-        given = {"x": x, "cfg": cfg, "device": device, "stop_after": stop_after}
+        given = {"x": x, "cfg": cfg, "device": device, "stop_after": stop_after, "accumulate": accumulate}
         return distributed.launched(train_dino, ranks, given, state_dir, "dino")
     batch_size = cfg.batch_size * ranks  # the global batch
     student, teacher = build(cfg)
@@ -227,7 +231,8 @@ def train_dino(
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     key = io.content_key({"config": dataclasses.asdict(cfg), "data": io.array_key(x.detach().cpu().numpy()),
-                          "device": dev.type} | ({"ranks": ranks} if ranks > 1 else {}))  # fmt: skip
+                          "device": dev.type} | ({"ranks": ranks} if ranks > 1 else {})
+                         | ({"accumulate": accumulate} if accumulate > 1 else {}))  # fmt: skip
     history: dict = {k: [] for k in ("loss", "teacher_entropy", "batch_entropy", "momentum", "teacher_temp")}
     history["seconds"] = 0.0
     history["state_key"] = key
@@ -252,30 +257,35 @@ def train_dino(
         t0 = time.perf_counter()
         for g in opt.param_groups:
             g["lr"] = losses.warmup_cosine(step, cfg.steps, warmup, cfg.lr)
-        batch = x[torch.as_tensor(rng.choice(len(x), batch_size, replace=False))].to(dev)
-        glob = multicrop(batch, cfg.n_global, cfg.global_size, cfg.global_scale, gen, cfg.flip)
-        with runtime.autocast(dev):
-            with torch.no_grad():
-                t_out = _views(teacher, glob, cfg.n_global, batch_size, w.active)
-            s_out = [_views(student, glob, cfg.n_global, batch_size, w.active)]
-            if cfg.n_local:
-                loc = multicrop(batch, cfg.n_local, cfg.local_size, cfg.local_scale, gen, cfg.flip)
-                s_out.append(_views(student, loc, cfg.n_local, batch_size, w.active))
-        with torch.no_grad():
-            probs = crit.teacher_probs(t_out, step)
-            history["teacher_entropy"].append(float(losses.entropy(probs).mean()))
-            history["batch_entropy"].append(float(losses.entropy(probs.mean(0))))
-            history["teacher_temp"].append(crit.teacher_temperature(step))
-        loss = crit(torch.cat(s_out), t_out, step)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        sums = dict.fromkeys(("loss", "teacher_entropy", "batch_entropy"), 0.0)
+        for _ in range(accumulate):  # micro-batches, gradients summed (the centre follows each one)
+            batch = x[torch.as_tensor(rng.choice(len(x), batch_size, replace=False))].to(dev)
+            glob = multicrop(batch, cfg.n_global, cfg.global_size, cfg.global_scale, gen, cfg.flip)
+            with runtime.autocast(dev):
+                with torch.no_grad():
+                    t_out = _views(teacher, glob, cfg.n_global, batch_size, w.active)
+                s_out = [_views(student, glob, cfg.n_global, batch_size, w.active)]
+                if cfg.n_local:
+                    loc = multicrop(batch, cfg.n_local, cfg.local_size, cfg.local_scale, gen, cfg.flip)
+                    s_out.append(_views(student, loc, cfg.n_local, batch_size, w.active))
+            with torch.no_grad():
+                probs = crit.teacher_probs(t_out, step)
+                sums["teacher_entropy"] += float(losses.entropy(probs).mean()) / accumulate
+                sums["batch_entropy"] += float(losses.entropy(probs.mean(0))) / accumulate
+            loss = crit(torch.cat(s_out), t_out, step)
+            (loss / accumulate).backward()
+            sums["loss"] += float(loss.detach()) / accumulate
+        history["teacher_entropy"].append(sums["teacher_entropy"])
+        history["batch_entropy"].append(sums["batch_entropy"])
+        history["teacher_temp"].append(crit.teacher_temperature(step))
         distributed.average_gradients(student)
         opt.step()
         m = losses.cosine_momentum(step, cfg.steps, cfg.momentum)
         ema_update(teacher, student, m)
         distributed.average_buffers(student)  # BatchNorm's running statistics
         distributed.average_buffers(teacher)
-        history["loss"].append(float(loss.detach()))
+        history["loss"].append(sums["loss"])
         history["momentum"].append(m)
         history["seconds"] += time.perf_counter() - t0
         done = run.advance(loss=f"{history['loss'][-1]:.3f}")

@@ -148,7 +148,7 @@ def _contrastive(a: torch.Tensor, b: torch.Tensor, temperature: float) -> torch.
 
 def train_gan(images: np.ndarray, features: np.ndarray, cfg: GANConfig, embedder, device: str = "auto",
               state_dir: str | Path | None = None, stop_after: int | None = None,
-              monitor=None, monitor_every: int = 0, nproc: int | None = None,
+              monitor=None, monitor_every: int = 0, nproc: int | None = None, accumulate: int = 1,
               _launch: bool = True) -> tuple[sg.Generator, sg.Discriminator, dict]:  # fmt: skip
     """Train a conditional generator on ``images`` (uint8 (N, R, R, 3)) and their embeddings ``features``
     ((N, D), by ``embedder``); returns (G_ema in eval mode, D, history). History: per-step ``loss_g``,
@@ -162,8 +162,14 @@ def train_gan(images: np.ndarray, features: np.ndarray, cfg: GANConfig, embedder
     same random numbers (batch rows, z, pseudo features, crops, noise maps) for the global batch and runs its own
     rows; the contrastive terms see the gathered batch, R1 and the losses are means over it, the EMA counts the
     global batch, and the minibatch-stddev groups are the ones one process forms: the trained weights match one
-    process's with the global batch. ``monitor`` is not run by launched processes."""
+    process's with the global batch. ``monitor`` is not run by launched processes. ``accumulate``: micro-batches
+    (each of the global batch's size) whose gradients are summed before each of G's and D's steps; R1's gamma and
+    the EMA count all their images.
+    """
     cfg.check()
+    if int(accumulate) < 1:
+        raise GANError(f"accumulate={accumulate}: expected 1 or more micro-batches per step")
+    accumulate = int(accumulate)
     images, features = np.asarray(images), np.asarray(features, np.float32)
     if (
         images.ndim != 4
@@ -182,11 +188,12 @@ def train_gan(images: np.ndarray, features: np.ndarray, cfg: GANConfig, embedder
     ranks = w.size if w.active else max(1, nproc)
     dev = torch.device(distributed.device(runtime.pick_device(device)))
     data_key = io.array_key(images, features)
+    spread = ({"ranks": ranks} if ranks > 1 else {}) | ({"accumulate": accumulate} if accumulate > 1 else {})
     key = io.content_key({"config": dataclasses.asdict(cfg), "data": data_key, "embedder": embedder.key,
-                          "device": dev.type} | ({"ranks": ranks} if ranks > 1 else {}))  # fmt: skip
+                          "device": dev.type} | spread)  # fmt: skip
     if ranks > 1 and not w.active and _launch:  # launch the processes, then resume from their state
         given = {"images": images, "features": features, "cfg": cfg, "embedder": embedder, "device": device,
-                 "stop_after": stop_after}  # fmt: skip
+                 "stop_after": stop_after, "accumulate": accumulate}  # fmt: skip
         return distributed.launched(train_gan, ranks, given, state_dir, "gan")
     if not distributed.all_same(data_key):
         raise GANError("images and features differ between processes: every process must hold all of them")
@@ -201,7 +208,8 @@ def train_gan(images: np.ndarray, features: np.ndarray, cfg: GANConfig, embedder
     G, D = G.to(dev).train(), D.to(dev).train()
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     view = EmbeddingView(embedder, cfg.crop_min).to(dev)
-    gamma = cfg.r1_gamma if cfg.r1_gamma is not None else 0.0002 * res**2 / batch
+    per_step = batch * accumulate  # images a step sees, over processes and micro-batches
+    gamma = cfg.r1_gamma if cfg.r1_gamma is not None else 0.0002 * res**2 / per_step
     c = cfg.r1_interval / (cfg.r1_interval + 1)  # lazy regularisation: D's Adam adjusted as stylegan2-ada
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.99), eps=1e-8)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr * c, betas=(cfg.beta1**c, 0.99**c), eps=1e-8)
@@ -218,47 +226,59 @@ def train_gan(images: np.ndarray, features: np.ndarray, cfg: GANConfig, embedder
     end = cfg.steps if stop_after is None else min(cfg.steps, run.step + stop_after)
     t0 = time.perf_counter()
     for step in run.steps(stop_after):
-        idx = torch.as_tensor(rng.choice(len(images), batch, replace=False), device=dev)
-        real = sg.from_uint8(real_all[idx[part]])
-        f = feat_all[idx]  # the whole batch's conditions: the contrastive terms see all of them
-        fts = perturb(f, cfg.feature_ratio, gen)[part]
-        z = torch.randn(batch, cfg.z_dim, generator=gen).to(dev)[part]
         gather = distributed.gather
-        # generator: non-saturating loss + contrastive terms
+        # generator: non-saturating loss + contrastive terms, over ``accumulate`` micro-batches
         G.requires_grad_(True)
         D.requires_grad_(False)
-        with runtime.autocast(dev):
-            fake = G(z, fts=fts, noises=_noise_rows(G, batch, part, dev, w.active))
-            logit, d_fake = D(fake, fts)
-            itc = _contrastive(gather(view(fake, gen)), f, cfg.temperature) if cfg.itc else fake.new_zeros(())
-            itd = _contrastive(gather(d_fake), f, cfg.temperature) if cfg.itd else fake.new_zeros(())
-            loss_g = cfg.adv * F.softplus(-logit).mean() + cfg.itc * itc + cfg.itd * itd
-            if cfg.rec:
-                loss_g = loss_g + cfg.rec * (fake.float() - real).abs().mean()
         opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
+        drawn, sums = [], dict.fromkeys(("loss_g", "loss_d", "itc", "r1"), 0.0)
+        for _ in range(accumulate):
+            idx = torch.as_tensor(rng.choice(len(images), batch, replace=False), device=dev)
+            real = sg.from_uint8(real_all[idx[part]])
+            f = feat_all[idx]  # the whole batch's conditions: the contrastive terms see all of them
+            fts = perturb(f, cfg.feature_ratio, gen)[part]
+            z = torch.randn(batch, cfg.z_dim, generator=gen).to(dev)[part]
+            drawn.append((real, f, fts, z))
+            with runtime.autocast(dev):
+                fake = G(z, fts=fts, noises=_noise_rows(G, batch, part, dev, w.active))
+                logit, d_fake = D(fake, fts)
+                itc = (
+                    _contrastive(gather(view(fake, gen)), f, cfg.temperature)
+                    if cfg.itc
+                    else fake.new_zeros(())
+                )
+                itd = _contrastive(gather(d_fake), f, cfg.temperature) if cfg.itd else fake.new_zeros(())
+                loss_g = cfg.adv * F.softplus(-logit).mean() + cfg.itc * itc + cfg.itd * itd
+                if cfg.rec:
+                    loss_g = loss_g + cfg.rec * (fake.float() - real).abs().mean()
+            (loss_g / accumulate).backward()
+            sums["loss_g"] += float(loss_g.detach()) / accumulate
+            sums["itc"] += float(itc.detach()) / accumulate
         distributed.average_gradients(G)
         opt_g.step()
-        # discriminator: non-saturating loss + contrastive term on real images, lazy R1
+        # discriminator: non-saturating loss + contrastive term on real images, lazy R1, same micro-batches
         G.requires_grad_(False)
         D.requires_grad_(True)
         r1_step = step % cfg.r1_interval == 0 and gamma > 0
-        with runtime.autocast(dev):
-            with torch.no_grad():
-                fake = G(z, fts=fts, noises=_noise_rows(G, batch, part, dev, w.active))
-            real_in = real.detach().requires_grad_(r1_step)
-            logit_f, _ = D(fake, fts)
-            logit_r, d_real = D(real_in, fts)
-            loss_d = F.softplus(logit_f).mean() + F.softplus(-logit_r).mean()
-            if cfg.itd:
-                loss_d = loss_d + cfg.itd * _contrastive(gather(d_real), f, cfg.temperature)
-        r1 = torch.zeros((), device=dev)
-        if r1_step:
-            (grad,) = torch.autograd.grad(logit_r.float().sum(), real_in, create_graph=True)
-            r1 = grad.square().sum(dim=[1, 2, 3]).mean()
-            loss_d = loss_d + (gamma / 2) * r1 * cfg.r1_interval
         opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
+        for real, f, fts, z in drawn:
+            with runtime.autocast(dev):
+                with torch.no_grad():
+                    fake = G(z, fts=fts, noises=_noise_rows(G, batch, part, dev, w.active))
+                real_in = real.detach().requires_grad_(r1_step)
+                logit_f, _ = D(fake, fts)
+                logit_r, d_real = D(real_in, fts)
+                loss_d = F.softplus(logit_f).mean() + F.softplus(-logit_r).mean()
+                if cfg.itd:
+                    loss_d = loss_d + cfg.itd * _contrastive(gather(d_real), f, cfg.temperature)
+            r1 = torch.zeros((), device=dev)
+            if r1_step:
+                (grad,) = torch.autograd.grad(logit_r.float().sum(), real_in, create_graph=True)
+                r1 = grad.square().sum(dim=[1, 2, 3]).mean()
+                loss_d = loss_d + (gamma / 2) * r1 * cfg.r1_interval
+            (loss_d / accumulate).backward()
+            sums["loss_d"] += float(loss_d.detach()) / accumulate
+            sums["r1"] += float(r1.detach()) / accumulate
         distributed.average_gradients(D)
         opt_d.step()
         distributed.average_buffers(G)  # w_avg: each process tracked its own rows' mean w
@@ -266,16 +286,16 @@ def train_gan(images: np.ndarray, features: np.ndarray, cfg: GANConfig, embedder
         step = run.advance()
         ema_nimg = cfg.ema_kimg * 1000
         if cfg.ema_rampup:
-            ema_nimg = min(ema_nimg, step * batch * cfg.ema_rampup)
-        beta = 0.5 ** (batch / max(ema_nimg, 1e-8))
+            ema_nimg = min(ema_nimg, step * per_step * cfg.ema_rampup)
+        beta = 0.5 ** (per_step / max(ema_nimg, 1e-8))
         with torch.no_grad():
             for pe, p in zip(G_ema.parameters(), G.parameters(), strict=True):
                 pe.copy_(p.detach().lerp(pe, beta))
             for be, b in zip(G_ema.buffers(), G.buffers(), strict=True):
                 be.copy_(b)
         history["step"].append(step)
-        for k, v in (("loss_g", loss_g), ("loss_d", loss_d), ("itc", itc), ("r1", r1)):
-            history[k].append(distributed.mean(float(v.detach())))  # over the processes' rows
+        for k, v in sums.items():
+            history[k].append(distributed.mean(v))  # over the processes' rows
         if step % 10 == 0:
             run.bar.set_postfix(g=f"{history['loss_g'][-1]:.2f}", d=f"{history['loss_d'][-1]:.2f}",
                                 itc=f"{history['itc'][-1]:.2f}")  # fmt: skip
