@@ -43,10 +43,10 @@ class Busy(RuntimeError):
 
 
 @contextlib.contextmanager
-def exclusive(lock: str | os.PathLike, what: str) -> Iterator[None]:
+def exclusive(lock: str | os.PathLike, what: str, wait: float = 0.0) -> Iterator[None]:
     """Hold an OS file lock on ``lock`` for the block (the OS releases it if the process dies); if another process
-    holds it, raise :class:`Busy` at once, naming ``what`` it guards and the holder's PID, host and start time (kept
-    beside the lock, in ``<lock>.owner``)."""
+    holds it for longer than ``wait`` seconds (0: at once), raise :class:`Busy`, naming ``what`` it guards and the
+    holder's PID, host and start time (kept beside the lock, in ``<lock>.owner``)."""
     import socket
     import time
 
@@ -57,14 +57,15 @@ def exclusive(lock: str | os.PathLike, what: str) -> Iterator[None]:
     lock.parent.mkdir(parents=True, exist_ok=True)
     held = filelock.FileLock(str(lock), thread_local=False)
     try:
-        held.acquire(timeout=0)
+        held.acquire(timeout=wait)
     except filelock.Timeout:
         try:
             o = json.loads(owner.read_text())
             who = f"process {o['pid']} on {o['host']} since {o['since']}"
         except (OSError, ValueError, KeyError):
             who = "another process"
-        raise Busy(f"{what}: in use by {who}; wait for it to finish (lock {lock.name})") from None
+        waited = f" (waited {wait:g} s)" if wait else ""
+        raise Busy(f"{what}: in use by {who}{waited}; wait for it to finish (lock {lock.name})") from None
     try:
         write_json(owner, {"pid": os.getpid(), "host": socket.gethostname(),
                            "since": time.strftime("%Y-%m-%d %H:%M:%S")})  # fmt: skip

@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from lib import paths
-from lib.io import write_json
+from lib.io import Busy, exclusive, write_json
 from lib.runtime import progress, quiet
 
 
@@ -152,13 +152,21 @@ def run(profile: str = paths.EMBEDDED_PROFILE, only: list[str] | None = None, ov
     ``nproc``: processes per trainer (the MLP encoder and the GAN; ``batch_size`` is per process)."""
     if int(nproc) < 1:
         raise PipelineError(f"--nproc {nproc}: expected 1 or more processes per trainer")
-    import papermill
-
     nbs = select(only)
     params = resolve_parameters(profile, nbs, overrides)
     build = paths.BUILD_DIR / profile
     out_dir = build / "nbval" if prepare_only else build
     out_dir.mkdir(parents=True, exist_ok=True)
+    try:  # one run per profile at a time: they share build/<profile>/ (executed notebooks, pipeline_run.json)
+        with exclusive(build / ".pipeline.lock", f"build/{profile} (a pipeline run of profile {profile})"):
+            return _run_locked(nbs, params, profile, build, out_dir, prepare_only, nproc)
+    except Busy as e:
+        raise PipelineError(str(e)) from None
+
+
+def _run_locked(nbs, params, profile, build, out_dir, prepare_only, nproc) -> list[dict]:
+    import papermill
+
     records = []
     bar = progress(nbs, desc=f"pipeline ({profile})", unit="notebook", disable=prepare_only or quiet())
     for nb in bar:

@@ -103,3 +103,15 @@ def test_run_executes_records_time_and_memory_and_stops_at_a_failure(project):
     assert run[0]["seconds"] > 0 and run[0]["peak_rss_mib"] > 210  # the kernel's 210 MB array is seen
     executed = nbformat.read(project / "build/p/00_first.ipynb", as_version=4)
     assert "a = 21" in executed.cells[1].source  # the injected cell follows the parameters cell
+
+
+def test_a_second_run_of_a_profile_fails_at_once_naming_the_first(project):
+    import os
+
+    from lib import io
+
+    write_profile(project, "defaults:\n  a: 3\n")
+    with io.exclusive(paths.BUILD_DIR / "p" / ".pipeline.lock", "held by the first run"):
+        with pytest.raises(pipeline.PipelineError, match=rf"build/p .*in use by process {os.getpid()} on "):
+            pipeline.run("p", only=["00"], prepare_only=True)
+    assert pipeline.run("p", only=["00"], prepare_only=True)  # free again

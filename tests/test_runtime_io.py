@@ -71,6 +71,25 @@ def test_exclusive_refuses_a_second_holder_naming_the_first_and_frees_on_exit(tm
     assert not (tmp_path / "d" / ".x.lock.owner").exists()
     with io.exclusive(lock, "folder d"):  # released: the next holder gets it
         pass
+    import threading
+    import time
+
+    got = []
+    with io.exclusive(lock, "folder d"):
+        t = threading.Thread(target=lambda: got.append(_waited(lock)))
+        t.start()
+        time.sleep(0.3)
+        assert not got  # still waiting for the holder
+    t.join(5)
+    assert got and got[0] >= 0.25  # it got the lock when the holder let go
+
+
+def _waited(lock) -> float:
+    import time
+
+    t0 = time.perf_counter()
+    with io.exclusive(lock, "folder d", wait=10):
+        return time.perf_counter() - t0
 
 
 def test_content_key_ignores_key_order_and_sees_values():

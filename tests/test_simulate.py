@@ -169,8 +169,10 @@ def test_bad_arguments(tmp_path):
         sim.simulate(tmp_path / "a", profile="quick", n_subjects=9)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("x")
-    with pytest.raises(FileExistsError, match="not empty"):
-        sim.simulate(tmp_path / "full", profile="quick")
+    for force in (False, True):  # not a mini-NSD: never replaced, and no advice to force it
+        with pytest.raises(FileExistsError, match="not empty and holds no mini-NSD") as e:
+            sim.simulate(tmp_path / "full", profile="quick", force=force)
+        assert "force" not in str(e.value) and (tmp_path / "full" / "x").is_file()
     assert sim.main(["--out", str(tmp_path / "full"), "--profile", "quick"]) == 2
     with pytest.raises(ValueError, match=r"ncsnr=9.0: expected a value in \(0, 5\]"):
         sim.simulate(tmp_path / "b", profile="quick", config=sim.dataclasses.replace(TINY, ncsnr=9.0))
@@ -185,7 +187,7 @@ def test_interrupted_simulation_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(sim, "_simulate_subject", boom)
     with pytest.raises(RuntimeError):
         sim.simulate(tmp_path / "ds", profile="tiny", config=TINY)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".ds.lock"]  # the lock stays, empty and unheld
 
 
 def test_ensure_refuses_a_dataset_of_other_settings(tiny_root):
@@ -206,3 +208,20 @@ def test_shared_noise_keeps_the_true_ncsnr(tiny):
     resid = (b - b.mean(0)) - slope * sc_
     est = np.abs(slope) / resid.std(0)
     assert np.median(est / gt["ncsnr"]) == pytest.approx(1.0, abs=0.1)
+
+
+def test_two_first_runs_at_once_simulate_once_and_delete_nothing(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    root = tmp_path / "data" / "quick"
+    (tmp_path / "data" / ".quick.k1ll3d_x").mkdir(parents=True)  # what a killed writer leaves
+    (tmp_path / "data" / ".quick.backup").mkdir()  # not a name of ours: kept
+    with ThreadPoolExecutor(2) as pool:  # two runs of a profile whose dataset does not exist yet
+        got = list(pool.map(lambda _: sim.ensure(root, "quick"), range(2)))
+    assert sorted(s is None for _, s in got) == [False, True]  # one wrote it; the other waited and used it
+    assert not (tmp_path / "data" / ".quick.k1ll3d_x").exists()  # removed under the lock
+    assert (tmp_path / "data" / ".quick.backup").is_dir()
+    marker = json.loads((root / sim.MARKER).read_text())
+    assert marker["profile"] == "quick" and (root / "nsddata/experiments/nsd/nsd_expdesign.mat").is_file()
+    with pytest.raises(FileExistsError, match=r"holds a mini-NSD already \(pass force=True"):
+        sim.simulate(root, profile="quick")  # the advice to force appears for our own dataset only

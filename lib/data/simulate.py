@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -32,11 +33,12 @@ from threadpoolctl import threadpool_limits
 
 from lib.data import rois as roi_lib
 from lib.data import scenes as sc
-from lib.io import UMASK
+from lib.io import UMASK, exclusive
 from lib.runtime import progress
 
 SIM_VERSION = 1
 MARKER = "MINI_NSD.json"
+ENSURE_WAIT = 1800.0  # seconds a run waits for another that is writing the same dataset
 BETAS_VERSION = "betas_fithrf_GLMdenoise_RR"
 SPACE = "func1pt8mm"  # NSD's folder name; mini-NSD voxels are coarser (the NIfTI header holds the real size)
 #: field of view in MNI mm (x, y, z): the posterior brain, where visual cortex lies
@@ -541,12 +543,33 @@ def simulate(out: str | Path, profile: str = "mini", n_subjects: int = 1, seed: 
     if not 1 <= n_subjects <= 8:
         raise ValueError(f"subjects={n_subjects}: expected 1..8 (NSD has 8)")
     out = Path(out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(_lock(out), f"{out} (a mini-NSD being written)"):
+        return _simulate_locked(out, config, profile, n_subjects, seed, force, t0)
+
+
+def _lock(root: Path) -> Path:
+    """The lock beside a dataset folder (``.<name>.lock``): held while it is written, so that two first runs
+    neither write it twice nor delete it under each other."""
+    return root.parent / f".{root.name}.lock"
+
+
+def _simulate_locked(out: Path, config: SimConfig, profile: str, n_subjects: int, seed: int, force: bool,
+                     t0: float) -> dict:  # fmt: skip
     if out.exists() and any(out.iterdir()):
+        # not ours: never replaced, and no --force advice that would delete it
+        if not (out / MARKER).is_file():
+            raise FileExistsError(f"{out}: folder exists, is not empty and holds no mini-NSD ({MARKER}); "
+                                  "choose an empty or new folder")  # fmt: skip
         if not force:
             raise FileExistsError(
-                f"{out}: folder exists and is not empty (pass force=True / --force to replace it)"
+                f"{out}: holds a mini-NSD already (pass force=True / --force to replace it)"
             )
-    out.parent.mkdir(parents=True, exist_ok=True)
+    # a killed writer's folder: tempfile's name for it (8 characters after the prefix); only lock holders make them
+    ours = re.compile(rf"^\.{re.escape(out.name)}\.[a-z0-9_]{{8}}$")
+    for stale in out.parent.iterdir():
+        if ours.match(stale.name) and stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     os.chmod(tmp, 0o777 & ~UMASK)  # mkdtemp makes 0700; the dataset gets the permissions mkdir would give
     try:
@@ -807,7 +830,12 @@ def ensure(root: str | Path, profile: str, seed: int = 0, n_subjects: int = 1) -
             f"data root {root}: holds no NSD dataset, and profile {profile!r} is not simulated "
             f"({sorted(PROFILES)} are); point NSD_ROOT at an NSD copy"
         )
-    summary = simulate(root, profile, n_subjects=n_subjects, seed=seed)
+    root.resolve().parent.mkdir(parents=True, exist_ok=True)
+    with exclusive(_lock(root.resolve()), f"{root} (a mini-NSD being written)", wait=ENSURE_WAIT):
+        if (root / MARKER).is_file():  # another run wrote it while this one waited
+            return root, None
+        summary = _simulate_locked(root.resolve(), PROFILES[profile], profile, n_subjects, seed, False,
+                                   time.perf_counter())  # fmt: skip
     return root, summary["seconds"]
 
 
