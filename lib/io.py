@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,6 +37,18 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def check_finite(name: str, x, error: type[Exception] = ValueError) -> None:
+    """Raise ``error`` with one line naming ``name`` and how many of its values are NaN or infinite, if any are
+    (checked in row blocks, without a mask the size of ``x``)."""
+    a = np.asarray(x)
+    if a.dtype.kind not in "fc":
+        return
+    flat = a.reshape(len(a), -1) if a.ndim > 1 else a.reshape(-1, 1)
+    bad = sum(int((~np.isfinite(flat[i : i + 4096])).sum()) for i in range(0, len(flat), 4096))
+    if bad:
+        raise error(f"{name}: {bad} of {a.size} values are NaN or infinite; expected finite numbers")
 
 
 class Busy(RuntimeError):
@@ -73,6 +86,22 @@ def exclusive(lock: str | os.PathLike, what: str, wait: float = 0.0) -> Iterator
     finally:
         owner.unlink(missing_ok=True)
         held.release()
+
+
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]+)$")  # atomic_path's names
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> int:
+    """Remove the temporary files :func:`atomic_path` left under ``folder`` when its process was killed (only
+    names it makes: ``.<name>.<8 characters><.tmp or name's own suffix>``); returns how many. Call it only where
+    no writer runs (under the folder's lock)."""
+    n = 0
+    for p in Path(folder).rglob(".*"):
+        m = _TEMPORARY.match(p.name)
+        if m and p.is_file() and (m["suffix"] == ".tmp" or m["name"].endswith(m["suffix"])):
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

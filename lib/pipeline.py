@@ -12,21 +12,62 @@ to ``build/<profile>/pipeline_run.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import yaml
 
-from lib import paths
+from lib import io, paths
 from lib.io import Busy, exclusive, write_json
 from lib.runtime import progress, quiet
 
 
 class PipelineError(ValueError):
     """A problem with a profile, a parameter or a notebook run; the message names it."""
+
+
+class PipelineInterrupted(PipelineError):
+    """The runner got SIGINT or SIGTERM: the notebook's papermill process and kernel were stopped."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+class _Signal(BaseException):
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_signal(signum, frame) -> None:
+    raise _Signal(signum)
+
+
+def _stop_tree(pid: int) -> None:
+    """Terminate a process and every process under it (papermill, its kernel, the kernel's workers); kill what
+    has not ended after 5 s."""
+    import psutil
+
+    try:
+        top = psutil.Process(pid)
+        procs = top.children(recursive=True) + [top]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=5)
+    for p in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    psutil.wait_procs(alive, timeout=5)
 
 
 def notebooks() -> list[Path]:
@@ -116,6 +157,13 @@ def resolve_parameters(profile: str, nbs: list[Path], overrides: dict | None = N
     out = {}
     for nb in nbs:
         names = declared[nb]
+        layers = ((f"{cfg['path']} (defaults)", cfg["defaults"]),
+                  (f"{cfg['path']} (notebooks.{nb.name[:2]})", cfg["notebooks"].get(nb.name[:2], {})),
+                  ("--set", overrides))  # fmt: skip
+        for where, values in layers:
+            for k, v in values.items():
+                if k in names:
+                    _check_type(where, nb, k, v, names[k].get("inferred_type_name"))
         p = {k: v for k, v in cfg["defaults"].items() if k in names}
         p.update(cfg["notebooks"].get(nb.name[:2], {}))
         p.update({k: v for k, v in overrides.items() if k in names})
@@ -123,6 +171,21 @@ def resolve_parameters(profile: str, nbs: list[Path], overrides: dict | None = N
             p["profile"] = profile
         out[nb] = p
     return out
+
+
+_TYPES = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,), "list": (list,)}
+
+
+def _check_type(where: str, nb: Path, name: str, value, declared: str | None) -> None:
+    """A parameter value against the type its notebook's parameters cell declares (bool, int, float, str, list);
+    an undeclared type is not checked."""
+    want = _TYPES.get(declared or "")
+    if want is None:
+        return
+    ok = isinstance(value, want) and not (isinstance(value, bool) and declared in ("int", "float"))
+    if not ok:
+        raise PipelineError(f"{where}: {name}={value!r} is {type(value).__name__}, but {nb.name} declares "
+                            f"{name}: {declared}")  # fmt: skip
 
 
 def _execute(nb: Path, out: Path, params: dict, log_output: bool, nproc: int = 1) -> tuple[int, float, float]:
@@ -137,8 +200,14 @@ def _execute(nb: Path, out: Path, params: dict, log_output: bool, nproc: int = 1
     proc = subprocess.Popen(
         cmd, stdout=None if log_output else subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
     )
-    err = proc.stderr.read() if proc.stderr else ""
-    _, status, usage = os.wait4(proc.pid, 0)  # resource usage of the child and the kernel it reaped
+    try:
+        err = proc.stderr.read() if proc.stderr else ""
+        _, status, usage = os.wait4(proc.pid, 0)  # resource usage of the child and the kernel it reaped
+    except _Signal:
+        _stop_tree(proc.pid)  # the kernel too: it would go on writing caches, figures and metrics
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(proc.pid, 0)
+        raise
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode and err:
         tail = [line for line in err.strip().splitlines() if line.strip()][-1:]
@@ -157,11 +226,21 @@ def run(profile: str = paths.EMBEDDED_PROFILE, only: list[str] | None = None, ov
     build = paths.BUILD_DIR / profile
     out_dir = build / "nbval" if prepare_only else build
     out_dir.mkdir(parents=True, exist_ok=True)
+    main_thread = threading.current_thread() is threading.main_thread()
+    saved = (
+        {sig: signal.signal(sig, _raise_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        if main_thread
+        else {}
+    )
     try:  # one run per profile at a time: they share build/<profile>/ (executed notebooks, pipeline_run.json)
         with exclusive(build / ".pipeline.lock", f"build/{profile} (a pipeline run of profile {profile})"):
+            io.remove_stale_temporaries(build)  # of a run that was killed outright (SIGKILL, power)
             return _run_locked(nbs, params, profile, build, out_dir, prepare_only, nproc)
     except Busy as e:
         raise PipelineError(str(e)) from None
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
 
 
 def _run_locked(nbs, params, profile, build, out_dir, prepare_only, nproc) -> list[dict]:
@@ -178,7 +257,17 @@ def _run_locked(nbs, params, profile, build, out_dir, prepare_only, nproc) -> li
             records.append({"notebook": nb.name, "parameters": params[nb], "output": str(out)})
             continue
         bar.set_postfix_str(nb.name)
-        code, seconds, peak = _execute(nb, out, params[nb], log_output=False, nproc=nproc)
+        try:
+            code, seconds, peak = _execute(nb, out, params[nb], log_output=False, nproc=nproc)
+        except _Signal as e:
+            name = signal.Signals(e.signum).name
+            records.append({"notebook": nb.name, "ok": False, "interrupted": name, "parameters": params[nb],
+                            "output": str(out), "processes_per_trainer": int(nproc)})  # fmt: skip
+            write_json(build / "pipeline_run.json", records)
+            removed = io.remove_stale_temporaries(build)
+            raise PipelineInterrupted(f"{nb.name} interrupted by {name} (profile {profile}): its kernel was "
+                                      f"stopped, {removed} temporary file(s) removed; rerun to finish",
+                                      e.signum) from None  # fmt: skip
         rec = {"notebook": nb.name, "ok": code == 0, "seconds": round(seconds, 1), "peak_rss_mib": round(peak),
                "parameters": params[nb], "output": str(out), "processes_per_trainer": int(nproc)}  # fmt: skip
         records.append(rec)
@@ -217,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         t0 = time.perf_counter()
         records = run(a.profile, a.only, parse_overrides(a.set), a.prepare_only, a.nproc)
+    except PipelineInterrupted as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 128 + e.signum
     except PipelineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

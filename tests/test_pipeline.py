@@ -115,3 +115,71 @@ def test_a_second_run_of_a_profile_fails_at_once_naming_the_first(project):
         with pytest.raises(pipeline.PipelineError, match=rf"build/p .*in use by process {os.getpid()} on "):
             pipeline.run("p", only=["00"], prepare_only=True)
     assert pipeline.run("p", only=["00"], prepare_only=True)  # free again
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "message"),
+    [
+        ("defaults: {}\n", {"a": "maybe"}, "--set: a='maybe' is str, but 00_first.ipynb declares a: int"),
+        ("defaults: {}\n", {"a": True}, "--set: a=True is bool, but 00_first.ipynb declares a: int"),
+        ("defaults:\n  b: 3\n", {}, "p.yaml (defaults): b=3 is int, but 01_second.ipynb declares b: str"),
+        (
+            "notebooks:\n  '00':\n    a: [1]\n",
+            {},
+            "(notebooks.00): a=[1] is list, but 00_first.ipynb declares a: int",
+        ),
+    ],
+)
+def test_values_of_the_wrong_type_are_errors_before_anything_runs(project, text, overrides, message):
+    write_profile(project, text)
+    with pytest.raises(pipeline.PipelineError) as e:
+        pipeline.resolve_parameters("p", pipeline.notebooks(), overrides)
+    assert message in str(e.value) and "\n" not in str(e.value)
+    write_profile(project, "defaults:\n  a: 2\n  b: x\n")  # the right types pass
+    assert pipeline.resolve_parameters("p", pipeline.notebooks(), {"a": 3})
+
+
+def test_sigterm_stops_the_kernel_records_the_interruption_and_clears_temporaries(project):
+    import contextlib
+    import os
+    import signal
+    import threading
+    import time
+
+    import psutil
+
+    make_notebook(
+        project / "notebooks" / "00_first.ipynb",
+        'profile: str = "mini"\na: int = 1',
+        "import time\ntime.sleep(60)",
+    )
+    write_profile(project, "defaults: {}\n")
+    stale = paths.BUILD_DIR / "p" / "results" / ".x.npz.k1ll3d_0.npz"  # what a killed atomic write leaves
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half")
+    mine = paths.BUILD_DIR / "p" / "results" / ".keep.me"  # not a name atomic_path makes
+    mine.write_text("x")
+
+    def kernels():
+        return [p for p in psutil.Process().children(recursive=True) if "ipykernel" in " ".join(p.cmdline())]
+
+    def stop_when_the_kernel_runs():
+        for _ in range(600):
+            with contextlib.suppress(psutil.Error):
+                if kernels():
+                    time.sleep(1.0)  # inside the cell's sleep
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    return
+            time.sleep(0.05)
+
+    before = signal.getsignal(signal.SIGTERM)
+    threading.Thread(target=stop_when_the_kernel_runs, daemon=True).start()
+    t0 = time.perf_counter()
+    with pytest.raises(pipeline.PipelineInterrupted, match=r"00_first.ipynb interrupted by SIGTERM") as e:
+        pipeline.run("p", only=["00"])
+    assert e.value.signum == signal.SIGTERM and time.perf_counter() - t0 < 50
+    assert kernels() == []  # the kernel did not outlive the runner
+    record = json.loads((paths.BUILD_DIR / "p" / "pipeline_run.json").read_text())[-1]
+    assert record["interrupted"] == "SIGTERM" and not record["ok"]
+    assert not stale.exists() and mine.exists()
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is the caller's again

@@ -331,7 +331,12 @@ class NSD:
         from lib.runtime import progress as bar
 
         for n, x in enumerate(bar(sessions, desc=f"subj{s:02d} betas") if progress else sessions):
-            read_session(self.session_path(s, x), ijk, mask.shape, out=out[n * T : (n + 1) * T])
+            block = out[n * T : (n + 1) * T]
+            read_session(self.session_path(s, x), ijk, mask.shape, out=block)
+            bad = ~np.isfinite(block).all(axis=0)  # float betas files can hold NaN or inf; int16 ones cannot
+            if bad.any():
+                raise NSDError(f"{self.session_path(s, x)}: {int(bad.sum())} of the {len(ijk)} voxels of {roi!r} "
+                               "hold NaN or infinite betas; expected finite values")  # fmt: skip
         return out
 
     # ------------------------------------------------------------------------------------------------ stimuli

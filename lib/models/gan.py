@@ -180,6 +180,7 @@ def train_gan(images: np.ndarray, features: np.ndarray, cfg: GANConfig, embedder
         raise GANError(f"images {images.shape} {images.dtype}: expected uint8 (N, R, R, 3)")
     if features.ndim != 2 or len(features) != len(images):
         raise GANError(f"features {features.shape}: expected one row per image ({len(images)})")
+    io.check_finite("features", features, GANError)
     if len(images) < cfg.batch_size:
         raise GANError(f"batch_size={cfg.batch_size}: larger than the {len(images)} images")
     res = images.shape[1]

@@ -253,6 +253,9 @@ def train_mlp(x_train: np.ndarray, y_train: np.ndarray, cfg: MLPConfig, x_val: n
         raise EncoderError(f"x_train {x_train.shape} and y_train {y_train.shape}: expected (n, V) and (n, D)")
     if len(x_train) < cfg.batch_size:
         raise EncoderError(f"batch_size={cfg.batch_size}: larger than the {len(x_train)} training rows")
+    for name, a in (("x_train", x_train), ("y_train", y_train), ("x_val", x_val), ("y_val", y_val)):
+        if a is not None:
+            io.check_finite(name, a, EncoderError)
     if (x_val is None) != (y_val is None):
         raise EncoderError("x_val and y_val: give both (validation for early stopping) or neither")
     has_val = x_val is not None
@@ -295,9 +298,10 @@ def train_mlp(x_train: np.ndarray, y_train: np.ndarray, cfg: MLPConfig, x_val: n
     if w.active:  # the same initial weights everywhere; each process its own dropout masks
         torch.manual_seed(cfg.seed * 1000 + w.rank + 1)
     opt = runtime.adamw_for(model, cfg.lr, cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch, pct_start=cfg.pct_start
-    )
+    total_steps = cfg.epochs * steps_per_epoch
+    # a warm-up of exactly one step divides by zero in OneCycleLR: one and a half instead
+    pct = cfg.pct_start if abs(cfg.pct_start * total_steps - 1) > 1e-9 else 1.5 / total_steps
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=pct)
     rng = np.random.default_rng(cfg.seed)
     history: dict = {"loss": [], "terms": [], "val_epoch": [], "val_img_retrieval_top1": [], "seconds": 0.0}
     # dropout draws from torch's generator (on a GPU, from the device's own)
