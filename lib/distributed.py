@@ -167,15 +167,21 @@ def agree(value):
     return box[0]
 
 
-def all_same(value) -> bool:
-    """Whether every rank holds the same ``value`` (e.g. the content key of its data)."""
+def from_every_rank(value) -> list:
+    """Every rank's ``value`` (any picklable object), in rank order; one process: ``[value]``."""
     w = world()
     if not w.active:
-        return True
+        return [value]
     import torch.distributed as dist
 
     out = [None] * w.size
     dist.all_gather_object(out, value)
+    return out
+
+
+def all_same(value) -> bool:
+    """Whether every rank holds the same ``value`` (e.g. the content key of its data)."""
+    out = from_every_rank(value)
     return all(v == out[0] for v in out)
 
 
@@ -204,6 +210,14 @@ def local_part(rows: int) -> slice:
     groups one process forms, when the per-process batch is a multiple of 4."""
     w = world()
     return slice(w.rank, rows, w.size)
+
+
+def spread(nproc: int | None) -> tuple[World, int]:
+    """This process's world and the number of processes a trainer runs on: the launcher's under one, else
+    ``nproc`` (None: :func:`nproc_default`)."""
+    w = world()
+    n = nproc_default() if nproc is None else int(nproc)
+    return w, (w.size if w.active else max(1, n))
 
 
 def nproc_default() -> int:
@@ -347,7 +361,7 @@ def finish() -> None:
     if world().active:
         import torch.distributed as dist
 
-        dist.barrier()
+        barrier()
         dist.destroy_process_group()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -218,7 +218,7 @@ def _execute(nb: Path, out: Path, params: dict, log_output: bool, nproc: int = 1
 def run(profile: str = paths.EMBEDDED_PROFILE, only: list[str] | None = None, overrides: dict | None = None,
         prepare_only: bool = False, nproc: int = 1) -> list[dict]:  # fmt: skip
     """Execute (or, with ``prepare_only``, only parameterise) the chosen notebooks; returns one record each.
-    ``nproc``: processes per trainer (the MLP encoder and the GAN; ``batch_size`` is per process)."""
+    ``nproc``: processes per trainer (:mod:`lib.distributed`; ``batch_size`` is per process)."""
     if int(nproc) < 1:
         raise PipelineError(f"--nproc {nproc}: expected 1 or more processes per trainer")
     nbs = select(only)
@@ -257,19 +257,23 @@ def _run_locked(nbs, params, profile, build, out_dir, prepare_only, nproc) -> li
             records.append({"notebook": nb.name, "parameters": params[nb], "output": str(out)})
             continue
         bar.set_postfix_str(nb.name)
+        run = {
+            "notebook": nb.name,
+            "parameters": params[nb],
+            "output": str(out),
+            "processes_per_trainer": int(nproc),
+        }
         try:
             code, seconds, peak = _execute(nb, out, params[nb], log_output=False, nproc=nproc)
         except _Signal as e:
             name = signal.Signals(e.signum).name
-            records.append({"notebook": nb.name, "ok": False, "interrupted": name, "parameters": params[nb],
-                            "output": str(out), "processes_per_trainer": int(nproc)})  # fmt: skip
+            records.append(run | {"ok": False, "interrupted": name})
             write_json(build / "pipeline_run.json", records)
             removed = io.remove_stale_temporaries(build)
             raise PipelineInterrupted(f"{nb.name} interrupted by {name} (profile {profile}): its kernel was "
                                       f"stopped, {removed} temporary file(s) removed; rerun to finish",
                                       e.signum) from None  # fmt: skip
-        rec = {"notebook": nb.name, "ok": code == 0, "seconds": round(seconds, 1), "peak_rss_mib": round(peak),
-               "parameters": params[nb], "output": str(out), "processes_per_trainer": int(nproc)}  # fmt: skip
+        rec = run | {"ok": code == 0, "seconds": round(seconds, 1), "peak_rss_mib": round(peak)}
         records.append(rec)
         bar.write(
             f"{nb.name:<28} {'ok' if code == 0 else 'FAILED':<6} {seconds:7.1f} s  peak {peak:7.0f} MiB"

@@ -217,13 +217,6 @@ def _run(state_dir, name: str, key: str, total: int, desc: str, gen: torch.Gener
                per_rank=per_rank)  # fmt: skip
 
 
-def _spread(nproc: int | None) -> tuple[distributed.World, int]:
-    """This process's world and the number of processes the stage runs on."""
-    w = distributed.world()
-    nproc = distributed.nproc_default() if nproc is None else int(nproc)
-    return w, (w.size if w.active else max(1, nproc))
-
-
 def _batch(corp: cp.Corpus, offset: int, step: int, n: int, w: distributed.World) -> cp.Batch:
     """This process's scenes of a step: batch ``offset + step`` alone, else batch ``offset + step * size + rank``
     (each process draws and renders its own ``n`` scenes; the step's global batch is ``n * size``)."""
@@ -236,7 +229,7 @@ def train_embedding(cfg: PretrainConfig, corp: cp.Corpus, state_dir: Path | None
     """The joint embedding (see the module docstring); returns the trained :class:`Embedder` and its history.
     Several processes (``nproc`` or ``LIB_NPROC``, or under torchrun): each draws its own ``clip_batch`` scenes a
     step, the contrastive loss sees the gathered batch, gradients and BatchNorm statistics are averaged."""
-    w, ranks = _spread(nproc)
+    w, ranks = distributed.spread(nproc)
     if ranks > 1 and not w.active and _launch:
         given = {"cfg": cfg, "corp": corp, "device": device, "stop_after": stop_after}
         return distributed.launched(train_embedding, ranks, given, state_dir, "pretrain-clip")
@@ -347,7 +340,7 @@ def train_generator(cfg: PretrainConfig, corp: cp.Corpus, emb: embedding.Embedde
     ``LIB_NPROC``, or under torchrun): each draws its own ``gan_batch`` scenes a step; gradients and ``w_avg`` are
     averaged, R1's gamma and the EMA count the global batch."""
     phase = phase or gan_phases(cfg)[0]
-    w, ranks = _spread(nproc)
+    w, ranks = distributed.spread(nproc)
     if ranks > 1 and not w.active and _launch:
         given = {"cfg": cfg, "corp": corp, "emb": emb, "device": device, "stop_after": stop_after, "phase": phase,
                  "init": init}  # fmt: skip

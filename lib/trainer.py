@@ -7,7 +7,6 @@ A resumed run equals an uninterrupted one: each trainer's tests check it."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,13 +75,6 @@ def restore(obj: Any, state: Any) -> None:
         obj.load_state_dict(state)
 
 
-@dataclass
-class _PerRank:
-    """The states of one object on every rank, in rank order."""
-
-    states: list
-
-
 class Run:
     """One resumable training run of ``total`` steps.
 
@@ -139,20 +131,14 @@ class Run:
         if self.path is None:
             return None
         objects = {name: state_of(obj) for name, obj in self.objects.items()}
-        if (
-            self.world.active
-        ):  # every rank's own random streams go into rank 0's file (a collective: all call)
-            import torch.distributed as dist
-
-            for name in self.per_rank:
-                states = [None] * self.world.size
-                dist.all_gather_object(states, objects[name])
-                objects[name] = _PerRank(states)
-            if not self.world.main:
-                return None
+        per_rank = list(self.per_rank) if self.world.active else []
+        for name in per_rank:  # every rank's own state goes into rank 0's file (a collective: all ranks call)
+            objects[name] = distributed.from_every_rank(objects[name])
+        if not self.world.main:
+            return None
         state = {"format": self.fmt, "key": self.key, self.counter: self.step, "history": self.history}
-        state |= {k: (v.states if isinstance(v, _PerRank) else v) for k, v in objects.items()} | self.extra
-        state["per_rank"] = [k for k, v in objects.items() if isinstance(v, _PerRank)]
+        state |= objects | self.extra
+        state["per_rank"] = per_rank
         return io.write_bytes(self.path, io.torch_bytes(state))
 
     def steps(self, stop_after: int | None = None) -> Iterator[int]:

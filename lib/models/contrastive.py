@@ -85,9 +85,7 @@ def train_clip(
     if 0 in counts:
         raise EmbeddingError("every training image needs at least one caption")
     model, dev = emb.model, emb.device
-    w = distributed.world()
-    nproc = distributed.nproc_default() if nproc is None else int(nproc)
-    ranks = w.size if w.active else max(1, nproc)
+    w, ranks = distributed.spread(nproc)
     key = io.content_key(
         {
             "model": emb.key,

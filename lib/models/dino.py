@@ -207,9 +207,7 @@ def train_dino(
         raise ValueError(f"accumulate={accumulate}: expected 1 or more micro-batches per step")
     accumulate = int(accumulate)
     io.check_finite("x", x.detach().cpu().numpy() if torch.is_tensor(x) else x)
-    w = distributed.world()
-    nproc = distributed.nproc_default() if nproc is None else int(nproc)
-    ranks = w.size if w.active else max(1, nproc)
+    w, ranks = distributed.spread(nproc)
     dev = torch.device(distributed.device(runtime.pick_device(device)))
     if len(x) < cfg.batch_size * ranks:
         raise ValueError(

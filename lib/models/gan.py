@@ -184,9 +184,7 @@ def train_gan(images: np.ndarray, features: np.ndarray, cfg: GANConfig, embedder
     if len(images) < cfg.batch_size:
         raise GANError(f"batch_size={cfg.batch_size}: larger than the {len(images)} images")
     res = images.shape[1]
-    w = distributed.world()
-    nproc = distributed.nproc_default() if nproc is None else int(nproc)
-    ranks = w.size if w.active else max(1, nproc)
+    w, ranks = distributed.spread(nproc)
     dev = torch.device(distributed.device(runtime.pick_device(device)))
     data_key = io.array_key(images, features)
     spread = ({"ranks": ranks} if ranks > 1 else {}) | ({"accumulate": accumulate} if accumulate > 1 else {})

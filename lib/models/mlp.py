@@ -272,9 +272,7 @@ def train_mlp(x_train: np.ndarray, y_train: np.ndarray, cfg: MLPConfig, x_val: n
             )
         if len(x_val) < 2:
             raise EncoderError(f"x_val has {len(x_val)} rows: validation retrieval needs at least 2")
-    w = distributed.world()
-    nproc = distributed.nproc_default() if nproc is None else int(nproc)
-    ranks = w.size if w.active else max(1, nproc)
+    w, ranks = distributed.spread(nproc)
     dev = torch.device(distributed.device(runtime.pick_device(device)))
     n, v = x_train.shape
     d = y_train.shape[1]
