@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,6 +159,21 @@ def file_sha256(path: str | os.PathLike, n: int = 16) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()[:n]
+
+
+def move(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Move a file into place atomically (a rename; a copy under a temporary name, then one, across file
+    systems)."""
+    src, dst = Path(src), Path(dst)
+    try:
+        os.replace(src, dst)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        with atomic_path(dst, suffix=dst.suffix) as tmp:
+            shutil.copyfile(src, tmp)
+        src.unlink()
+    return dst
 
 
 def save_metrics(path: str | os.PathLike, metrics: dict) -> Path:

@@ -30,7 +30,7 @@ def data_root(profile: str, override: str | os.PathLike | None = None) -> Path:
     mixes it with the quick/mini simulations.
     """
     if override:
-        return Path(override).expanduser().resolve()
+        return check_data_root(profile, override)
     if profile not in SIMULATED_PROFILES:
         env = os.environ.get(ROOT_ENV)
         if not env:
@@ -39,6 +39,17 @@ def data_root(profile: str, override: str | os.PathLike | None = None) -> Path:
             )
         return Path(env).expanduser().resolve()
     return DATA_DIR / profile
+
+
+def check_data_root(profile: str, data_root: str | os.PathLike) -> Path:
+    """A ``data_root`` given explicitly must exist: a mistyped path is an error, not a new simulation there. To
+    simulate mini-NSD at a path of one's choosing (a simulated profile), create the empty folder first."""
+    root = Path(data_root).expanduser().resolve()
+    if not root.is_dir():
+        ask = (f", or an empty folder to simulate mini-NSD profile {profile!r} in (mkdir -p {display(root)})"
+               if profile in SIMULATED_PROFILES else "")  # fmt: skip
+        raise ValueError(f"data_root {display(root)}: no such folder; expected an NSD copy{ask}")
+    return root
 
 
 def output_dir(profile: str) -> Path:

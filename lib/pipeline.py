@@ -169,6 +169,11 @@ def resolve_parameters(profile: str, nbs: list[Path], overrides: dict | None = N
         p.update({k: v for k, v in overrides.items() if k in names})
         if "profile" in names:
             p["profile"] = profile
+        if p.get("data_root"):  # a mistyped path fails here, before anything runs, instead of being simulated
+            try:
+                paths.check_data_root(profile, p["data_root"])
+            except ValueError as e:
+                raise PipelineError(f"{nb.name}: {e}") from None
         out[nb] = p
     return out
 

@@ -141,6 +141,44 @@ def test_setup_opens_the_dataset_and_writes_through_the_stage(tiny_root, tmp_pat
         stage.setup("07_x", "tinyprofile", str(tiny_root))
 
 
+def test_figures_are_published_with_the_metrics_only_after_the_checks(tiny_root, tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    monkeypatch.setattr(paths, "BUILD_DIR", tmp_path / "build")
+    st = stage.setup("00_data_prep", "tinyprofile", str(tiny_root), seed=3, device="cpu")
+    st.out_dir, st.metrics_path = tmp_path / "figs", tmp_path / "figs" / "00_data_prep.json"
+    fig = plt.figure(figsize=(1, 1))
+    where = st.figure(fig, "00_a.png")
+    assert where == st.out_dir / "00_a.png" and not where.exists()  # waits until the checks have passed
+    st.save_metrics({"run": 1})
+    first = where.read_bytes()
+    assert json.loads(st.metrics_path.read_text())["run"] == 1 and not st.pending.exists()
+    # a second run draws a different figure, then fails a check before save_metrics
+    again = stage.setup("00_data_prep", "tinyprofile", str(tiny_root), seed=3, device="cpu")
+    again.out_dir, again.metrics_path = st.out_dir, st.metrics_path
+    fig.set_facecolor("red")
+    again.figure(fig, "00_a.png")
+    assert (
+        where.read_bytes() == first and json.loads(st.metrics_path.read_text())["run"] == 1
+    )  # still one run
+    stage.setup("00_data_prep", "tinyprofile", str(tiny_root), seed=3, device="cpu")
+    assert not again.pending.exists()  # the failed run's figure is never published later
+    plt.close(fig)
+
+
+def test_a_data_root_given_must_exist(tmp_path):
+    missing = tmp_path / "typo"
+    with pytest.raises(ValueError) as e:
+        stage.setup("00_data_prep", "quick", str(missing))
+    assert str(e.value) == (f"data_root {missing}: no such folder; expected an NSD copy, or an empty folder to "
+                            f"simulate mini-NSD profile 'quick' in (mkdir -p {missing})")  # fmt: skip
+    assert not missing.exists()
+    with pytest.raises(ValueError, match=r"no such folder; expected an NSD copy$"):
+        paths.check_data_root("nsd", missing)
+    missing.mkdir()  # asked for: an empty folder is where a simulated profile may write mini-NSD
+    assert paths.check_data_root("quick", missing) == missing
+
+
 # ------------------------------------------------------------------------------------------------ the wiring
 def test_voxel_truth_joins_the_ground_truth_to_prepared_voxels(tiny):
     data = prep.prepare(tiny, 1, "V1-hV4", progress=False)

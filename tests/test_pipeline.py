@@ -139,6 +139,19 @@ def test_values_of_the_wrong_type_are_errors_before_anything_runs(project, text,
     assert pipeline.resolve_parameters("p", pipeline.notebooks(), {"a": 3})
 
 
+def test_a_data_root_that_does_not_exist_fails_before_anything_runs(project, tmp_path):
+    make_notebook(
+        project / "notebooks" / "00_first.ipynb", 'profile: str = "mini"\ndata_root: str = ""', "x = 1"
+    )
+    write_profile(project, "defaults: {}\n", name="quick")
+    missing = tmp_path / "typo"
+    with pytest.raises(pipeline.PipelineError) as e:
+        pipeline.run("quick", only=["00"], overrides={"data_root": str(missing)})
+    assert str(e.value) == (f"00_first.ipynb: data_root {missing}: no such folder; expected an NSD copy, or an "
+                            f"empty folder to simulate mini-NSD profile 'quick' in (mkdir -p {missing})")  # fmt: skip
+    assert not (project / "build" / "quick").exists()  # nothing ran
+
+
 def test_sigterm_stops_the_kernel_records_the_interruption_and_clears_temporaries(project):
     import contextlib
     import os

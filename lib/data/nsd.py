@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import numbers
 import re
 from pathlib import Path
 
@@ -140,7 +141,17 @@ class NSD:
         have = self.sessions(subject)
         if sessions is None:
             return have
-        sessions = [int(x) for x in np.atleast_1d(sessions)]
+        given = sessions
+        if isinstance(given, str | bytes) or not all(
+            isinstance(x, numbers.Integral) or (isinstance(x, float | np.floating) and float(x).is_integer())
+            for x in np.atleast_1d(given).tolist()
+        ):
+            raise NSDError(
+                f"sessions={given!r}: expected None (all) or a list of whole session numbers, e.g. [1, 2]"
+            )
+        sessions = [int(x) for x in np.atleast_1d(given).tolist()]
+        if not sessions:
+            raise NSDError(f"sessions={given!r}: expected None (all) or a non-empty list of session numbers")
         bad = [x for x in sessions if x not in have]
         if bad:
             on_disk = f"{have[0]}..{have[-1]}" if have == list(range(have[0], have[-1] + 1)) else str(have)
@@ -262,9 +273,30 @@ class NSD:
         if not path.is_file():
             raise NSDError(f"subject {s}: ROI file {path} missing")
         try:
-            vol = np.rint(np.asarray(nib.load(path).dataobj, dtype=np.float32)).astype(np.int16)
+            raw = np.asarray(nib.load(path).dataobj, dtype=np.float32)
         except Exception as e:  # noqa: BLE001
             raise NSDError(f"{path}: not a readable NIfTI file ({e})") from None
+        if raw.ndim == 4 and raw.shape[3] == 1:
+            raw = raw[..., 0]  # some writers keep a singleton 4th axis
+        if raw.ndim != 3:
+            raise NSDError(
+                f"{path}: an ROI volume of shape {raw.shape}; expected a 3-D label volume (X, Y, Z)"
+            )
+        off = np.abs(raw - np.rint(raw)) > 1e-3
+        if off.any():
+            raise NSDError(
+                f"{path}: {int(off.sum())} voxels hold non-integer labels (e.g. {raw[off][0]:g}); expected integer "
+                "labels (-1, 0, 1..N): was it resampled with interpolation instead of nearest neighbour?"
+            )
+        vol = np.rint(raw).astype(np.int16)
+        ref = self.func_dir(s) / "roi" / "nsdgeneral.nii.gz"  # every ROI volume shares nsdgeneral's grid
+        if (
+            path != ref
+            and ref.is_file()
+            and vol.shape != (want := self._roi_volume(s, "nsdgeneral", None).shape)
+        ):
+            raise NSDError(f"{path}: an ROI volume of shape {vol.shape}, but {ref.name} has {want}; expected every "
+                           f"ROI volume of subject {s} on the same {self.space} grid")  # fmt: skip
         vol.setflags(write=False)
         return vol
 
@@ -277,9 +309,10 @@ class NSD:
     ) -> np.ndarray:
         """Boolean mask (X, Y, Z), NIfTI orientation, of an ROI name, group, ``file:label``, union or list."""
         s = parse_subject(subject)
+        if not (isinstance(roi, str) or (isinstance(roi, list | tuple) and roi)):
+            raise NSDError(f"roi={roi!r}: expected an ROI name (e.g. 'nsdgeneral'), a union ('V1+V2') or a non-empty "
+                           "list of names")  # fmt: skip
         names = [roi] if isinstance(roi, str) else list(roi)
-        if not names:
-            raise NSDError("roi: expected a name or a non-empty list of names")
         available = self.roi_files(s)
         mask = None
         for name in names:
@@ -290,6 +323,9 @@ class NSD:
             for sel in selections:
                 vol = self._roi_volume(s, sel.file, sel.hemi)
                 m = vol > 0 if sel.labels is None else np.isin(vol, sel.labels)
+                if mask is not None and m.shape != mask.shape:
+                    raise NSDError(f"subject {s}: roi {roi!r} joins volumes of shapes {mask.shape} and {m.shape} "
+                                   f"({sel.file}); expected one grid")  # fmt: skip
                 mask = m if mask is None else mask | m
         return mask
 
@@ -318,14 +354,25 @@ class NSD:
 
     # ------------------------------------------------------------------------------------------------ betas
     def betas(
-        self, subject: int | str, roi="nsdgeneral", sessions=None, progress: bool = False
+        self,
+        subject: int | str,
+        roi="nsdgeneral",
+        sessions=None,
+        progress: bool = False,
+        nonfinite: str = "error",
     ) -> np.ndarray:
         """Single-trial betas of ``roi`` for ``sessions`` (None = all): float32 (trials, voxels), percent signal
-        change (int16 / 300), voxels in NIfTI order. One read per session file."""
+        change (int16 / 300), voxels in NIfTI order. One read per session file. NaN or inf (float betas files
+        only) are an error naming the session file (``nonfinite="error"``) or kept (``"keep"``, for a caller that
+        drops those voxels: :func:`lib.data.prep.prepare`)."""
+        if nonfinite not in ("error", "keep"):
+            raise NSDError(f"nonfinite={nonfinite!r}: expected 'error' or 'keep'")
         s = parse_subject(subject)
         sessions = self.check_sessions(s, sessions)
         mask = self.roi_mask(s, roi)
         ijk = np.argwhere(mask)
+        if not len(ijk):
+            raise NSDError(f"subject {s}: roi {roi!r} selects no voxels; expected at least one")
         T = self.trials_per_session
         out = np.empty((T * len(sessions), len(ijk)), np.float32)
         from lib.runtime import progress as bar
@@ -334,7 +381,7 @@ class NSD:
             block = out[n * T : (n + 1) * T]
             read_session(self.session_path(s, x), ijk, mask.shape, out=block)
             bad = ~np.isfinite(block).all(axis=0)  # float betas files can hold NaN or inf; int16 ones cannot
-            if bad.any():
+            if nonfinite == "error" and bad.any():
                 raise NSDError(f"{self.session_path(s, x)}: {int(bad.sum())} of the {len(ijk)} voxels of {roi!r} "
                                "hold NaN or infinite betas; expected finite values")  # fmt: skip
         return out
@@ -403,7 +450,13 @@ class NSD:
                 data = json.loads(p.read_text())
             except json.JSONDecodeError as e:
                 raise NSDError(f"{p}: not valid JSON ({e})") from None
-            for a in data["annotations"]:
+            anns = data.get("annotations") if isinstance(data, dict) else None
+            if not isinstance(anns, list):
+                raise NSDError(f"{p}: no 'annotations' list; expected a COCO captions file")
+            for n, a in enumerate(anns):
+                if not (isinstance(a, dict) and "image_id" in a and isinstance(a.get("caption"), str)):
+                    raise NSDError(f"{p}: annotation {n} lacks 'image_id' or a 'caption' string; expected COCO "
+                                   "caption entries")  # fmt: skip
                 out.setdefault(int(a["image_id"]), []).append(a["caption"].strip())
         return out
 
@@ -553,6 +606,12 @@ def _read_session_nifti(path: Path, ijk: np.ndarray, vol_shape, out: np.ndarray 
         if tuple(img.shape[:3]) != tuple(vol_shape):
             raise NSDError(
                 f"{path}: volume {img.shape[:3]}, expected {tuple(vol_shape)} to match the ROI volume"
+            )
+        if img.ndim != 4:
+            raise NSDError(f"{path}: a {img.ndim}-D volume {img.shape}; expected 4-D betas (X, Y, Z, trials)")
+        if out is not None and img.shape[3] != out.shape[0]:
+            raise NSDError(
+                f"{path}: holds {img.shape[3]} trials, expected {out.shape[0]} (trials per session)"
             )
         data = np.asarray(img.dataobj)
     except NSDError:

@@ -13,7 +13,8 @@ from lib.data.nsd import NSD, NSDError, parse_subject
 from lib.io import atomic_path, content_key, file_fingerprint
 
 #: the options of :func:`prepare` and their defaults (cache keys see every option with its value)
-PREP_DEFAULTS = {"zscore": True, "average_train": False, "average_test": True}
+PREP_DEFAULTS = {"zscore": True, "average_train": False, "average_test": True, "nonfinite": "error"}
+NONFINITE = ("error", "drop")  # NaN/inf betas: an error naming the session file, or drop those voxels
 PREP_VERSION = 1  # bump when the preparation changes, so old caches are never reused
 
 
@@ -93,16 +94,38 @@ class Prepared:
         return cls(**kw, meta=meta)
 
 
+def read_betas(ds: NSD, subject: int | str, roi, sessions, nonfinite: str = "error",
+               progress: bool = False) -> tuple[np.ndarray, np.ndarray, int]:  # fmt: skip
+    """(betas (trials, V), voxel_ijk (V, 3), voxels dropped) of ``roi``; ``nonfinite="drop"`` leaves out every
+    voxel with a NaN or inf beta in any trial of ``sessions`` (``"error"``: refused, naming the session file)."""
+    if nonfinite not in NONFINITE:
+        raise NSDError(f"nonfinite={nonfinite!r}: expected one of {NONFINITE}")
+    s = parse_subject(subject)
+    betas = ds.betas(
+        s, roi=roi, sessions=sessions, progress=progress, nonfinite="keep" if nonfinite == "drop" else "error"
+    )
+    ijk = ds.voxel_indices(s, roi)
+    keep = np.isfinite(betas).all(axis=0) if nonfinite == "drop" else None
+    if keep is None or keep.all():
+        return betas, ijk, 0
+    if not keep.any():
+        raise NSDError(f"subject {s}: every one of the {len(ijk)} voxels of {roi!r} holds NaN or inf betas")
+    return np.ascontiguousarray(betas[:, keep]), ijk[keep], int((~keep).sum())
+
+
 def prepare(ds: NSD, subject: int | str, roi="nsdgeneral", sessions=None, *, zscore: bool = True,
-            average_train: bool = False, average_test: bool = True, progress: bool = True) -> Prepared:  # fmt: skip
+            average_train: bool = False, average_test: bool = True, nonfinite: str = "error",
+            progress: bool = True) -> Prepared:  # fmt: skip
     """Betas of ``roi`` -> per-session z-score -> split on the shared images -> average test repeats.
 
     Training trials stay single (the field's default for deep encoders) unless ``average_train``; test trials are
-    averaged per image unless ``average_test`` is False (then ``test_reps`` is 1 for every row).
+    averaged per image unless ``average_test`` is False (then ``test_reps`` is 1 for every row). NaN or inf betas
+    (float betas files) are an error naming the session file, or with ``nonfinite="drop"`` their voxels are left
+    out (``voxel_ijk`` lists the kept ones; ``meta["n_dropped_nonfinite"]`` counts the others).
     """
     s = parse_subject(subject)
     sessions = ds.check_sessions(s, sessions)
-    betas = ds.betas(s, roi=roi, sessions=sessions, progress=progress)
+    betas, ijk, dropped = read_betas(ds, s, roi, sessions, nonfinite, progress)
     ids = ds.trial_images(s, sessions)
     sess = np.repeat(sessions, ds.trials_per_session)
     if zscore:
@@ -117,10 +140,10 @@ def prepare(ds: NSD, subject: int | str, roi="nsdgeneral", sessions=None, *, zsc
         x_train, train_ids, _ = average_repeats(x_train, train_ids)
     meta = {
         "subject": s, "roi": roi, "sessions": sessions, "zscore": zscore, "average_train": average_train,
-        "average_test": average_test,
+        "average_test": average_test, "nonfinite": nonfinite, "n_dropped_nonfinite": dropped,
         "n_train_trials": int((~test).sum()), "n_test_trials": int(test.sum()), "prep_version": PREP_VERSION,
     }  # fmt: skip
-    return Prepared(x_train, train_ids, x_test, test_ids, reps, ds.voxel_indices(s, roi), meta)
+    return Prepared(x_train, train_ids, x_test, test_ids, reps, ijk, meta)
 
 
 def cache_key(ds: NSD, subject, roi, sessions, **options) -> str:
@@ -234,12 +257,12 @@ def split_half_reliability(x: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return pearson_per_column(x[[first[k] for k in keys]], x[[second[k] for k in keys]])
 
 
-def zscore_effect(ds: NSD, subject, roi="nsdgeneral", sessions=None) -> dict:
+def zscore_effect(ds: NSD, subject, roi="nsdgeneral", sessions=None, nonfinite: str = "error") -> dict:
     """What per-session z-scoring does to the data: raw voxel means per session (sessions x V) and the split-half
-    reliability of test-image responses without and with it."""
+    reliability of test-image responses without and with it (``nonfinite`` as in :func:`prepare`)."""
     s = parse_subject(subject)
     sessions = ds.check_sessions(s, sessions)
-    betas = ds.betas(s, roi=roi, sessions=sessions)
+    betas = read_betas(ds, s, roi, sessions, nonfinite)[0]
     ids = ds.trial_images(s, sessions)
     sess = np.repeat(sessions, ds.trials_per_session)
     means = np.stack([betas[sess == x].mean(0) for x in sessions])
@@ -258,6 +281,7 @@ def describe(data: Prepared) -> dict:
         "n_test_images": int(len(data.test_ids)),
         "n_train_trials": int(data.meta["n_train_trials"]),
         "n_test_trials": int(data.meta["n_test_trials"]),
+        "n_voxels_dropped_nonfinite": int(data.meta.get("n_dropped_nonfinite", 0)),
     }
 
 

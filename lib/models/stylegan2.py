@@ -571,8 +571,27 @@ def load_generator(path: str | Path, device: str = "cpu") -> Generator:
             raise StyleGANError(f"{path}: not a generator checkpoint ({type(e).__name__})") from None
     if not isinstance(blob, dict) or blob.get("format") != GENERATOR_FORMAT:
         raise StyleGANError(f"{path}: not a {GENERATOR_FORMAT} file (a LAFITE .pkl: use load_lafite)")
-    G = Generator(**blob["init_kwargs"])
-    G.load_state_dict(io.cast_floats(blob["state_dict"], torch.float32))
+    kwargs, state = blob.get("init_kwargs"), blob.get("state_dict")
+    if not isinstance(kwargs, dict) or not isinstance(state, dict):
+        raise StyleGANError(
+            f"{path}: expected 'init_kwargs' and 'state_dict' dictionaries in a {GENERATOR_FORMAT} file"
+        )
+    try:
+        G = Generator(**kwargs)
+    except (TypeError, ValueError) as e:  # StyleGANError is a ValueError: message already names the value
+        raise StyleGANError(
+            f"{path}: init_kwargs {kwargs} build no generator ({str(e).splitlines()[0]})"
+        ) from None
+    mine = G.state_dict()
+    missing, extra = sorted(set(mine) - set(state)), sorted(set(state) - set(mine))
+    wrong = [k for k in mine if k in state and tuple(state[k].shape) != tuple(mine[k].shape)]
+    if missing or extra or wrong:
+        k = (wrong or missing or extra)[0]
+        what = (f"{k} is {tuple(state[k].shape)} in the file, {tuple(mine[k].shape)} for these init_kwargs" if wrong
+                else f"{len(missing)} missing (e.g. {k})" if missing else f"{len(extra)} unexpected (e.g. {k})")  # fmt: skip
+        raise StyleGANError(f"{path}: weights do not fit its init_kwargs: {what}; expected the file as "
+                            "save_generator wrote it")  # fmt: skip
+    G.load_state_dict(io.cast_floats(state, torch.float32))
     G.meta = dict(blob.get("meta") or {})
     return G.to(device).eval().requires_grad_(False)
 
