@@ -7,9 +7,10 @@ STAMP  := $(VENV)/.installed
 PROFILE ?= mini
 NPROC ?= 1
 PRETRAIN ?= full
+SEEDS ?= 3
 export HF_HUB_OFFLINE := 1
 
-.PHONY: help venv pretrain figures pipeline report test unit nbval lab lint format bench data fetch clean
+.PHONY: help venv pretrain figures pipeline report test determinism seeds unit nbval lab lint format bench data fetch clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -34,9 +35,17 @@ pipeline: $(STAMP)  ## run the notebooks on another profile: make pipeline PROFI
 report: $(STAMP)  ## rebuild build/PROFILE/report.html and render it in headless chromium to report.png (apt: chromium)
 	$(BIN)/python -m lib.report --profile $(PROFILE) --screenshot
 
-test: $(STAMP)  ## the whole suite: unit tests, then every notebook under nbval on the quick profile
+test: $(STAMP)  ## the whole suite: unit tests, every notebook under nbval on the quick profile, then 02-03 rerun: same metrics
 	$(BIN)/python -m lib.pipeline --profile quick --prepare-only
 	$(BIN)/python -m pytest tests build/quick/nbval --nbval-lax -p no:cacheprovider
+	$(BIN)/python -m lib.pipeline --profile quick --only 02,03 --expect-same
+
+determinism: $(STAMP)  ## run the quick profile twice: fails unless every metric (timings aside) is the same
+	$(BIN)/python -m lib.pipeline --profile quick
+	$(BIN)/python -m lib.pipeline --profile quick --expect-same
+
+seeds: $(STAMP)  ## rerun 01-03 training each model with SEEDS seeds (default 3): their spread goes into the metrics
+	$(BIN)/python -m lib.pipeline --profile $(PROFILE) --only 01,02,03 --set seeds=$(SEEDS)
 
 unit: $(STAMP)  ## unit tests only
 	$(BIN)/python -m pytest tests

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -80,8 +81,8 @@ def select(only: list[str] | None) -> list[Path]:
     if not only:
         return nbs
     chosen = []
-    for key in only:
-        match = [p for p in nbs if p.name[:2] == key.zfill(2)[:2] or p.stem == key]
+    for key in (k.strip() for item in only for k in str(item).split(",") if k.strip()):  # "02" or "01,02"
+        match = [p for p in nbs if p.name[:2] == key.zfill(2) or p.stem == key]
         if not match:
             raise PipelineError(
                 f"--only {key}: no notebook numbered {key!r} (have {[p.name[:2] for p in nbs]})"
@@ -220,10 +221,24 @@ def _execute(nb: Path, out: Path, params: dict, log_output: bool, nproc: int = 1
     return proc.returncode, time.perf_counter() - t0, usage.ru_maxrss / 1024
 
 
+def metric_differences(before: dict, after: dict, where: str = "") -> list[str]:
+    """Where two metrics files differ, as ``path: before != after`` lines; timings (any key naming seconds) are
+    left out, since they differ on every run."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        return [d for k in sorted(set(before) | set(after), key=str) if "second" not in str(k)
+                for d in metric_differences(before.get(k), after.get(k), f"{where}.{k}" if where else str(k))]  # fmt: skip
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        return [d for i, (a, b) in enumerate(zip(before, after, strict=True))
+                for d in metric_differences(a, b, f"{where}[{i}]")]  # fmt: skip
+    return [] if before == after else [f"{where}: {before!r} != {after!r}"]
+
+
 def run(profile: str = paths.EMBEDDED_PROFILE, only: list[str] | None = None, overrides: dict | None = None,
-        prepare_only: bool = False, nproc: int = 1) -> list[dict]:  # fmt: skip
+        prepare_only: bool = False, nproc: int = 1, expect_same: bool = False) -> list[dict]:  # fmt: skip
     """Execute (or, with ``prepare_only``, only parameterise) the chosen notebooks; returns one record each.
-    ``nproc``: processes per trainer (:mod:`lib.distributed`; ``batch_size`` is per process)."""
+    ``nproc``: processes per trainer (:mod:`lib.distributed`; ``batch_size`` is per process). ``expect_same``:
+    a reproducibility check, failing unless every notebook's metrics equal those its previous run wrote (timings
+    aside; same machine, seed and thread count)."""
     if int(nproc) < 1:
         raise PipelineError(f"--nproc {nproc}: expected 1 or more processes per trainer")
     nbs = select(only)
@@ -240,12 +255,38 @@ def run(profile: str = paths.EMBEDDED_PROFILE, only: list[str] | None = None, ov
     try:  # one run per profile at a time: they share build/<profile>/ (executed notebooks, pipeline_run.json)
         with exclusive(build / ".pipeline.lock", f"build/{profile} (a pipeline run of profile {profile})"):
             io.remove_stale_temporaries(build)  # of a run that was killed outright (SIGKILL, power)
-            return _run_locked(nbs, params, profile, build, out_dir, prepare_only, nproc)
+            before = _previous_metrics(nbs, profile) if expect_same else {}
+            records = _run_locked(nbs, params, profile, build, out_dir, prepare_only, nproc)
+            if expect_same:
+                _compare(before, _previous_metrics(nbs, profile), profile)
+            return records
     except Busy as e:
         raise PipelineError(str(e)) from None
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+
+
+def _previous_metrics(nbs: list[Path], profile: str) -> dict[str, dict]:
+    """The metrics files of ``nbs`` as they are now (a missing one is an error for ``expect_same``)."""
+    out = {}
+    for nb in nbs:
+        path = paths.metrics_dir(profile) / f"{nb.stem}.json"
+        if not path.is_file():
+            raise PipelineError(
+                f"--expect-same: {paths.display(path)} is missing; run the notebook once first"
+            )
+        out[nb.stem] = json.loads(path.read_text())
+    return out
+
+
+def _compare(before: dict[str, dict], after: dict[str, dict], profile: str) -> None:
+    diffs = [f"{stem}: {d}" for stem in before for d in metric_differences(before[stem], after[stem])]
+    if diffs:
+        more = f" (and {len(diffs) - 3} more)" if len(diffs) > 3 else ""
+        raise PipelineError(f"--expect-same: profile {profile} gave other metrics on this run: "
+                            f"{'; '.join(d[:200] for d in diffs[:3])}{more}")  # fmt: skip
+    print(f"--expect-same: the metrics of {len(before)} notebook(s) equal the previous run's (timings aside)")
 
 
 def _run_locked(nbs, params, profile, build, out_dir, prepare_only, nproc) -> list[dict]:
@@ -298,12 +339,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--profile", default=paths.EMBEDDED_PROFILE, help="params/<profile>.yaml (default: %(default)s)"
     )
-    ap.add_argument("--only", action="append", help="notebook number to run (repeatable)")
+    ap.add_argument("--only", action="append", help="notebook number(s) to run: 02, or 01,02 (repeatable)")
     ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", help="override a parameter")
     ap.add_argument(
         "--prepare-only", action="store_true", help="write parameterised notebooks to build/<profile>/nbval"
     )
     ap.add_argument("--list", action="store_true", help="list notebooks and their parameters, then exit")
+    ap.add_argument("--expect-same", action="store_true",
+                    help="fail unless the metrics equal the previous run's (timings aside): a reproducibility check")  # fmt: skip
     ap.add_argument(
         "--nproc", type=int, default=1, help="processes per trainer (torchrun; batch_size is per process)"
     )
@@ -314,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{nb.name}: {p}")
             return 0
         t0 = time.perf_counter()
-        records = run(a.profile, a.only, parse_overrides(a.set), a.prepare_only, a.nproc)
+        records = run(a.profile, a.only, parse_overrides(a.set), a.prepare_only, a.nproc, a.expect_same)
     except PipelineInterrupted as e:
         print(f"error: {e}", file=sys.stderr)
         return 128 + e.signum

@@ -230,3 +230,24 @@ def test_embed_stimuli_reads_in_chunks_and_matches_one_pass(tiny):
     assert np.allclose(out["image"], emb.embed_images(tiny.images(ids)), atol=1e-5)
     mean, each = emb.embed_captions(tiny.captions(ids))
     assert np.allclose(out["text"], mean, atol=1e-5) and np.allclose(out["text_each"], each, atol=1e-5)
+
+
+def test_scratch_seed_spread_retrains_per_seed_and_keeps_the_store_untouched(tmp_path):
+    from types import SimpleNamespace
+
+    imgs, caps = _tiny_data(30)
+    rng = np.random.default_rng(5)  # _tiny_data's scenes
+    table = scenes.attribute_table([scenes.sample_scene(rng).to_dict() for _ in range(30)])
+    store = SimpleNamespace(work_dir=lambda name: tmp_path / name, save_embedder=None)  # no save may happen
+    cfg = contrastive.ClipTrainConfig(steps=2, batch_size=8, eval_every=0, seed=7)
+    out = contrastive.scratch_seed_spread([7, 8], "mini-rn16", cfg, store, imgs[:20], caps[:20], imgs[20:], caps[20:],
+                                          table.iloc[:20], table.iloc[20:].reset_index(drop=True), 32, "cpu")  # fmt: skip
+    row = out["spread"]["scratch"]
+    assert out["seeds"] == [7, 8] and {"img2txt_top1", "txt2img_top1", "shape"} <= set(row)
+    # seed 7 by hand: the same training, the same probes
+    emb = embedding.create("mini-rn16", 32, "cpu", 7)
+    contrastive.train_clip(emb, imgs[:20], caps[:20], cfg, state_dir=tmp_path / "by_hand")
+    probes = embedding.compare({"scratch": emb}, imgs[:20], imgs[20:], table.iloc[:20],
+                               table.iloc[20:].reset_index(drop=True), caps[20:])  # fmt: skip
+    assert row["img2txt_top1"]["values"][0] == probes["scratch"]["img2txt_top1"]
+    assert row["shape"]["values"][0] == probes["scratch"]["linear_probe"]["shape"]

@@ -241,6 +241,17 @@ def test_roi_comparison_finds_the_informative_group():
     assert res["a"]["category_accuracy"] > 0.9 and res["b"]["category_accuracy"] < 0.6
     assert res["a"]["layout_r"] > 0.8 and abs(res["b"]["layout_r"]) < 0.3
     assert res["a"]["n_voxels"] == 40
+    again, per = decoding.roi_comparison(x[:n_tr], x[n_tr:], cols, (emb[:n_tr], emb[n_tr:]),
+                                         (labels[:n_tr], labels[n_tr:]), (layout[:n_tr], layout[n_tr:]),
+                                         device="cpu", per_image=True)  # fmt: skip
+    assert again == res
+    for g in cols:
+        for m, v in per[g].items():
+            assert v.shape == (n_te,) and v.mean() == pytest.approx(res[g][m], abs=1e-12)
+    unc = decoding.uncertainty(per, [("a", "b")], resamples=500)
+    iv, diff = unc["intervals"]["a"]["img_retrieval_top1"], unc["comparisons"]["a − b"]["img_retrieval_top1"]
+    assert iv[0] <= res["a"]["img_retrieval_top1"] <= iv[1] and diff["low"] > 0 and diff["p"] < 0.01
+    assert diff["diff"] == pytest.approx(res["a"]["img_retrieval_top1"] - res["b"]["img_retrieval_top1"])
 
 
 def test_voxel_encoding_accuracy_equals_sklearn_per_voxel():

@@ -461,7 +461,10 @@ def test_roi_comparison(tmp_path):
         np.testing.assert_allclose(ax.collections[0].get_offsets()[:, 0], [ceiling[g][m] for g in results])
         assert list(ax.lines[-1].get_xdata()) == [ch, ch]
         assert ax.get_xlim() == (min(0, ch), 1.05)
-    assert _legend(fig.axes[0]) == ["ceiling (noise-free)", "chance"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "ceiling (noise-free)",
+        "chance",
+    ]  # below all
     fig = figures.roi_comparison(results, None, chance)
     assert not any(ax.collections for ax in fig.axes) and fig.get_suptitle() == ""
 
@@ -802,3 +805,35 @@ def test_readback_table(tmp_path):
         [[(0.95 - 0.25) / 0.75, (0.9 - 0.5) / 0.5], [(0.5 - 0.25) / 0.75, 0.0]]
     )  # below chance: 0
     np.testing.assert_allclose(ax.images[0].get_array(), lift)
+
+
+def test_intervals_are_drawn_as_error_bars_around_each_value(tmp_path):
+    from matplotlib.collections import LineCollection
+
+    def spans(ax, axis):  # (low, high) of every error bar segment along ``axis``
+        k = 1 if axis == "y" else 0
+        return sorted(tuple(sorted(seg[:, k])) for c in ax.collections if isinstance(c, LineCollection)
+                      for seg in c.get_segments() if seg[0, 1 - k] == seg[1, 1 - k])  # fmt: skip
+
+    table = {"oracle": {"PixCorr": 0.3}, "ridge": {"PixCorr": 0.2}}
+    iv = {"oracle": {"PixCorr": [0.25, 0.36]}, "ridge": {"PixCorr": [0.1, 0.22]}}
+    fig = figures.metric_family(table, ["PixCorr"], "low-level", intervals=iv)
+    _saved(fig, tmp_path)
+    assert spans(fig.axes[0], "y") == [(0.1, 0.22), (0.25, 0.36)]
+    assert "95% interval (test images)" in _legend(fig.axes[0])
+    measures = ("img_retrieval_top1", "category_accuracy", "layout_r")
+    results = {
+        "nsdgeneral": dict.fromkeys(measures, 0.5) | {"n_voxels": 9},
+        "V1": dict.fromkeys(measures, 0.3) | {"n_voxels": 3},
+    }
+    roi_iv = {"nsdgeneral": dict.fromkeys(measures, [0.4, 0.6]), "V1": dict.fromkeys(measures, [0.2, 0.45])}
+    fig = figures.roi_comparison(results, None, dict.fromkeys(measures, 0.1), intervals=roi_iv)
+    for ax in fig.axes:
+        assert spans(ax, "x") == [(0.2, 0.45), (0.4, 0.6)]
+    fig = figures.readback_table(
+        {"oracle": {"colour": 0.5}}, {"colour": 0.25}, intervals={"oracle": {"colour": [0.4, 0.61]}}
+    )
+    assert [t.get_text() for t in fig.axes[0].texts] == ["0.50\n[0.40, 0.61]"]
+    panels = {"probe": {"a": {"colour": 0.7}}}
+    fig = figures.knn_bars(panels, {"colour": 0.25}, intervals={"probe": {"a": {"colour": [0.6, 0.8]}}})
+    assert spans(fig.axes[0], "y") == [(0.6, 0.8)]

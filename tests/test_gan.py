@@ -171,3 +171,25 @@ def test_generate_is_deterministic_and_resize_keeps_shape(data):
     exact = gan.generate(G, feats[:5], 0.25, seed=3, exact=True)  # the same images before the rounding
     assert exact.dtype == np.float32 and np.array_equal(np.floor(exact).astype(np.uint8), a)
     assert gan.resize_images(a, 8).shape == (5, 8, 8, 3)
+
+
+def test_the_tuning_seed_spread_reruns_the_first_seed_exactly_and_spreads_over_others(emb, data):
+    images, feats = data
+    G = _tiny_g(feats.shape[1])
+    view = gan.EmbeddingView(emb)
+    pred = feats + 0.3 * np.random.default_rng(1).normal(size=feats.shape).astype(np.float32)
+    kw = dict(steps=2, batch_size=8)
+    tuned, _ = gan.tune_conditioning(G, pred, feats, emb, ratio=1.0, seed=4, **kw)
+    first = gan.variant_scores(
+        {"tuned": gan.generate(tuned, pred[:8], 1.0, seed=4)}, view, feats[:8], images[:8]
+    )[0]
+    out = gan.tuning_seed_spread(
+        [4, 5], G, pred, feats, emb, view, pred[:8], feats[:8], images[:8], 1.0, **kw
+    )
+    spread = out["spread"]["tuned"]
+    assert out["seeds"] == [4, 5] and set(spread) == {"two_way", "pixcorr", "ssim"}
+    assert spread["pixcorr"]["values"][0] == first["tuned"]["pixcorr"]  # seed 4 recomputed: bit-identical
+    assert spread["pixcorr"]["values"][1] != spread["pixcorr"]["values"][0]  # another seed: another tuning
+    again = gan.tuning_seed_spread([4], G, pred, feats, emb, view, pred[:8], feats[:8], images[:8], 1.0,
+                                   first=first, **kw)  # fmt: skip
+    assert again["spread"]["tuned"]["pixcorr"]["sd"] == 0.0 and again["seeds"] == [4]

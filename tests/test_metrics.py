@@ -88,3 +88,42 @@ def test_paired_top1_and_topk_against_a_loop():
     assert (r["image"], r["brain"]) == pytest.approx((i2t, t2i))
     with pytest.raises(ValueError, match="one truth per query"):
         metrics.topk(a, b, np.arange(5))
+
+
+def test_per_sample_scores_average_to_the_metrics_and_match_a_loop():
+    rng = np.random.default_rng(4)
+    true = rng.normal(size=(40, 8))
+    pred = true + rng.normal(scale=1.5, size=true.shape)
+    per = metrics.summary_per_sample(pred, true)
+    whole = metrics.summary(pred, true)
+    for k in ("img_retrieval_top1", "brain_retrieval_top1", "two_way", "cosine", "pearson"):
+        assert per[k].shape == (40,) and per[k].mean() == pytest.approx(whole[k], abs=1e-12)
+    cos = (pred / np.linalg.norm(pred, axis=1, keepdims=True)) @ (
+        true / np.linalg.norm(true, axis=1)[:, None]
+    ).T
+    np.testing.assert_array_equal(per["img_retrieval_top1"], cos.argmax(1) == np.arange(40))
+    np.testing.assert_array_equal(per["brain_retrieval_top1"], cos.argmax(0) == np.arange(40))
+    r = np.corrcoef(pred, true)[:40, 40:]
+    loop = [np.mean([r[i, j] < r[i, i] for j in range(40) if j != i]) for i in range(40)]
+    np.testing.assert_allclose(per["two_way"], loop)
+    i2t, t2i = metrics.paired_top1_per_sample(pred, true)
+    assert (i2t.mean(), t2i.mean()) == metrics.paired_top1(pred, true)
+
+
+def test_retrieval_among_fewer_than_all_weights_each_row_by_its_draws():
+    rng = np.random.default_rng(5)
+    true = rng.normal(size=(50, 6))
+    pred = true + rng.normal(scale=1.0, size=true.shape)
+    per = metrics.retrieval_per_sample(pred, true, n=20, draws=40, seed=2)
+    # the same draws by hand: which rows each draw held, and whether each was found
+    draw = np.random.default_rng(2)
+    hits, seen = np.zeros(50), np.zeros(50)
+    for _ in range(40):
+        idx = draw.choice(50, 20, replace=False)
+        u = pred[idx] / np.linalg.norm(pred[idx], axis=1, keepdims=True)
+        v = true[idx] / np.linalg.norm(true[idx], axis=1, keepdims=True)
+        hits[idx] += (u @ v.T).argmax(1) == np.arange(20)
+        seen[idx] += 1
+    np.testing.assert_allclose(per["image"], hits / np.maximum(seen, 1))
+    total = metrics.retrieval(pred, true, n=20, draws=40, seed=2)["image"]
+    assert np.sum(per["image"] * seen) / (40 * 20) == pytest.approx(total)

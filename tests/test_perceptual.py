@@ -76,6 +76,17 @@ def test_random_weight_scores_are_labelled_and_equal_a_direct_computation(images
     assert table["noisy"]["PixCorr"] == pytest.approx(metrics.pixcorr(noisy, base))
 
 
+def test_per_image_scores_are_what_each_value_averages(images):
+    base, noisy = images
+    torch.manual_seed(3)
+    table, _, per = perceptual.evaluate({"noisy": noisy}, base, ["Alex(2)", "SwAV"], device="cpu",
+                                        random_weights=True, per_image=True)  # fmt: skip
+    assert set(per["noisy"]) == set(table["noisy"])
+    for m, v in per["noisy"].items():
+        assert v.shape == (len(base),) and table["noisy"][m] == pytest.approx(float(np.mean(v)), abs=1e-12)
+    np.testing.assert_allclose(per["noisy"]["PixCorr"], metrics.pixcorr_per_image(noisy, base))
+
+
 def test_correlation_distance_is_scipys():
     rng = np.random.default_rng(1)
     a, b = rng.standard_normal((5, 40)), rng.standard_normal((5, 40))

@@ -196,3 +196,43 @@ def test_sigterm_stops_the_kernel_records_the_interruption_and_clears_temporarie
     assert record["interrupted"] == "SIGTERM" and not record["ok"]
     assert not stale.exists() and mine.exists()
     assert signal.getsignal(signal.SIGTERM) == before  # the handler is the caller's again
+
+
+def test_only_takes_numbers_stems_and_comma_lists(project):
+    names = lambda only: [p.name for p in pipeline.select(only)]  # noqa: E731
+    assert names(["1"]) == names(["01_second"]) == ["01_second.ipynb"]
+    assert names(["01,00"]) == names(["00", "01"]) == ["00_first.ipynb", "01_second.ipynb"]
+    with pytest.raises(pipeline.PipelineError, match=r"--only 012: no notebook numbered '012'"):
+        pipeline.select(["012"])  # not read as 01
+
+
+def test_expect_same_passes_an_identical_rerun_and_names_what_changed(project):
+    import os
+
+    body = ("import json, os, pathlib\n"
+            "p = pathlib.Path(os.environ['METRICS_OUT'])\n"
+            "p.parent.mkdir(parents=True, exist_ok=True)\n"
+            "p.write_text(json.dumps({'r': a / 10, 'train_seconds': os.getpid(), 'rows': [1, a]}))")  # fmt: skip
+    make_notebook(project / "notebooks" / "00_first.ipynb", 'profile: str = "mini"\na: int = 1', body)
+    write_profile(project, "defaults: {}\n")
+    os.environ["METRICS_OUT"] = str(paths.metrics_dir("p") / "00_first.json")
+    try:
+        with pytest.raises(
+            pipeline.PipelineError, match="00_first.json is missing; run the notebook once first"
+        ):
+            pipeline.run("p", only=["00"], expect_same=True)
+        pipeline.run("p", only=["00"])
+        pipeline.run("p", only=["00"], expect_same=True)  # another pid: timings are left out
+        with pytest.raises(pipeline.PipelineError) as e:
+            pipeline.run("p", only=["00"], overrides={"a": 2}, expect_same=True)
+    finally:
+        del os.environ["METRICS_OUT"]
+    assert str(e.value) == ("--expect-same: profile p gave other metrics on this run: 00_first: r: 0.1 != 0.2; "
+                            "00_first: rows[1]: 1 != 2")  # fmt: skip
+
+
+def test_metric_differences_walk_nested_values():
+    a = {"x": {"y": [1, 2.0], "fit_seconds": 3}, "z": "s"}
+    b = {"x": {"y": [1, 2.5], "fit_seconds": 4}, "z": "s", "new": 1}
+    assert pipeline.metric_differences(a, b) == ["new: None != 1", "x.y[1]: 2.0 != 2.5"]
+    assert pipeline.metric_differences(a, a) == []

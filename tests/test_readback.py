@@ -32,6 +32,21 @@ def test_judge_trained_on_stimuli_reads_held_out_scenes(data):
         readback.train(images[:10], table.drop(columns="shape").iloc[:10], epochs=1)
 
 
+def test_score_adds_the_composites_as_per_image_means(monkeypatch):
+    hits = {"background": [1, 1, 0, 0], "bg_colour": [1, 0, 0, 0], "colour": [1, 1, 1, 0], "shape": [0, 1, 0, 0],
+            "position": [1, 0, 0, 1]}  # fmt: skip
+    judge = readback.Readback.__new__(readback.Readback)
+    monkeypatch.setattr(
+        judge, "per_image", lambda images, table: {k: np.array(v, bool) for k, v in hits.items()}
+    )
+    acc, per = judge.score({"x": np.zeros((4, 8, 8, 3), np.uint8)}, None)
+    np.testing.assert_allclose(per["x"]["main object"], [2 / 3, 2 / 3, 1 / 3, 1 / 3])
+    np.testing.assert_allclose(per["x"]["mean"], [0.8, 0.6, 0.2, 0.2])
+    assert acc["x"]["colour"] == 0.75 and acc["x"]["mean"] == pytest.approx(
+        np.mean(list(map(np.mean, hits.values())))
+    )
+
+
 def test_nearest_training_image_matches_scikit_learn():
     rng = np.random.default_rng(0)
     train_e, query = rng.normal(size=(50, 8)), rng.normal(size=(7, 8))

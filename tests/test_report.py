@@ -150,3 +150,36 @@ def test_reconstruction_goals_compare_each_value_with_its_threshold():
         met["pRF check: median error / chance (at most 0.6)"]
         and g["pRF check: median error / chance (at most 0.6)"]["value"] == 0.5
     )
+
+
+def test_goals_claim_a_difference_only_when_its_interval_excludes_zero():
+    from lib.report import document as rp
+
+    table = {"ridge · plain": {"PixCorr": 0.6, "EffNet-Lite0 2-way": 0.8}, "ridge · fMRI-tuned": {"EffNet-Lite0 2-way": 0.79},
+             "nearest training image · ridge": {"PixCorr": 0.5}}  # fmt: skip
+    rb = {a: 0.5 for a in ("background", "bg_colour", "colour", "shape", "position")}
+    readback = {"ridge · plain": rb, "ridge · fMRI-tuned": rb, "nearest training image · ridge": rb}
+    comps = {"ridge · plain − nearest training image · ridge": {"PixCorr": {"diff": 0.1, "low": -0.01, "high": 0.2}},
+             "ridge · fMRI-tuned − ridge · plain": {"EffNet-Lite0 2-way": {"diff": -0.01, "low": -0.03, "high": 0.01}}}  # fmt: skip
+    rb_comps = {"ridge · plain − nearest training image · ridge": {"main object": {"diff": 0.05, "low": 0.01, "high": 0.09}},
+                "ridge · fMRI-tuned − ridge · plain": {"mean": {"diff": -0.04, "low": -0.07, "high": -0.01}}}  # fmt: skip
+    g = rp.reconstruction_goals({}, {}, table, readback, comps, rb_comps)
+    above = g["ridge PixCorr above nearest training image (ridge)"]
+    assert (
+        not above["met"] and above["value"] == 0.1 and above["interval"] == [-0.01, 0.2]
+    )  # 0 inside: no claim
+    assert g["ridge main-object read-back (colour, shape, position) above nearest training image"]["met"]
+    assert g["ridge · fMRI-tuned keeps or raises EffNet-Lite0 2-way over plain"][
+        "met"
+    ]  # a drop within the noise
+    assert not g["ridge · fMRI-tuned keeps or raises the mean read-back over plain"]["met"]  # a clear drop
+
+
+def test_comparison_tables_mark_only_intervals_that_exclude_zero():
+    from lib.report import document as rp
+
+    html_ = rp._comparisons({"a − b": {"x": {"diff": 0.1, "low": 0.02, "high": 0.2, "p": 0.01},
+                                       "y": {"diff": 0.1, "low": -0.02, "high": 0.2, "p": 0.2}}}, "t")  # fmt: skip
+    assert "+0.100 [+0.020, +0.200] *" in html_ and "+0.100 [-0.020, +0.200]</td>" in html_
+    cells = rp._table({"r": {"m": 0.5}}, "c", {"r": {"m": [0.4, 0.6]}})
+    assert "0.500 <small>[0.400, 0.600]</small>" in cells

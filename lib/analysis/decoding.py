@@ -37,7 +37,7 @@ def one_hot(labels: np.ndarray, classes: list | None = None) -> tuple[np.ndarray
 def roi_comparison(x_train: np.ndarray, x_test: np.ndarray, columns: dict[str, np.ndarray],
                    embedding: tuple[np.ndarray, np.ndarray], category: tuple[np.ndarray, np.ndarray],
                    layout: tuple[np.ndarray, np.ndarray], alphas=DEFAULT_ALPHAS, device: str = "auto",
-                   seed: int = 0) -> dict[str, dict]:  # fmt: skip
+                   seed: int = 0, per_image: bool = False):  # fmt: skip
     """Decode three kinds of content from each ROI group's voxels (``columns``: group -> column indices), each
     by ridge with its own leave-one-out alpha per target, from one decomposition per group:
 
@@ -46,7 +46,9 @@ def roi_comparison(x_train: np.ndarray, x_test: np.ndarray, columns: dict[str, n
     - ``layout_r``: the spatial layout (``layout`` = (train, test) low-resolution images), Pearson r per test
       image between decoded and true raster, averaged.
 
-    Rows of ``x_train`` must be distinct images (average repeats first), so that leaving one out is honest.
+    Rows of ``x_train`` must be distinct images (average repeats first), so that leaving one out is honest. With
+    ``per_image`` also the scores behind each number, {group: {measure: (N test images,)}} (their means are the
+    numbers), for :mod:`lib.analysis.stats`.
     """
     from lib.analysis import metrics
 
@@ -55,22 +57,29 @@ def roi_comparison(x_train: np.ndarray, x_test: np.ndarray, columns: dict[str, n
     l_tr, l_te = layout
     y = np.hstack([e_tr, c_tr, l_tr]).astype(np.float32)
     de, dc = e_tr.shape[1], c_tr.shape[1]
-    out = {}
+    out, scores = {}, {}
     for name, cols in runtime.progress(columns.items(), desc="ROI groups", leave=False):
         if len(cols) == 0:
             continue
         enc = RidgeEncoder(alphas=alphas, alpha_per_target=True, device=device).fit(x_train[:, cols], y)
         pred = enc.predict(x_test[:, cols])
         ret = metrics.retrieval(pred[:, :de], e_te, seed=seed)
+        hits = metrics.retrieval_per_sample(pred[:, :de], e_te, seed=seed)
         guess = np.asarray(classes, dtype=object)[pred[:, de : de + dc].argmax(1)]
+        scores[name] = {
+            "img_retrieval_top1": hits["image"],
+            "brain_retrieval_top1": hits["brain"],
+            "category_accuracy": (guess == np.asarray(category[1], dtype=object)).astype(np.float64),
+            "layout_r": metrics.pearson_per_sample(pred[:, de + dc :], l_te),
+        }
         out[name] = {
             "n_voxels": int(len(cols)),
             "img_retrieval_top1": ret["image"],
             "brain_retrieval_top1": ret["brain"],
-            "category_accuracy": float(np.mean(guess == np.asarray(category[1], dtype=object))),
-            "layout_r": float(metrics.pearson_per_sample(pred[:, de + dc :], l_te).mean()),
+            "category_accuracy": float(scores[name]["category_accuracy"].mean()),
+            "layout_r": float(scores[name]["layout_r"].mean()),
         }
-    return out
+    return (out, scores) if per_image else out
 
 
 def voxel_encoding_accuracy(features_train: np.ndarray, x_train: np.ndarray, features_test: np.ndarray,
@@ -133,18 +142,49 @@ def encoder_scores(fitted: dict[str, tuple], x_test: np.ndarray, targets: dict[s
     return table
 
 
-def encoder_retrieval(pred: dict[str, np.ndarray], test_ids: np.ndarray, encoders, seed: int = 0) -> dict:
+def encoder_per_sample(fitted: dict[str, tuple], x_test: np.ndarray, targets: dict[str, np.ndarray],
+                       seed: int = 0) -> dict[str, dict[str, np.ndarray]]:  # fmt: skip
+    """The scores behind :func:`encoder_scores`' measured numbers, per test image: {encoder: {metric: (N,)}}."""
+    from lib.analysis import metrics
+
+    out = {}
+    for name, (enc, pred, hist) in fitted.items():
+        kind = name.split("_", 1)[1]
+        out[name] = metrics.summary_per_sample(pred, targets[kind], seed=seed,
+                                               regression=enc.predict(x_test) if hist else None)  # fmt: skip
+    return out
+
+
+def uncertainty(
+    per_image: dict[str, dict[str, np.ndarray]], pairs, resamples: int = 2000, seed: int = 0
+) -> dict:
+    """Bootstrap intervals of every number of a table of per-image scores and paired comparisons of ``pairs``
+    (rows (a, b): a - b on the same images), as the metrics files record them: {"intervals": {row: {metric:
+    [low, high]}}, "comparisons": {"a − b": {metric: {diff, low, high, p}}}, "resamples": ...}."""
+    from lib.analysis import stats
+
+    return {
+        "intervals": stats.intervals(per_image, resamples, seed=seed),
+        "comparisons": stats.comparisons(per_image, pairs, resamples, seed=seed),
+        "resamples": int(resamples),
+        "level": stats.LEVEL,
+    }
+
+
+def encoder_retrieval(pred: dict[str, np.ndarray], test_ids: np.ndarray, encoders, seed: int = 0,
+                      per_image: bool = False) -> dict:  # fmt: skip
     """Top-1 retrieval both ways (:func:`lib.analysis.metrics.retrieval`, among at most 300) of each of
     ``encoders`` on ``test_ids``, from 02's predictions ``pred`` (``pred_<encoder>``, its retrieval space,
     against ``true_<kind>``): {encoder: {"image": ..., "brain": ..., "chance": ...}}. The same numbers as 02's
-    table when ``test_ids`` are all of 02's test images and the seed is 02's."""
+    table when ``test_ids`` are all of 02's test images and the seed is 02's. With ``per_image``, each test
+    image's hits instead ({encoder: {"image": (N,), "brain": (N,)}}, :func:`~lib.analysis.metrics.retrieval_per_sample`)."""
     from lib.analysis import metrics
 
     out = {}
     for enc in encoders:
         kind = enc.split("_", 1)[1]
         p, t = (rows_of(pred["test_ids"], pred[k], test_ids) for k in (f"pred_{enc}", f"true_{kind}"))
-        out[enc] = metrics.retrieval(p, t, seed=seed)
+        out[enc] = (metrics.retrieval_per_sample if per_image else metrics.retrieval)(p, t, seed=seed)
     return out
 
 

@@ -27,25 +27,56 @@ def retrieval(brain: np.ndarray, image: np.ndarray, n: int = 300, draws: int = 3
     retrieval"); ``brain``: for each image, is its own brain embedding the most similar (image -> brain, "brain
     retrieval"). With fewer than ``n`` samples every draw uses all of them. Chance is 1/n.
     """
+    img, brn = [], []
+    for _, i, r in _retrieval_draws(brain, image, n, draws, seed):
+        img.append(i.mean())
+        brn.append(r.mean())
+    n = min(n, len(brain))
+    return {"image": float(np.mean(img)), "brain": float(np.mean(brn)), "n": n, "chance": 1 / n}
+
+
+def retrieval_per_sample(brain: np.ndarray, image: np.ndarray, n: int = 300, draws: int = 30,
+                         seed: int = 0) -> dict[str, np.ndarray]:  # fmt: skip
+    """Each pair's share of :func:`retrieval`'s hits (the same draws for the same seed), ``image`` and ``brain``
+    (N,): in the draws that held row i, how often it was found. With ``n`` >= N (one draw of every row) these are
+    0/1 and their means are :func:`retrieval`'s numbers; with fewer, each row is weighted by its draws."""
+    hits = np.zeros((2, len(brain)))
+    seen = np.zeros(len(brain))
+    for idx, i, r in _retrieval_draws(brain, image, n, draws, seed):
+        hits[0, idx] += i
+        hits[1, idx] += r
+        seen[idx] += 1
+    seen = np.maximum(seen, 1)  # a row no draw held (n < N, few draws) counts as missed
+    return {"image": hits[0] / seen, "brain": hits[1] / seen}
+
+
+def _retrieval_draws(brain, image, n, draws, seed):
+    """(rows, image hits, brain hits) of each draw of ``n`` pairs: the one sampling of both retrieval functions."""
     _check_pair(brain, image, "retrieval")
     if n < 2 or draws < 1:
         raise ValueError(f"retrieval: n={n}, draws={draws}: expected n >= 2 and draws >= 1")
     b, v = _unit(brain), _unit(image)
     n = min(n, len(b))
     rng = np.random.default_rng(seed)
-    img, brn = [], []
     for _ in range(draws if n < len(b) else 1):  # with every sample in each draw, all draws are the same
         idx = rng.choice(len(b), n, replace=False) if n < len(b) else np.arange(n)
-        i, r = _paired_top1(b[idx], v[idx])
-        img.append(i)
-        brn.append(r)
-    return {"image": float(np.mean(img)), "brain": float(np.mean(brn)), "n": n, "chance": 1 / n}
+        s = b[idx] @ v[idx].T
+        truth = np.arange(n)
+        yield idx, s.argmax(1) == truth, s.argmax(0) == truth
 
 
 def _paired_top1(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
     s = a @ b.T
     truth = np.arange(len(a))
     return float(np.mean(s.argmax(1) == truth)), float(np.mean(s.argmax(0) == truth))
+
+
+def paired_top1_per_sample(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`paired_top1`'s hits per row, (N,) 0/1 each way (their means are its numbers)."""
+    _check_pair(a, b, "paired_top1")
+    s = _unit(a) @ _unit(b).T
+    truth = np.arange(len(a))
+    return (s.argmax(1) == truth).astype(np.float64), (s.argmax(0) == truth).astype(np.float64)
 
 
 def paired_top1(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
@@ -81,14 +112,19 @@ def pearson_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def two_way_identification(pred: np.ndarray, true: np.ndarray) -> float:
     """2-way identification: for each prediction, the fraction of the other N-1 true samples whose correlation
     with it is lower than that of its own true sample; the mean over predictions. Chance 0.5, perfect 1."""
+    return float(np.mean(two_way_per_sample(pred, true)))
+
+
+def two_way_per_sample(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """Each prediction's term of :func:`two_way_identification` (N,): the fraction of the other true samples it
+    correlates with less than with its own."""
     _check_pair(
         np.reshape(pred, (len(pred), -1)), np.reshape(true, (len(true), -1)), "two_way_identification"
     )
     r = pearson_matrix(pred, true)
     own = np.diag(r)
-    n = len(r)
     below = (r < own[:, None]).sum(1)  # the diagonal is never below itself
-    return float(np.mean(below / (n - 1)))
+    return below / (len(r) - 1)
 
 
 def cosine_per_sample(pred: np.ndarray, true: np.ndarray) -> np.ndarray:
@@ -129,6 +165,22 @@ def summary(pred: np.ndarray, true: np.ndarray, n: int = 300, draws: int = 30, s
         "two_way": two_way_identification(pred, true),
         "cosine": float(cosine_per_sample(reg, true).mean()),
         "pearson": float(pearson_per_sample(reg, true).mean()),
+    }
+
+
+def summary_per_sample(pred: np.ndarray, true: np.ndarray, n: int = 300, draws: int = 30, seed: int = 0,
+                       regression: np.ndarray | None = None) -> dict[str, np.ndarray]:  # fmt: skip
+    """:func:`summary`'s metrics per test sample (N,) each, for bootstrap intervals and paired comparisons
+    (:mod:`lib.analysis.stats`); their means are :func:`summary`'s numbers (retrieval: see
+    :func:`retrieval_per_sample`)."""
+    ret = retrieval_per_sample(pred, true, n, draws, seed)
+    reg = pred if regression is None else regression
+    return {
+        "img_retrieval_top1": ret["image"],
+        "brain_retrieval_top1": ret["brain"],
+        "two_way": two_way_per_sample(pred, true),
+        "cosine": cosine_per_sample(reg, true),
+        "pearson": pearson_per_sample(reg, true),
     }
 
 

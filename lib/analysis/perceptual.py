@@ -234,21 +234,24 @@ def correlation_distance(pred: np.ndarray, true: np.ndarray) -> float:
     return float(np.mean(1 - metrics.pearson_per_sample(pred, true)))
 
 
-def _score(kind: str, pred: np.ndarray, true: np.ndarray) -> float:
-    return (
-        metrics.two_way_identification(pred, true) if kind == "two_way" else correlation_distance(pred, true)
-    )
+def _per_image(kind: str, pred: np.ndarray, true: np.ndarray) -> np.ndarray:
+    """A metric's score per image pair: the 2-way fraction or 1 - Pearson r of the features."""
+    if kind == "two_way":
+        return metrics.two_way_per_sample(pred, true)
+    return 1 - metrics.pearson_per_sample(pred, true)
 
 
 def evaluate(variants: dict[str, np.ndarray], targets: np.ndarray, metric_names: list[str] | None = None,
              embedder=None, folder: str | Path | None = None, device: str | None = None,
-             random_weights: bool = False, low_level: bool = True) -> tuple[dict, dict]:  # fmt: skip
+             random_weights: bool = False, low_level: bool = True, per_image: bool = False) -> tuple:  # fmt: skip
     """Score every variant's reconstructions (name -> uint8 (N, H, W, 3), row i drawn for targets[i], any size) with
     PixCorr and SSIM (``low_level``), the ``metric_names`` of :data:`METRICS` (default: all), and "CLIP" (2-way on
     the joint embedding) when an ``embedder`` is given. The true images' features are computed once per network.
 
-    Returns (table {variant: {metric: value, or None where unavailable}}, unavailable {metric: reason}). With
-    ``random_weights`` the networks keep their random initialisation and each label says so (for tests only)."""
+    Returns (table {variant: {metric: value, or None where unavailable}}, unavailable {metric: reason}), and with
+    ``per_image`` a third item, the scores behind each value {variant: {metric: (N,) or None}} (every value is the
+    mean of its per-image scores; :mod:`lib.analysis.stats` resamples them). With ``random_weights`` the networks
+    keep their random initialisation and each label says so (for tests only)."""
     targets = np.asarray(targets)
     for name, rec in variants.items():  # sizes may differ: every metric resizes both images first
         if np.ndim(rec) != 4 or len(rec) != len(targets):
@@ -259,11 +262,11 @@ def evaluate(variants: dict[str, np.ndarray], targets: np.ndarray, metric_names:
     unknown = [m for m in names if m not in METRICS]
     if unknown:
         raise PerceptualError(f"metrics {unknown}: expected names from {list(METRICS)}")
-    table: dict[str, dict[str, float | None]] = {v: {} for v in variants}
+    scores: dict[str, dict[str, np.ndarray | None]] = {v: {} for v in variants}
     if low_level:
         for v, rec in variants.items():
-            table[v]["PixCorr"] = metrics.pixcorr(rec, targets)
-            table[v]["SSIM"] = metrics.ssim(rec, targets)
+            scores[v]["PixCorr"] = metrics.pixcorr_per_image(rec, targets)
+            scores[v]["SSIM"] = metrics.ssim_per_image(rec, targets)
     unavailable: dict[str, str] = {}
     by_network: dict[str, list[Metric]] = {}
     for m in names:
@@ -275,14 +278,14 @@ def evaluate(variants: dict[str, np.ndarray], targets: np.ndarray, metric_names:
             for m in ms:
                 unavailable[m.label] = str(e)
                 for v in variants:
-                    table[v][m.label] = None
+                    scores[v][m.label] = None
             continue
         for resize in sorted({m.resize for m in ms}):
             true_f = net(targets, resize)
             for v, rec in variants.items():
                 rec_f = net(rec, resize)
                 for m in (m for m in ms if m.resize == resize):
-                    table[v][m.label + (RANDOM if random_weights else "")] = _score(
+                    scores[v][m.label + (RANDOM if random_weights else "")] = _per_image(
                         m.score, rec_f[m.node], true_f[m.node]
                     )
     if embedder is not None:
@@ -291,5 +294,10 @@ def evaluate(variants: dict[str, np.ndarray], targets: np.ndarray, metric_names:
         view = gan.EmbeddingView(embedder).to(embedder.device)
         true_e = gan.embed_generated(view, targets)
         for v, rec in variants.items():
-            table[v]["CLIP"] = metrics.two_way_identification(gan.embed_generated(view, rec), true_e)
+            scores[v]["CLIP"] = metrics.two_way_per_sample(gan.embed_generated(view, rec), true_e)
+    table = {
+        v: {m: None if x is None else float(np.mean(x)) for m, x in row.items()} for v, row in scores.items()
+    }
+    if per_image:
+        return table, unavailable, scores
     return table, unavailable

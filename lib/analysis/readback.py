@@ -15,6 +15,8 @@ from lib import runtime
 
 #: what the judge reads (columns of :func:`lib.data.scenes.attribute_table`); colour, shape, position: largest object
 READ = ("background", "bg_colour", "colour", "shape", "position")
+#: per-image means over attributes that :meth:`Readback.score` adds (the report's read-back goals compare them)
+COMPOSITES = {"main object": ("colour", "shape", "position"), "mean": READ}
 SIZE = 64  # every image is resized to this side before reading
 
 
@@ -89,8 +91,23 @@ class Readback:
             k: float((pred[k].astype(str) == table[k].astype(str).to_numpy()).mean()) for k in self.classes
         }
 
+    def score(self, image_sets: dict[str, np.ndarray], table) -> tuple[dict[str, dict], dict[str, dict]]:
+        """Read every image set (name -> images, one per row of ``table``): ({name: {attribute: accuracy}},
+        {name: {attribute: 0/1 per image}}), each accuracy the mean of its per-image hits; also each
+        :data:`COMPOSITES` entry whose attributes were all read (per image, the share of them read correctly)."""
+        hits = {}
+        for name, images in image_sets.items():
+            h = {k: v.astype(np.float64) for k, v in self.per_image(images, table).items()}
+            for c, attrs in COMPOSITES.items():
+                if all(a in h for a in attrs):
+                    h[c] = np.mean([h[a] for a in attrs], axis=0)
+            hits[name] = h
+        return {name: {k: float(v.mean()) for k, v in h.items()} for name, h in hits.items()}, hits
+
     def per_image(self, images: np.ndarray, table) -> dict[str, np.ndarray]:
         """{attribute: bool (N,)}: which images' attribute is read correctly (for paired comparisons)."""
+        if len(table) != len(images):
+            raise ReadbackError(f"{len(images)} images but {len(table)} attribute rows")
         pred = self.predict(images)
         return {k: pred[k].astype(str) == table[k].astype(str).to_numpy() for k in self.classes}
 

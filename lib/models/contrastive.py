@@ -200,15 +200,41 @@ def retrieval_monitor(images: np.ndarray, captions: list[list[str]]) -> Callable
 
 def train_from_scratch(arch: str, images: np.ndarray, captions: list[list[str]], cfg: ClipTrainConfig, store,
                        image_size: int | None = None, device: str = "auto",
-                       monitor: Callable[[Embedder], dict] | None = None) -> tuple[Embedder, dict]:  # fmt: skip
+                       monitor: Callable[[Embedder], dict] | None = None,
+                       save: bool = True) -> tuple[Embedder, dict]:  # fmt: skip
     """The embedding 01 trains itself: ``arch`` at its initialisation for ``cfg.seed``, trained by
     :func:`train_clip` on the training stimuli (resumable state in 01's folder of the :class:`lib.artifacts.Store`
     ``store``), saved as the ``embedder_scratch`` artifact and read back from it, so that what is scored here is
-    the file later stages load. Returns (embedder, history)."""
+    the file later stages load (``save=False``: kept in memory only, e.g. a further seed). Returns (embedder,
+    history)."""
     from lib.models import embedding
 
     emb = embedding.create(arch, image_size, device, cfg.seed)
     history = train_clip(emb, images, captions, cfg, state_dir=store.work_dir("01_joint_embedding"),
                          monitor=monitor)  # fmt: skip
+    if not save:
+        return emb, history
     store.save_embedder(emb, {"config": vars(cfg)}, scratch=True)
     return store.load_embedder(device, scratch=True), history
+
+
+def scratch_seed_spread(seeds, arch: str, cfg: ClipTrainConfig, store, images_train: np.ndarray,
+                        captions_train: list[list[str]], images_test: np.ndarray, captions_test: list[list[str]],
+                        attrs_train, attrs_test, image_size: int | None = None, device: str = "auto",
+                        first: dict | None = None) -> dict:  # fmt: skip
+    """The seed spread of 01's probes of the embedding trained here (:func:`train_from_scratch` with each of
+    ``seeds``, kept in memory; ``first``: the first seed's :func:`lib.models.embedding.compare` row, already
+    computed): :func:`lib.analysis.stats.across_seeds` over {"scratch": {attribute or retrieval: number}}."""
+    from lib.analysis import stats
+    from lib.models import embedding
+
+    def table(seed: int) -> dict:
+        emb, _ = train_from_scratch(arch, images_train, captions_train, dataclasses.replace(cfg, seed=seed), store,
+                                    image_size, device, save=False)  # fmt: skip
+        probes = embedding.compare({"scratch": emb}, images_train, images_test, attrs_train, attrs_test,
+                                   captions_test)  # fmt: skip
+        return embedding.probe_rows(probes)
+
+    return stats.across_seeds(
+        seeds, table, None if first is None else embedding.probe_rows({"scratch": first})
+    )

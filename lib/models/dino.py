@@ -418,10 +418,10 @@ def probe_table(
 
 
 def linear_probe_accuracy(train: np.ndarray, test: np.ndarray, attributes_train, attributes_test,
-                          alpha: float = 100.0) -> dict:  # fmt: skip
+                          alpha: float = 100.0, per_image: bool = False) -> dict:  # fmt: skip
     """{attribute: test accuracy} of a linear probe (scikit-learn's one-vs-rest ridge classifier on standardised
     features, penalty ``alpha``) fitted on the training rows: what the features hold linearly, where k-NN shows
-    what dominates their similarity."""
+    what dominates their similarity. With ``per_image``: {attribute: 0/1 per test image} instead."""
     from sklearn.linear_model import RidgeClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -430,5 +430,6 @@ def linear_probe_accuracy(train: np.ndarray, test: np.ndarray, attributes_train,
     for a in attributes_train.columns:
         clf = make_pipeline(StandardScaler(), RidgeClassifier(alpha=alpha))
         clf.fit(train, attributes_train[a].astype(str).to_numpy())
-        out[a] = float(clf.score(test, attributes_test[a].astype(str).to_numpy()))
+        hits = (clf.predict(test) == attributes_test[a].astype(str).to_numpy()).astype(np.float64)
+        out[a] = hits if per_image else float(hits.mean())
     return out

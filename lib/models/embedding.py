@@ -421,21 +421,32 @@ def project_2d(x: np.ndarray, seed: int = 0) -> np.ndarray:
 
 
 def compare(embedders: dict[str, Embedder], images_train: np.ndarray, images_test: np.ndarray, attrs_train,
-            attrs_test, captions_test: list[list[str]]) -> dict[str, dict]:  # fmt: skip
+            attrs_test, captions_test: list[list[str]], per_image: bool = False):  # fmt: skip
     """For each named model: linear probes of its image embedding (fitted on the training images' attributes,
     scored on the test images'; :func:`lib.models.dino.linear_probe_accuracy`) and top-1 retrieval both ways between the
-    test images and their mean caption embeddings."""
-    from lib.analysis.metrics import paired_top1
+    test images and their mean caption embeddings. With ``per_image`` also the scores behind them, {model:
+    {attribute or img2txt_top1 / txt2img_top1: 0/1 per test image}}, for :mod:`lib.analysis.stats`."""
+    from lib.analysis.metrics import paired_top1_per_sample
     from lib.models.dino import linear_probe_accuracy
 
-    out = {}
+    out, scores = {}, {}
     for name, emb in embedders.items():
         a, b = emb.embed_images(images_train), emb.embed_images(images_test)
         txt, _ = emb.embed_captions(captions_test)
-        i2t, t2i = paired_top1(b, txt)
-        out[name] = {"linear_probe": linear_probe_accuracy(a, b, attrs_train, attrs_test),
-                     "img2txt_top1": i2t, "txt2img_top1": t2i}  # fmt: skip
-    return out
+        i2t, t2i = paired_top1_per_sample(b, txt)
+        hits = linear_probe_accuracy(a, b, attrs_train, attrs_test, per_image=True)
+        scores[name] = hits | {"img2txt_top1": i2t, "txt2img_top1": t2i}
+        out[name] = {"linear_probe": {k: float(v.mean()) for k, v in hits.items()},
+                     "img2txt_top1": float(i2t.mean()), "txt2img_top1": float(t2i.mean())}  # fmt: skip
+    return (out, scores) if per_image else out
+
+
+def probe_rows(probes: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """:func:`compare`'s result as a flat table {model: {attribute or retrieval: number}} (for seed spreads)."""
+    return {
+        name: r["linear_probe"] | {k: v for k, v in r.items() if k != "linear_probe"}
+        for name, r in probes.items()
+    }
 
 
 def random_like(emb: Embedder, seed: int = 0) -> Embedder:

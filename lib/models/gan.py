@@ -595,8 +595,8 @@ def evaluation_variants(rec, pred: dict[str, np.ndarray], test_ids: np.ndarray, 
 
     cfg, index = rec.settings, rows_of(rec.test_ids, np.arange(len(rec.test_ids)), test_ids)
     kinds = {"plain": "predicted", "fMRI-tuned": "tuned", "optimised": "optimised"}  # 05's name: 03's name
-    variants = {"oracle (true embedding)": rec.variants["oracle"][index]}
-    provenance = {"oracle (true embedding)": rec.provenance["oracle"]}
+    variants = {ORACLE: rec.variants["oracle"][index]}
+    provenance = {ORACLE: rec.provenance["oracle"]}
     for enc, short in ENCODER_NAMES.items():
         if enc == cfg["encoder"]:
             made = {kind: rec.variants[key][index] for kind, key in kinds.items()}
@@ -617,6 +617,26 @@ def evaluation_variants(rec, pred: dict[str, np.ndarray], test_ids: np.ndarray, 
                 words = words.replace(cfg["encoder"], enc) + " (made in 05 with 03's settings)"
             provenance[f"{short} · {kind}"] = words
     return variants, provenance
+
+
+ORACLE = "oracle (true embedding)"
+#: 05's baselines a reconstruction should beat (named as notebook 05 names them)
+NEAREST, MEAN_IMAGE = "nearest training image · {}", "mean training image"
+
+
+def comparison_pairs() -> list[tuple[str, str]]:
+    """Every comparison 05's report makes, as (a, b) rows of its table (a - b on the same test images): for each
+    encoder fMRI-tuned and optimised against plain and optimised against tuned, the oracle against plain, plain
+    against the nearest training image (by that encoder's prediction) and the mean training image; and the MLP
+    against ridge at each stage."""
+    pairs = []
+    for short in ENCODER_NAMES.values():
+        plain, tuned, opt = (f"{short} · {k}" for k in ("plain", "fMRI-tuned", "optimised"))
+        pairs += [(tuned, plain), (opt, plain), (opt, tuned), (ORACLE, plain), (plain, NEAREST.format(short)),
+                  (plain, MEAN_IMAGE)]  # fmt: skip
+    ridge, mlp = ENCODER_NAMES.values()
+    pairs += [(f"{mlp} · {k}", f"{ridge} · {k}") for k in ("plain", "fMRI-tuned", "optimised")]
+    return pairs
 
 
 def variant_scores(recon: dict[str, np.ndarray], view: EmbeddingView, true: np.ndarray,
@@ -645,3 +665,20 @@ def resize_images(images: np.ndarray, size: int, batch: int = 256) -> np.ndarray
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         out.append(sg.to_uint8(x))
     return np.concatenate(out) if out else np.zeros((0, size, size, 3), np.uint8)
+
+
+def tuning_seed_spread(seeds, G: sg.Generator, predicted: np.ndarray, true: np.ndarray, embedder,
+                       view: EmbeddingView, test_predicted: np.ndarray, test_true: np.ndarray, test_images: np.ndarray,
+                       ratio: float, first: dict | None = None, **tune) -> dict:  # fmt: skip
+    """The seed spread of 03's fMRI tuning: :func:`tune_conditioning` of ``G`` on (``predicted``, ``true``) with
+    each of ``seeds`` (``tune``: its other arguments), the tuned generator drawing ``test_predicted`` with that seed,
+    scored by :func:`variant_scores` ({"tuned": {two_way, pixcorr, ssim}}; ``first``: the first seed's, already
+    computed); :func:`lib.analysis.stats.across_seeds`."""
+    from lib.analysis import stats
+
+    def table(seed: int) -> dict:
+        tuned, _ = tune_conditioning(G, predicted, true, embedder, ratio=ratio, seed=seed, **tune)
+        rec = generate(tuned, test_predicted, ratio, seed=seed)
+        return variant_scores({"tuned": rec}, view, test_true, test_images)[0]
+
+    return stats.across_seeds(seeds, table, first)

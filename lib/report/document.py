@@ -59,8 +59,8 @@ FIGURES = {
     "01_embedding_probes.png": "Linear probes of the image embedding on the test stimuli (fitted on the training "
     "stimuli): this embedding against the same architecture trained from scratch here and at random initialisation.",
     "01_embedding_2d.png": "A 2-D projection of the image embeddings coloured by scene attributes.",
-    "02_roi_comparison.png": "Retrieval and 2-way identification per ROI group and encoder, against the noise-free "
-    "ceiling and chance.",
+    "02_roi_comparison.png": "Retrieval, category and layout decoded from each ROI group, with 95% bootstrap "
+    "intervals over test images, against the noise-free ceiling and chance.",
     "02_learning_curves.png": "MLP training curves and ridge accuracy against the number of training trials.",
     "02_voxel_accuracy.png": "Per-voxel accuracy of the encoding direction on the brain.",
     "02_predicted_vs_true.png": "Predicted against true embedding values on the test images.",
@@ -86,8 +86,8 @@ FIGURES = {
     "pretrained weights are not on this machine.",
     "05_distance.png": "Feature correlation distance (lower is better); n/a where weights are absent.",
     "05_retrieval.png": "Top-1 retrieval among 300 test samples of the 02 encoders, both directions.",
-    "05_roi_groups.png": "ROI-only reconstructions scored per ROI group: early groups carry layout, higher groups "
-    "category.",
+    "05_roi_groups.png": "ROI-only reconstructions scored per ROI group, with 95% intervals over test images; the "
+    "table of paired comparisons says which groups differ from all voxels.",
     "05_readback.png": "Attribute read-back: what a CNN trained on the stimuli (never on reconstructions) reads "
     "from each reconstruction and baseline, beside its accuracy on the stimuli themselves and chance.",
 }
@@ -119,36 +119,91 @@ def _metrics(folder: Path, stem: str) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _fmt(v) -> str:
+def _fmt(v, interval=None) -> str:
     if v is None or (isinstance(v, float) and v != v):
         return "n/a"
+    if interval is not None and isinstance(v, int | float):
+        return f"{v:.3f} <small>[{interval[0]:.3f}, {interval[1]:.3f}]</small>"
     return f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
 
 
-def _table(rows: dict[str, dict], caption: str = "") -> str:
+def _table(rows: dict[str, dict], caption: str = "", intervals: dict[str, dict] | None = None) -> str:
+    """An HTML table of {row: {column: value}}; ``intervals`` ({row: {column: [low, high]}}) are printed beside
+    their values."""
     cols: list[str] = []
     for r in rows.values():
         cols += [c for c in r if c not in cols]
+    iv = intervals or {}
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
     body = "".join(
-        f"<tr><th>{html.escape(str(k))}</th>" + "".join(f"<td>{_fmt(r.get(c))}</td>" for c in cols) + "</tr>"
+        f"<tr><th>{html.escape(str(k))}</th>"
+        + "".join(f"<td>{_fmt(r.get(c), iv.get(k, {}).get(c))}</td>" for c in cols)
+        + "</tr>"
         for k, r in rows.items()
     )
     cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
     return f"<table>{cap}<thead><tr><th></th>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _comparisons(comps: dict[str, dict], caption: str) -> str:
+    """Paired comparisons {"a − b": {metric: {diff, low, high, p}}} as a table of "difference [interval]"; a
+    difference :func:`lib.analysis.stats.differs` accepts (95% interval excludes 0, permutation p < 0.05) is marked
+    with * (only those are differences the report claims)."""
+    from lib.analysis import stats
+
+    rows = {}
+    for pair, by_metric in comps.items():
+        rows[pair] = {m: f"{c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]{' *' if stats.differs(c) else ''}"
+                      for m, c in by_metric.items()}  # fmt: skip
+    return _table(rows, f"{caption} (a − b on the same test images, 95% paired bootstrap interval; * a difference: "
+                        "the interval excludes 0 and the sign-flip p < 0.05)")  # fmt: skip
+
+
+def _spread(spread: dict, caption: str) -> str:
+    rows = {
+        r: {m: f"{v['mean']:.3f} ± {v['sd']:.3f}" for m, v in ms.items()}
+        for r, ms in spread["spread"].items()
+    }
+    return _table(rows, f"{caption}: mean ± standard deviation over seeds {spread['seeds']}")
+
+
+def _uncertain(r: dict, key: str) -> tuple[dict, dict]:
+    """(intervals, comparisons) that a notebook's metrics ``r`` record under ``key`` (empty when absent)."""
+    u = r.get(key) or {}
+    return u.get("intervals") or {}, u.get("comparisons") or {}
+
+
 def _tables(nb: str, m: dict[str, dict]) -> list[str]:
     """The key tables of notebook ``nb`` from the metrics files ``m`` (stem -> dict)."""
     out = []
     if nb == "02" and m.get("02_fmri_encoder"):
+        r = m["02_fmri_encoder"]
         keys = ("two_way", "img_retrieval_top1", "brain_retrieval_top1", "cosine", "fraction_of_ceiling")
-        enc = m["02_fmri_encoder"].get("encoders", {})
-        out.append(
-            _table({e: {k: r.get(k) for k in keys} for e, r in enc.items()}, "encoders on the test images")
-        )
+        iv, comps = _uncertain(r, "uncertainty")
+        rows = {e: {k: row.get(k) for k in keys} for e, row in r.get("encoders", {}).items()}
+        out.append(_table(rows, "encoders on the test images [95% bootstrap interval over test images]", iv))
+        if comps:
+            out.append(_comparisons(comps, "encoders compared"))
+        if len((r.get("seed_spread") or {}).get("seeds", [])) > 1:
+            out.append(_spread(r["seed_spread"], "encoders retrained with other seeds"))
+        roi_iv, roi_comps = _uncertain(r, "roi_uncertainty")
+        if roi_comps:
+            out.append(_comparisons(roi_comps, "each ROI group against the prepared ROI"))
+    if nb == "01" and m.get("01_joint_embedding"):
+        r = m["01_joint_embedding"]
+        if _uncertain(r, "probe_uncertainty")[1]:
+            out.append(
+                _comparisons(_uncertain(r, "probe_uncertainty")[1], "embeddings compared by their probes")
+            )
+        if len((r.get("scratch_seed_spread") or {}).get("seeds", [])) > 1:
+            out.append(
+                _spread(r["scratch_seed_spread"], "the embedding trained here, retrained with other seeds")
+            )
     if nb == "03" and m.get("03_stylegan2"):
-        out.append(_table(m["03_stylegan2"].get("variants", {}), "reconstruction variants (03's own scores)"))
+        r = m["03_stylegan2"]
+        out.append(_table(r.get("variants", {}), "reconstruction variants (03's own scores)"))
+        if len((r.get("tune_seed_spread") or {}).get("seeds", [])) > 1:
+            out.append(_spread(r["tune_seed_spread"], "fMRI tuning rerun with other seeds (03's own scores)"))
     if nb == "04" and m.get("04_leave_one_out"):
         r = m["04_leave_one_out"]
         keys = [k for k in r if k.startswith(("spearman_", "prf_")) and not isinstance(r[k], dict)]
@@ -156,16 +211,26 @@ def _tables(nb: str, m: dict[str, dict]) -> list[str]:
     if nb == "05" and m.get("05_evaluation"):
         r = m["05_evaluation"]
         rows = r.get("table", {}) | ({"chance": r["chance"]} if r.get("chance") else {})
-        out.append(_table(rows, "every variant, every metric (n/a: pretrained weights unavailable)"))
+        iv, comps = _uncertain(r, "uncertainty")
+        out.append(_table(rows, "every variant, every metric [95% bootstrap interval over test images] (n/a: "
+                                "pretrained weights unavailable)", iv))  # fmt: skip
+        if comps:
+            out.append(_comparisons(comps, "variants compared, every metric"))
         if r.get("unavailable"):
             out.append(_table({k: {"why": v} for k, v in r["unavailable"].items()}, "unavailable metrics"))
         if r.get("roi_table"):
-            out.append(_table(r["roi_table"], "ROI-only reconstructions per ROI group"))
+            iv, comps = _uncertain(r, "roi_uncertainty")
+            out.append(_table(r["roi_table"], "ROI-only reconstructions per ROI group [95% interval]", iv))
+            if comps:
+                out.append(_comparisons(comps, "each ROI group against all voxels"))
         if r.get("readback"):
             rows = r["readback"] | (
                 {"chance (majority)": r["readback_chance"]} if r.get("readback_chance") else {}
             )
-            out.append(_table(rows, "attribute read-back by a judge trained on stimuli"))
+            iv, comps = _uncertain(r, "readback_uncertainty")
+            out.append(_table(rows, "attribute read-back by a judge trained on stimuli [95% interval]", iv))
+            if comps:
+                out.append(_comparisons(comps, "read-back compared"))
         if m.get("goals"):
             out.append(
                 _table(m["goals"], "goals of the pretrained-models work: measured value, threshold, met")
@@ -291,17 +356,37 @@ def goals(profile: str) -> dict | None:
     if not all(m.values()) or not m["05_evaluation"].get("readback"):
         return None
     r = m["05_evaluation"]
-    return reconstruction_goals(m["01_joint_embedding"], m["04_leave_one_out"], r["table"], r["readback"])
+    return reconstruction_goals(m["01_joint_embedding"], m["04_leave_one_out"], r["table"], r["readback"],
+                                _uncertain(r, "uncertainty")[1], _uncertain(r, "readback_uncertainty")[1])  # fmt: skip
 
 
-def reconstruction_goals(m01: dict, m04: dict, table: dict[str, dict], readback: dict[str, dict]) -> dict:
+def reconstruction_goals(m01: dict, m04: dict, table: dict[str, dict], readback: dict[str, dict],
+                         comparisons: dict | None = None, readback_comparisons: dict | None = None) -> dict:  # fmt: skip
     """Each goal of the pretrained-models work with its measured value, threshold and whether it is met, from 01's
-    and 04's metrics, 05's metric table and 05's attribute read-back (rows named as notebook 05 names them)."""
+    and 04's metrics, 05's metric table and 05's attribute read-back (rows named as notebook 05 names them). A goal
+    comparing two variants uses 05's paired comparison when given (``comparisons``, ``readback_comparisons``: "a −
+    b" -> metric -> {diff, low, high, p}): "above" is met only for a difference above 0 that
+    :func:`lib.analysis.stats.differs` accepts (interval excludes 0, p < 0.05), "keeps or raises" unless there is
+    such a difference below 0; the interval is recorded with the goal."""
     goals: dict[str, dict] = {}
+    from lib.analysis import stats
+
+    comparisons, readback_comparisons = comparisons or {}, readback_comparisons or {}
 
     def goal(name: str, value, threshold, met: bool | None = None) -> None:
         ok = bool(value >= threshold) if met is None and value is not None else met
         goals[name] = {"value": value, "threshold": threshold, "met": ok}
+
+    def difference(name: str, a: str, b: str, metric: str, fallback: float, keeps: bool = False,
+                   source: dict | None = None) -> None:  # fmt: skip
+        """A goal that ``a`` is above ``b`` on ``metric`` (``keeps``: not below it)."""
+        c = (comparisons if source is None else source).get(f"{a} − {b}", {}).get(metric)
+        if c is None:  # metrics written before paired comparisons: the bare difference
+            goal(name, fallback, 0.0, met=fallback >= 0 if keeps else fallback > 0)
+            return
+        clear = stats.differs(c)  # the interval excludes 0 and the permutation test agrees
+        goal(name, c["diff"], 0.0, met=not (clear and c["diff"] < 0) if keeps else clear and c["diff"] > 0)
+        goals[name]["interval"] = [round(c["low"], 4), round(c["high"], 4)]
 
     probes = (m01.get("embedding_probes") or {}).get("this embedding", {})
     for attr, thr in (
@@ -328,21 +413,26 @@ def reconstruction_goals(m01: dict, m04: dict, table: dict[str, dict], readback:
     )
     goal("ridge PixCorr", plain.get("PixCorr"), 0.65)
     goal("ridge EffNet-Lite0 2-way", plain.get("EffNet-Lite0 2-way"), 0.75)
-    nearest = table.get("nearest training image · ridge", {})
-    goal("ridge PixCorr above nearest training image (ridge)", (plain.get("PixCorr") or 0) - (nearest.get("PixCorr") or 0),
-         0.0, met=(plain.get("PixCorr") or 0) > (nearest.get("PixCorr") or 0))  # fmt: skip
-    rb_plain, rb_near = readback.get("ridge · plain", {}), readback.get("nearest training image · ridge", {})
+    near = "nearest training image · ridge"
+    nearest = table.get(near, {})
+    difference("ridge PixCorr above nearest training image (ridge)", "ridge · plain", near, "PixCorr",
+               (plain.get("PixCorr") or 0) - (nearest.get("PixCorr") or 0))  # fmt: skip
+    rb_plain, rb_near = readback.get("ridge · plain", {}), readback.get(near, {})
     if rb_plain:
         margin = float(np.mean([rb_plain[a] - rb_near[a] for a in MAIN_OBJECT]))
-        goal("ridge main-object read-back (colour, shape, position) above nearest training image", margin, 0.0,
-             met=margin > 0)  # fmt: skip
+        difference("ridge main-object read-back (colour, shape, position) above nearest training image",
+                   "ridge · plain", near, "main object", margin, source=readback_comparisons)  # fmt: skip
         for v in ("ridge · fMRI-tuned", "ridge · optimised"):
             if v not in readback:
                 continue
             d_eff = (table[v].get("EffNet-Lite0 2-way") or 0) - (plain.get("EffNet-Lite0 2-way") or 0)
-            d_rb = float(np.mean([readback[v][a] - rb_plain[a] for a in readback[v]]))
-            goal(f"{v} keeps or raises EffNet-Lite0 2-way over plain", d_eff, 0.0, met=d_eff >= 0)
-            goal(f"{v} keeps or raises the mean read-back over plain", d_rb, 0.0, met=d_rb >= 0)
+            d_rb = float(
+                np.mean([readback[v][a] - rb_plain[a] for a in MAIN_OBJECT + ("background", "bg_colour")])
+            )
+            difference(f"{v} keeps or raises EffNet-Lite0 2-way over plain", v, "ridge · plain",
+                       "EffNet-Lite0 2-way", d_eff, keeps=True)  # fmt: skip
+            difference(f"{v} keeps or raises the mean read-back over plain", v, "ridge · plain", "mean", d_rb,
+                       keeps=True, source=readback_comparisons)  # fmt: skip
     if m04.get("prf_median_error_px") is not None:
         ratio = m04["prf_median_error_px"] / m04["prf_chance_error_px"]
         goal("pRF check: median error / chance (at most 0.6)", ratio, 0.6, met=ratio <= 0.6)

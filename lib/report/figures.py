@@ -280,10 +280,12 @@ def retrieval_examples(
 
 
 def knn_bars(
-    panels: dict[str, dict[str, dict[str, float]]], chance: dict[str, float], title: str = ""
-) -> plt.Figure:
+    panels: dict[str, dict[str, dict[str, float]]], chance: dict[str, float], title: str = "",
+    intervals: dict[str, dict[str, dict]] | None = None,
+) -> plt.Figure:  # fmt: skip
     """One panel per probe ({probe: {feature set: {attribute: accuracy}}}): grouped bars per attribute, with the
-    majority-class rate as chance."""
+    majority-class rate as chance, and 95% bootstrap intervals over test images as error bars where ``intervals``
+    ({probe: {feature set: {attribute: [low, high]}}}) gives them."""
     attrs = list(chance)
     fig, axes = plt.subplots(
         len(panels), 1, figsize=(1.25 * len(attrs) + 2, 3.2 * len(panels)), squeeze=False
@@ -293,10 +295,16 @@ def knn_bars(
         for j, (name, acc) in enumerate(results.items()):
             x = np.arange(len(attrs)) + (j - (len(results) - 1) / 2) * w
             bars = ax.bar(x, [acc[a] for a in attrs], w, label=name, color=f"C{j}")
-            for b, a in zip(bars, attrs, strict=True):
-                ax.text(
-                    b.get_x() + b.get_width() / 2, acc[a] + 0.01, f"{acc[a]:.2f}", ha="center", fontsize=6.5
-                )
+            iv = (intervals or {}).get(probe, {}).get(name)
+            tops = [acc[a] for a in attrs]
+            if iv:
+                lo, hi = np.array([iv[a][0] for a in attrs]), np.array([iv[a][1] for a in attrs])
+                vals = np.array(tops)
+                ax.errorbar(x, vals, yerr=[np.maximum(vals - lo, 0), np.maximum(hi - vals, 0)], fmt="none",
+                            ecolor="0.2", elinewidth=0.8, capsize=1.5)  # fmt: skip
+                tops = hi
+            for b, a, top in zip(bars, attrs, tops, strict=True):
+                ax.text(b.get_x() + b.get_width() / 2, top + 0.01, f"{acc[a]:.2f}", ha="center", fontsize=6.5)
         for i, a in enumerate(attrs):
             ax.hlines(
                 chance[a],
@@ -334,9 +342,10 @@ def embedding_2d(xy: np.ndarray, labels: dict[str, np.ndarray], title: str = "")
 
 
 def roi_comparison(results: dict[str, dict], ceiling: dict[str, dict] | None, chance: dict[str, float],
-                   title: str = "") -> plt.Figure:  # fmt: skip
+                   title: str = "", intervals: dict[str, dict] | None = None) -> plt.Figure:  # fmt: skip
     """One panel per measure (``chance`` keys: e.g. img_retrieval_top1, category_accuracy, layout_r): a bar per
-    ROI group, the ceiling (noise-free responses) as a tick over each bar, chance as a dotted line."""
+    ROI group with its 95% bootstrap interval over test images (``intervals``: {group: {measure: [low, high]}}),
+    the ceiling (noise-free responses) as a tick over each bar, chance as a dotted line."""
     groups = list(results)
     fig, axes = plt.subplots(
         1, len(chance), figsize=(4.3 * len(chance), 0.32 * len(groups) + 1.6), squeeze=False
@@ -350,8 +359,14 @@ def roi_comparison(results: dict[str, dict], ceiling: dict[str, dict] | None, ch
     for ax, (measure, ch) in zip(axes[0], chance.items(), strict=True):
         vals = [results[g][measure] for g in groups]
         ax.barh(y, vals, color=[_group_colour(g) for g in groups], alpha=0.85)
-        for yi, v in zip(y, vals, strict=True):
-            ax.text(v, yi, f" {v:.2f}", va="center", fontsize=7)
+        ends = vals
+        if intervals:
+            lo, hi = (np.array([intervals[g][measure][k] for g in groups]) for k in (0, 1))
+            ax.errorbar(vals, y, xerr=[np.maximum(vals - lo, 0), np.maximum(hi - vals, 0)], fmt="none",
+                        ecolor="0.2", elinewidth=0.9, capsize=2, label="95% interval (test images)")  # fmt: skip
+            ends = hi
+        for yi, v, e in zip(y, vals, ends, strict=True):
+            ax.text(e, yi, f" {v:.2f}", va="center", fontsize=7)
         if ceiling:
             ax.scatter([ceiling[g][measure] for g in groups], y, marker="|", s=160, color="k", lw=1.5,
                        label="ceiling (noise-free)", zorder=3)  # fmt: skip
@@ -360,10 +375,10 @@ def roi_comparison(results: dict[str, dict], ceiling: dict[str, dict] | None, ch
         ax.invert_yaxis()
         ax.set(title=names.get(measure, measure), xlim=(min(0, ch), 1.05))
         ax.grid(axis="x", alpha=0.3)
-    axes[0, 0].legend(frameon=False, fontsize=7.5, loc="lower right")
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), frameon=False, fontsize=8, loc="lower center", ncol=3)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
 
 
@@ -690,11 +705,13 @@ def _once(pending: set[str], label: str) -> str | None:
 
 
 def metric_family(table: dict[str, dict], labels: list[str], title: str, published=None,
-                  chance: dict[str, float] | None = None, lower_better: bool = False) -> plt.Figure:  # fmt: skip
+                  chance: dict[str, float] | None = None, lower_better: bool = False,
+                  intervals: dict[str, dict] | None = None) -> plt.Figure:  # fmt: skip
     """One metric family: a group of bars per metric (``labels``), one bar per variant of ``table``
-    ({variant: {metric: value or None}}); a metric without a value is marked n/a (weights unavailable). Published
-    rows (a DataFrame with a ``method`` column and these metric columns) are drawn as grey markers, labelled as
-    another dataset; ``chance`` per metric as a dashed line."""
+    ({variant: {metric: value or None}}) with its 95% bootstrap interval over test images as an error bar
+    (``intervals``: {variant: {metric: [low, high]}}); a metric without a value is marked n/a (weights
+    unavailable). Published rows (a DataFrame with a ``method`` column and these metric columns) are drawn as grey
+    markers, labelled as another dataset; ``chance`` per metric as a dashed line."""
     variants = list(table)
     n = len(variants)
     width = 0.8 / max(n, 1)
@@ -702,7 +719,7 @@ def metric_family(table: dict[str, dict], labels: list[str], title: str, publish
     colours = plt.get_cmap("tab10")(np.arange(n) % 10)
     for i, v in enumerate(variants):  # legend entries, also when the first metric has no values
         ax.bar(0, 0, 0, color=colours[i], label=v)
-    legend = {"chance", "published on NSD (not comparable)"}  # each legend entry once, at its first use
+    legend = {"chance", "published on NSD (not comparable)", "95% interval (test images)"}  # once each
     for j, label in enumerate(labels):
         for i, v in enumerate(variants):
             x = j - 0.4 + (i + 0.5) * width
@@ -711,6 +728,11 @@ def metric_family(table: dict[str, dict], labels: list[str], title: str, publish
                 ax.text(x, 0.02, "n/a", rotation=90, ha="center", va="bottom", fontsize=6, color="0.4")
             else:
                 ax.bar(x, val, width * 0.92, color=colours[i])
+                iv = (intervals or {}).get(v, {}).get(label)
+                if iv is not None:
+                    ax.errorbar(x, val, yerr=[[max(val - iv[0], 0)], [max(iv[1] - val, 0)]], fmt="none",
+                                ecolor="0.15", elinewidth=0.8, capsize=1.5,
+                                label=_once(legend, "95% interval (test images)"))  # fmt: skip
         if chance and label in chance:
             ax.hlines(chance[label], j - 0.45, j + 0.45, colors="k", linestyles="--", lw=1,
                       label=_once(legend, "chance"))  # fmt: skip
@@ -735,18 +757,22 @@ def metric_family(table: dict[str, dict], labels: list[str], title: str, publish
 
 
 def readback_table(
-    table: dict[str, dict[str, float]], chance: dict[str, float], title: str = ""
-) -> plt.Figure:
+    table: dict[str, dict[str, float]], chance: dict[str, float], title: str = "",
+    intervals: dict[str, dict] | None = None,
+) -> plt.Figure:  # fmt: skip
     """The attribute read-back as a table: one row per image set (stimuli first), one column per attribute, the
-    accuracy printed in each cell and coloured by how far it lies between chance (white) and 1 (dark)."""
+    accuracy printed in each cell (with its 95% bootstrap interval over test images under it when ``intervals``
+    gives one) and coloured by how far it lies between chance (white) and 1 (dark)."""
     rows, cols = list(table), list(chance)
     acc = np.array([[table[r][c] for c in cols] for r in rows])
     lift = (acc - np.array([chance[c] for c in cols])) / (1 - np.array([chance[c] for c in cols]))
-    fig, ax = plt.subplots(figsize=(1.3 * len(cols) + 3.5, 0.36 * len(rows) + 1.4))
+    fig, ax = plt.subplots(figsize=(1.3 * len(cols) + 3.5, (0.5 if intervals else 0.36) * len(rows) + 1.4))
     ax.imshow(np.clip(lift, 0, 1), cmap="Greens", vmin=0, vmax=1.3, aspect="auto")
     for i in range(len(rows)):
         for j in range(len(cols)):
-            ax.text(j, i, f"{acc[i, j]:.2f}", ha="center", va="center", fontsize=8)
+            iv = (intervals or {}).get(rows[i], {}).get(cols[j])
+            text = f"{acc[i, j]:.2f}" + (f"\n[{iv[0]:.2f}, {iv[1]:.2f}]" if iv is not None else "")
+            ax.text(j, i, text, ha="center", va="center", fontsize=7 if iv is not None else 8)
     ax.set_xticks(range(len(cols)), [f"{c}\n(chance {chance[c]:.2f})" for c in cols], fontsize=8)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     ax.set_title(title, fontsize=9)
