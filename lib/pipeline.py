@@ -194,9 +194,12 @@ def _check_type(where: str, nb: Path, name: str, value, declared: str | None) ->
                             f"{name}: {declared}")  # fmt: skip
 
 
-def _execute(nb: Path, out: Path, params: dict, log_output: bool, nproc: int = 1) -> tuple[int, float, float]:
-    """Run papermill on one notebook in a child process: (exit code, seconds, peak RSS in MiB). ``nproc``: the
-    processes each trainer of the notebook launches (:mod:`lib.distributed`, through ``LIB_NPROC``)."""
+def _execute(
+    nb: Path, out: Path, params: dict, log_output: bool, nproc: int = 1
+) -> tuple[int, float, float, str]:
+    """Run papermill on one notebook in a child process: (exit code, seconds, peak RSS in MiB, the last line of
+    its error output when it failed, e.g. the notebook's exception). ``nproc``: the processes each trainer of the
+    notebook launches (:mod:`lib.distributed`, through ``LIB_NPROC``)."""
     cmd = [sys.executable, "-m", "papermill", str(nb), str(out), "-y", yaml.safe_dump(params), "--kernel", "python3",
            "--cwd", str(out.parent)]  # fmt: skip
     if not log_output:
@@ -215,10 +218,8 @@ def _execute(nb: Path, out: Path, params: dict, log_output: bool, nproc: int = 1
             os.waitpid(proc.pid, 0)
         raise
     proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode and err:
-        tail = [line for line in err.strip().splitlines() if line.strip()][-1:]
-        print(f"  {nb.name}: {tail[0] if tail else 'failed'}", file=sys.stderr)
-    return proc.returncode, time.perf_counter() - t0, usage.ru_maxrss / 1024
+    tail = [line.strip() for line in err.splitlines() if line.strip()][-1:] if proc.returncode else []
+    return proc.returncode, time.perf_counter() - t0, usage.ru_maxrss / 1024, tail[0] if tail else ""
 
 
 def metric_differences(before: dict, after: dict, where: str = "") -> list[str]:
@@ -310,7 +311,7 @@ def _run_locked(nbs, params, profile, build, out_dir, prepare_only, nproc) -> li
             "processes_per_trainer": int(nproc),
         }
         try:
-            code, seconds, peak = _execute(nb, out, params[nb], log_output=False, nproc=nproc)
+            code, seconds, peak, error = _execute(nb, out, params[nb], log_output=False, nproc=nproc)
         except _Signal as e:
             name = signal.Signals(e.signum).name
             records.append(run | {"ok": False, "interrupted": name})
@@ -327,7 +328,7 @@ def _run_locked(nbs, params, profile, build, out_dir, prepare_only, nproc) -> li
         if code != 0:
             write_json(build / "pipeline_run.json", records)
             raise PipelineError(
-                f"{nb.name} failed (profile {profile}); the executed copy with the error: {out}"
+                f"{nb.name} failed (profile {profile}): {error or 'no error output'}; the executed copy: {out}"
             )
     if not prepare_only:
         write_json(build / "pipeline_run.json", records)

@@ -96,7 +96,9 @@ def test_run_executes_records_time_and_memory_and_stops_at_a_failure(project):
     make_notebook(project / "notebooks/01_second.ipynb", 'profile: str = "mini"  # profile\nb: str = "x"  # text',
                   "assert b != 'boom', 'refused'")  # fmt: skip
     write_profile(project, "defaults:\n  a: 21\n  b: boom\n")
-    with pytest.raises(pipeline.PipelineError, match="01_second.ipynb failed"):
+    with pytest.raises(
+        pipeline.PipelineError, match=r"01_second.ipynb failed \(profile p\): .*AssertionError: refused; "
+    ):
         pipeline.run("p")
     run = json.loads((project / "build/p/pipeline_run.json").read_text())
     assert [r["ok"] for r in run] == [True, False]

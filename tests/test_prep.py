@@ -212,3 +212,30 @@ def test_standardise_uses_training_statistics():
     np.testing.assert_allclose(a[:, :2], stats.zscore(tr[:, :2]), atol=1e-5)
     np.testing.assert_allclose(b[:, 0], (te[:, 0] - tr[:, 0].mean()) / tr[:, 0].std(), atol=1e-5)
     assert (a[:, 2] == 0).all() and (b[:, 2] == 0).all()
+
+
+def test_example_and_held_out_draws_check_their_counts():
+    test_ids, train_ids = (
+        np.arange(5),
+        np.repeat(np.arange(100, 103), 3),
+    )  # 5 test, 3 distinct training images
+    got = prep.example_ids(test_ids, train_ids, 6, np.random.default_rng(0))
+    assert np.isin(got[:3], test_ids).all() and sorted(got[3:]) == [100, 101, 102]
+    r = np.random.default_rng(1)  # the same draws as rng.choice on each pool
+    want = np.concatenate(
+        [r.choice(test_ids, 3, replace=False), r.choice(np.unique(train_ids), 3, replace=False)]
+    )
+    np.testing.assert_array_equal(prep.example_ids(test_ids, train_ids, 6, np.random.default_rng(1)), want)
+    for n in (0, 7, 1000, -1, 2.5, True):  # 7 asks for 4 of the 3 training images
+        with pytest.raises(
+            prep.PrepError, match=rf"^n_example_images={n!r}: expected a whole number from 1 to 6 "
+        ):
+            prep.example_ids(test_ids, train_ids, n, np.random.default_rng(0))
+    pool = np.unique(train_ids)
+    assert set(prep.draw_ids(pool, 2, np.random.default_rng(0), "val_images", "held out", keep=1)) <= set(
+        pool
+    )
+    with pytest.raises(
+        prep.PrepError, match=r"^val_images=3: expected a whole number from 1 to 2 \(held out\)$"
+    ):
+        prep.draw_ids(pool, 3, np.random.default_rng(0), "val_images", "held out", keep=1)

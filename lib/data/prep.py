@@ -209,6 +209,31 @@ def first_repeat(x: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return x[first], uniq
 
 
+def draw_ids(
+    pool: np.ndarray, n: int, rng: np.random.Generator, name: str, what: str, *, keep: int = 0
+) -> np.ndarray:
+    """``n`` distinct entries of ``pool`` drawn by ``rng`` (``rng.choice`` without replacement), leaving at least
+    ``keep`` undrawn; a count out of range is a :class:`PrepError` naming the parameter ``name`` and the range."""
+    most = len(pool) - keep
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= most:
+        raise PrepError(f"{name}={n!r}: expected a whole number from 1 to {most} ({what})")
+    return rng.choice(pool, n, replace=False)
+
+
+def example_ids(test_ids: np.ndarray, train_ids: np.ndarray, n: int, rng: np.random.Generator,
+                name: str = "n_example_images") -> np.ndarray:  # fmt: skip
+    """``n`` example stimuli, ``n // 2`` of the test images and the rest of the distinct training images; a count
+    the split cannot supply is a :class:`PrepError` naming ``name`` and the largest it allows."""
+    train = np.unique(train_ids)
+    most = min(2 * len(test_ids) + 1, 2 * len(train))  # n // 2 <= tests and n - n // 2 <= training images
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= most:
+        raise PrepError(f"{name}={n!r}: expected a whole number from 1 to {most} (half of them from the "
+                        f"{len(test_ids)} test images, half from the {len(train)} training images)")  # fmt: skip
+    return np.concatenate(
+        [rng.choice(test_ids, n // 2, replace=False), rng.choice(train, n - n // 2, replace=False)]
+    )
+
+
 def group_columns(ds: NSD, subject, voxel_ijk: np.ndarray, groups) -> dict[str, np.ndarray]:
     """{group: column indices of the prepared voxels (``voxel_ijk``) that lie in the ROI group}; groups whose ROI
     file the subject lacks are left out. Voxels of a group outside the prepared ROI are not counted."""
