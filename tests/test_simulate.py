@@ -195,6 +195,14 @@ def test_ensure_refuses_a_dataset_of_other_settings(tiny_root):
         sim.ensure(tiny_root, "quick", seed=0)
 
 
+def test_ensure_leaves_an_incomplete_nsd_copy_alone(tmp_path):
+    (tmp_path / "nsddata_betas" / "ppdata").mkdir(parents=True)
+    for profile in ("quick", "nsd"):  # a simulated profile would otherwise try to write its dataset there
+        with pytest.raises(FileNotFoundError, match="incomplete NSD copy, no nsddata/"):
+            sim.ensure(tmp_path, profile)
+    assert [p.name for p in tmp_path.iterdir()] == ["nsddata_betas"]
+
+
 def test_shared_noise_keeps_the_true_ncsnr(tiny):
     """Noise variance is exactly 1/ncsnr^2 in signal units: the noise around each image's mean response, in the
     betas of one session, over the true signal variance."""

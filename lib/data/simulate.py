@@ -825,6 +825,10 @@ def ensure(root: str | Path, profile: str, seed: int = 0, n_subjects: int = 1) -
                     f"(v{SIM_VERSION}); delete {root} or choose another data root"
                 )
         return root, None
+    design = "nsddata/experiments/nsd/nsd_expdesign.mat"
+    if any((root / d).is_dir() for d in ("nsddata", "nsddata_betas", "nsddata_stimuli")):
+        raise FileNotFoundError(f"data root {root}: an incomplete NSD copy, no {design}; expected the NSD layout "
+                                f"(make fetch SUBJECT=1 NSD_ROOT={root} downloads it), never a simulation over it")  # fmt: skip
     if profile not in PROFILES:
         raise ValueError(
             f"data root {root}: holds no NSD dataset, and profile {profile!r} is not simulated "
