@@ -78,6 +78,19 @@ def test_grammar_tokenizer_keeps_the_end_token_where_argmax_pooling_finds_it():
     assert (unknown == embedding.GrammarTokenizer.UNKNOWN).sum() >= 1
 
 
+def test_grammar_vocab_is_every_id_the_tokenizer_gives_the_captions():
+    """Word by word equals CLIP's tokenizer on whole texts (punctuation, case, HTML entities, repeated spaces)."""
+    from lib.data import corpus as cp
+
+    texts = [c for cs in cp.Corpus(0, exclude=frozenset()).scenes(0, 200)[2] for c in cs]
+    texts += ["A  RED star&amp;a bar's edge, (left)...", "it's grey-blue: 3 circles!"]
+    tok = embedding._open_clip().tokenizer.SimpleTokenizer()
+    direct = np.unique(tok(texts).numpy())
+    want = np.setdiff1d(direct, [0, tok.sot_token_id, tok.eot_token_id])
+    got = embedding.grammar_vocab(texts)
+    assert got.dtype == np.int64 and np.array_equal(got, want) and len(got) > 20
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrain")
