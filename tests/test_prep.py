@@ -215,10 +215,8 @@ def test_standardise_uses_training_statistics():
 
 
 def test_example_and_held_out_draws_check_their_counts():
-    test_ids, train_ids = (
-        np.arange(5),
-        np.repeat(np.arange(100, 103), 3),
-    )  # 5 test, 3 distinct training images
+    # 5 test images, 3 distinct training images
+    test_ids, train_ids = np.arange(5), np.repeat(np.arange(100, 103), 3)
     got = prep.example_ids(test_ids, train_ids, 6, np.random.default_rng(0))
     assert np.isin(got[:3], test_ids).all() and sorted(got[3:]) == [100, 101, 102]
     r = np.random.default_rng(1)  # the same draws as rng.choice on each pool

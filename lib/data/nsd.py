@@ -23,6 +23,8 @@ from lib.data import rois as roi_lib
 from lib.io import atomic_path
 
 BETAS_VERSIONS = ("betas_fithrf_GLMdenoise_RR", "betas_fithrf", "betas_assumehrf")
+#: the experimental design file, relative to a dataset root: what makes a folder an NSD copy
+DESIGN = "nsddata/experiments/nsd/nsd_expdesign.mat"
 #: how many voxels one read gathers before converting to float (bounds the reader's extra memory)
 _BLOCK_VOXELS = 2048
 
@@ -62,10 +64,10 @@ class NSD:
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise NSDError(f"data root {self.root}: no such folder (set NSD_ROOT or pass a dataset root)")
-        self.design_path = self.root / "nsddata/experiments/nsd/nsd_expdesign.mat"
+        self.design_path = self.root / DESIGN
         if not self.design_path.is_file():
             raise NSDError(
-                f"data root {self.root}: no nsddata/experiments/nsd/nsd_expdesign.mat; expected an NSD copy or a "
+                f"data root {self.root}: no {DESIGN}; expected an NSD copy or a "
                 f"mini-NSD (python -m lib.data.simulate --out {self.root})"
             )
         self.space = space

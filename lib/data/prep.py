@@ -209,14 +209,18 @@ def first_repeat(x: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return x[first], uniq
 
 
+def _count(name: str, n, most: int, what: str) -> None:
+    """``n`` must be a whole number from 1 to ``most``: else a :class:`PrepError` naming ``name`` and ``what``."""
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= most:
+        raise PrepError(f"{name}={n!r}: expected a whole number from 1 to {most} ({what})")
+
+
 def draw_ids(
     pool: np.ndarray, n: int, rng: np.random.Generator, name: str, what: str, *, keep: int = 0
 ) -> np.ndarray:
     """``n`` distinct entries of ``pool`` drawn by ``rng`` (``rng.choice`` without replacement), leaving at least
     ``keep`` undrawn; a count out of range is a :class:`PrepError` naming the parameter ``name`` and the range."""
-    most = len(pool) - keep
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= most:
-        raise PrepError(f"{name}={n!r}: expected a whole number from 1 to {most} ({what})")
+    _count(name, n, len(pool) - keep, what)
     return rng.choice(pool, n, replace=False)
 
 
@@ -226,9 +230,8 @@ def example_ids(test_ids: np.ndarray, train_ids: np.ndarray, n: int, rng: np.ran
     the split cannot supply is a :class:`PrepError` naming ``name`` and the largest it allows."""
     train = np.unique(train_ids)
     most = min(2 * len(test_ids) + 1, 2 * len(train))  # n // 2 <= tests and n - n // 2 <= training images
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= most:
-        raise PrepError(f"{name}={n!r}: expected a whole number from 1 to {most} (half of them from the "
-                        f"{len(test_ids)} test images, half from the {len(train)} training images)")  # fmt: skip
+    _count(name, n, most, f"half of them from the {len(test_ids)} test images, half from the {len(train)} "
+                          "training images")  # fmt: skip
     return np.concatenate(
         [rng.choice(test_ids, n // 2, replace=False), rng.choice(train, n - n // 2, replace=False)]
     )

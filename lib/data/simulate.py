@@ -33,6 +33,7 @@ from threadpoolctl import threadpool_limits
 
 from lib.data import rois as roi_lib
 from lib.data import scenes as sc
+from lib.data.nsd import DESIGN
 from lib.io import UMASK, exclusive
 from lib.runtime import progress
 
@@ -807,7 +808,7 @@ def ensure(root: str | Path, profile: str, seed: int = 0, n_subjects: int = 1) -
     Returns (root, seconds spent simulating, or None when the dataset was already there).
     """
     root = Path(root)
-    if (root / "nsddata/experiments/nsd/nsd_expdesign.mat").is_file():
+    if (root / DESIGN).is_file():
         marker = root / MARKER
         if marker.is_file() and profile in PROFILES:
             have = json.loads(marker.read_text())
@@ -825,9 +826,8 @@ def ensure(root: str | Path, profile: str, seed: int = 0, n_subjects: int = 1) -
                     f"(v{SIM_VERSION}); delete {root} or choose another data root"
                 )
         return root, None
-    design = "nsddata/experiments/nsd/nsd_expdesign.mat"
     if any((root / d).is_dir() for d in ("nsddata", "nsddata_betas", "nsddata_stimuli")):
-        raise FileNotFoundError(f"data root {root}: an incomplete NSD copy, no {design}; expected the NSD layout "
+        raise FileNotFoundError(f"data root {root}: an incomplete NSD copy, no {DESIGN}; expected the NSD layout "
                                 f"(make fetch SUBJECT=1 NSD_ROOT={root} downloads it), never a simulation over it")  # fmt: skip
     if profile not in PROFILES:
         raise ValueError(
