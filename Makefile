@@ -37,7 +37,7 @@ report: $(STAMP)  ## rebuild build/PROFILE/report.html and render it in headless
 
 test: $(STAMP)  ## the whole suite: unit tests, every notebook under nbval on the quick profile, then 02-03 rerun: same metrics
 	$(BIN)/python -m lib.pipeline --profile quick --prepare-only
-	$(BIN)/python -m pytest tests build/quick/nbval --nbval-lax -p no:cacheprovider
+	$(BIN)/python -m pytest tests build/quick/nbval --nbval-lax -p no:cacheprovider --durations=15
 	$(BIN)/python -m lib.pipeline --profile quick --only 02,03 --expect-same
 
 determinism: $(STAMP)  ## run the quick profile twice: fails unless every metric (timings aside) is the same
@@ -71,7 +71,7 @@ bench: $(STAMP)  ## benchmarks: NSD-size session read, NSD-scale ridge (vs sciki
 	$(BIN)/python benchmarks/bench_fetch.py
 
 SUBJECT ?= 1
-WHAT ?= design,stiminfo,betas,ncsnr,rois,anat,behaviour
+WHAT ?= design,stiminfo,betas,ncsnr,rois,prf,anat,behaviour
 fetch: $(STAMP)  ## download a subject of real NSD: make fetch SUBJECT=1 NSD_ROOT=/path [WHAT=] [SESSIONS=1-37] [JOBS=4] [ENDPOINT=] [DRY=1]
 	$(BIN)/python -m lib.data.fetch --subject $(SUBJECT) --root "$(NSD_ROOT)" --what $(WHAT) $(if $(DRY),--dry-run) \
 		$(if $(SESSIONS),--sessions $(SESSIONS)) $(if $(JOBS),--jobs $(JOBS)) $(if $(ENDPOINT),--endpoint $(ENDPOINT))

@@ -28,7 +28,17 @@ STAGES = (
 PREDICTIONS_FORMAT = "lib.encoders.predictions/1"  # the tag of files written before lib.artifacts, still read
 RECONSTRUCTIONS_FORMAT = "lib.artifacts.reconstructions/1"
 #: Settings of 03 that 04 and 05 must share (read from the reconstructions, never set twice).
-GENERATION_SETTINGS = ("feature_ratio", "encoder", "opt_steps", "opt_lr", "opt_anchor", "opt_noise_maps")
+GENERATION_SETTINGS = (
+    "feature_ratio",
+    "encoder",
+    "opt_steps",
+    "opt_lr",
+    "opt_anchor",
+    "opt_noise_maps",
+    "combine",
+    "opt_lowlevel",
+    "impose_strength",
+)
 
 
 class ArtifactError(ValueError):
@@ -56,6 +66,12 @@ ARTIFACTS = {
     "mlp_image": Artifact("02_fmri_encoder", "mlp_image.pt", "residual MLP: voxels -> image embedding"),
     "mlp_text": Artifact("02_fmri_encoder", "mlp_text.pt", "residual MLP: voxels -> caption embedding"),
     "predictions": Artifact("02_fmri_encoder", "predictions.npz", "test-set predictions and targets of 02"),
+    "lowlevel_ridge": Artifact(
+        "02_fmri_encoder", "lowlevel_ridge.npz", "ridge: early visual voxels -> low-resolution image"
+    ),
+    "lowlevel_mlp": Artifact(
+        "02_fmri_encoder", "lowlevel_mlp.pt", "residual MLP: early visual voxels -> low-resolution image"
+    ),
     "generator": Artifact("03_stylegan2", "generator.pt", "the generator before fMRI tuning"),
     "generator_tuned": Artifact("03_stylegan2", "generator_tuned.pt", "the generator after fMRI tuning"),
     "reconstructions": Artifact(
@@ -64,6 +80,7 @@ ARTIFACTS = {
 }
 ENCODERS = ("ridge_image", "ridge_text", "mlp_image", "mlp_text")
 GENERATORS = ("generator", "generator_tuned")
+LOWLEVEL = ("lowlevel_ridge", "lowlevel_mlp")
 
 
 def _one_of(name: str, names, kind: str) -> None:
@@ -186,6 +203,24 @@ class Store:
             RidgeEncoder.load if name.startswith("ridge") else lambda p: MLPEncoder.load(p, device=device)
         )
         return self._load(name, reader, {"model_key": model_key, "roi": roi, "subject": subject})
+
+    def save_lowlevel(self, dec, roi: str, subject: int) -> Path:
+        """02's spatial-pathway decoder (:class:`lib.models.lowlevel.LowLevelDecoder`) with the ROI and subject
+        whose prepared voxels it reads; the file of the other decoder model is removed, so one decoder is current."""
+        name = f"lowlevel_{dec.model}"
+        for other in LOWLEVEL:
+            if other != name and self.exists(other):
+                self.path(other).unlink()
+        return dec.save(self.path(name), meta={"roi": roi, "subject": int(subject)})
+
+    def load_lowlevel(self, device: str = "auto", roi: str | None = None, subject: int | None = None):
+        """02's current spatial-pathway decoder; each given expectation (``roi``, ``subject``) must match."""
+        from lib.models.lowlevel import LowLevelDecoder
+
+        name = next((n for n in LOWLEVEL if self.exists(n)), LOWLEVEL[0])
+        return self._load(
+            name, lambda p: LowLevelDecoder.load(p, device=device), {"roi": roi, "subject": subject}
+        )
 
     def save_predictions(
         self, test_ids, model_key: str, roi: str, subject: int, **arrays: np.ndarray

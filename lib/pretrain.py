@@ -11,6 +11,9 @@ resumable, and the shipped model files with their manifest: ``python -m lib.pret
   decoder are training aids only; the shipped file is the open_clip model.
 - **DINO** (:mod:`lib.models.dino`, the same ResNet trunk) on corpus images, with milder crops than natural-image DINO
   and no flips, so that size and position survive the augmentations.
+- **Shape judge** (:mod:`lib.analysis.shape_judge`, a small CNN): cross-entropy on the shape of each corpus scene's
+  largest object, under blur, sampling down to 32 or 16 px and colour jitter, so that it reads reconstructions too.
+  It judges reconstructions (05) and is never part of a training loss.
 - **Generator** (:mod:`lib.models.stylegan2`, LAFITE's architecture and names, 64 px) conditioned on the frozen
   embedding of each corpus image (plus a little noise, as a predicted embedding has), z = 0 and constant noise
   as at inference, in four phases (:func:`gan_phases`). First L1 and a low-pass squared error to the image, then
@@ -46,7 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lib import distributed, io, paths, runtime
-from lib.analysis import metrics
+from lib.analysis import metrics, shape_judge
 from lib.data import corpus as cp
 from lib.models import dino, embedding, gan, losses, pretrained
 from lib.models import stylegan2 as sg
@@ -61,6 +64,7 @@ OFFSETS = {
     "refine": 3_000_000,
     "extend": 4_000_000,
     "anneal": 5_000_000,
+    "judge": 6_000_000,
     "vocab": 8_000_000,
     "heldout": 9_000_000,
 }
@@ -110,6 +114,11 @@ class PretrainConfig:
     anneal_steps: int = 4000
     anneal_adv_steps: int = 400
     anneal_lr: float = 0.001  # half of refine_lr, which the second and third phases use
+    # shape judge (a judge of reconstructions only, never in a loss)
+    judge_steps: int = 1500
+    judge_batch: int = 96
+    judge_lr: float = 3e-3
+    judge_width: int = 16  # channels of its first layer (lib.analysis.shape_judge.ShapeNet)
     # evaluation on held-out corpus scenes
     heldout_train: int = 3000
     heldout_test: int = 600
@@ -117,7 +126,8 @@ class PretrainConfig:
 
     def check(self) -> None:
         for name in ("clip_steps", "clip_batch", "dino_steps", "dino_batch", "dino_images", "gan_steps",
-                     "gan_batch", "heldout_train", "heldout_test", "checkpoint_every"):  # fmt: skip
+                     "gan_batch", "judge_steps", "judge_batch", "judge_width", "heldout_train", "heldout_test",
+                     "checkpoint_every"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: expected >= 1")
         if not 0 <= self.gan_adv_steps <= self.gan_steps:
@@ -151,6 +161,9 @@ PROFILES = {
         extend_adv_steps=2,
         anneal_steps=4,
         anneal_adv_steps=2,
+        judge_steps=4,
+        judge_batch=16,
+        judge_width=8,
         heldout_train=96,
         heldout_test=48,
         checkpoint_every=2,
@@ -463,6 +476,68 @@ def train_dino(cfg: PretrainConfig, corp: cp.Corpus, state_dir: Path | None, dev
 
 
 # ================================================================================================================
+# shape judge
+
+
+def judge_config(cfg: PretrainConfig) -> dict:
+    """What the shape judge's training depends on (its state key and manifest config)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k.startswith("judge")} | {
+        "seed": cfg.seed, "image_size": cfg.image_size, "hard_negatives": cfg.hard_negatives,
+        "input_size": shape_judge.SIZE, "augment": dict(shape_judge.AUGMENT)}  # fmt: skip
+
+
+def train_judge(cfg: PretrainConfig, corp: cp.Corpus, state_dir: Path | None, device: str = "auto",
+                stop_after: int | None = None) -> tuple[shape_judge.ShapeJudge, dict]:  # fmt: skip
+    """The shape judge (see the module docstring) on ``judge_steps`` fresh corpus batches of ``judge_batch`` scenes
+    (AdamW, warm-up and cosine); resumable from ``state_dir``. Returns the judge (eval mode) and its history."""
+    dev = torch.device(runtime.pick_device(device))
+    torch.manual_seed(cfg.seed)
+    net = shape_judge.ShapeNet(cfg.judge_width).to(dev)
+    opt = runtime.adamw_for(net, cfg.judge_lr, 1e-4)
+    key = io.content_key({"stage": "judge", "config": judge_config(cfg), "device": dev.type})
+    rng, gen = np.random.default_rng(cfg.seed + 6), torch.Generator().manual_seed(cfg.seed + 6)
+    history: dict = {"loss": [], "acc": [], "seconds": 0.0, "scenes": 0}
+    run = _run(state_dir, "judge", key, cfg.judge_steps, "pretrain shape judge", gen, rng, net=net, opt=opt)
+    run.start(history)
+    history = run.history
+    end = cfg.judge_steps if stop_after is None else min(cfg.judge_steps, run.step + stop_after)
+    warmup = max(1, cfg.judge_steps // 20)
+    net.train()
+    for step in run.steps(stop_after):
+        t0 = time.perf_counter()
+        b = corp.batch(OFFSETS["judge"] + step, cfg.judge_batch)
+        for g in opt.param_groups:
+            g["lr"] = losses.warmup_cosine(step, cfg.judge_steps, warmup, cfg.judge_lr)
+        x = shape_judge.augment(shape_judge.as_input(b.images, dev), gen)
+        y = torch.as_tensor(b.labels["shape"], device=dev)
+        logits = net(x)
+        loss = F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        history["loss"].append(float(loss.detach()))
+        history["acc"].append(float((logits.argmax(1) == y).float().mean()))
+        history["scenes"] += len(b.images)
+        history["seconds"] += time.perf_counter() - t0
+        done = run.advance(loss=f"{history['loss'][-1]:.3f}", acc=f"{np.mean(history['acc'][-20:]):.3f}")
+        if done % cfg.checkpoint_every == 0 or done == end:
+            run.save()
+    history["done"] = run.step >= cfg.judge_steps
+    return shape_judge.ShapeJudge(net.eval(), dev), history
+
+
+def score_judge(judge: shape_judge.ShapeJudge, te: cp.Batch) -> dict:
+    """Shape accuracy on held-out corpus scenes: as rendered, blurred (sigma 1.5 px at 64 px) and seen at 32 and
+    16 px, beside chance (the most frequent shape)."""
+    images, y = te.images, te.labels["shape"]
+    sigma = 1.5 * images.shape[1] / 64
+    return {"shape": judge.accuracy(images, y), "shape_blur1.5": judge.accuracy(shape_judge.blur(images, sigma), y),
+            "shape_32px": judge.accuracy(shape_judge.resample(images, 32), y),
+            "shape_16px": judge.accuracy(shape_judge.resample(images, 16), y),
+            "chance": float(np.bincount(y).max() / len(y)), "n": len(y)}  # fmt: skip
+
+
+# ================================================================================================================
 # held-out scores
 
 
@@ -533,7 +608,7 @@ def record(out: Path, name: str, entry: dict) -> Path:
     return io.write_json(path, manifest)
 
 
-STAGES = ("clip", "gan", "refine", "extend", "anneal", "dino")
+STAGES = ("clip", "gan", "refine", "extend", "anneal", "dino", "judge")
 
 
 def run(profile: str = "full", out: str | Path | None = None, stages: tuple[str, ...] = STAGES,
@@ -617,6 +692,15 @@ def run(profile: str = "full", out: str | Path | None = None, stages: tuple[str,
                "config": dataclasses.asdict(dino_config(cfg))})  # fmt: skip
         done["dino"] = scores
         print(f"DINO: {hist['seconds']:.0f} s, {json.dumps(scores)}", flush=True)
+    if "judge" in stages:
+        judge, hist = train_judge(cfg, corp, work, device)
+        f = shape_judge.save(out / pretrained.FILES["judge"], judge.net, {"profile": profile})
+        scores = score_judge(shape_judge.load(f, device), te)  # the stored (float16) weights
+        record(out, pretrained.FILES["judge"], {**common, "corpus": corpus_info(hist["scenes"]),
+               "train_seconds": hist["seconds"], "steps": cfg.judge_steps, "scores": scores,
+               "config": judge_config(cfg)})  # fmt: skip
+        done["judge"] = scores
+        print(f"shape judge: {hist['seconds']:.0f} s, {json.dumps(scores)}", flush=True)
     return done
 
 

@@ -13,7 +13,7 @@ import torch
 from lib import artifacts, paths, stage
 from lib.analysis import decoding, loo, metrics
 from lib.data import prep, simulate
-from lib.models import dino, embedding, gan
+from lib.models import dino, embedding, gan, lowlevel
 from lib.models.ridge import RidgeEncoder
 from lib.report import document
 
@@ -263,11 +263,13 @@ def test_evaluation_variants_reuse_03s_and_make_the_other_encoder_alike(emb):
     ids = np.arange(10, 16)
     f = rng.standard_normal((6, emb.dim)).astype(np.float32)
     settings = {"feature_ratio": 1.0, "encoder": "ridge_image", "opt_steps": 1, "opt_lr": 0.01, "opt_anchor": 0.0,
-                "opt_noise_maps": False}  # fmt: skip
-    made = {k: gan.generate(G, f, 1.0) for k in ("oracle", "predicted", "tuned", "optimised")}
-    provenance = gan.variant_provenance("the test generator", "ridge_image", 3, 1)
+                "opt_noise_maps": False, "combine": "impose", "opt_lowlevel": 1.0, "impose_strength": 0.5}  # fmt: skip
+    made = {k: gan.generate(G, f, 1.0) for k in ("oracle", "predicted", "tuned", "optimised", "combined")}
+    low = rng.uniform(0, 1, (6, 4, 4, 3)).astype(np.float32)
+    made[gan.SPATIAL] = lowlevel.upsample(low, 32)
+    provenance = gan.variant_provenance("the test generator", "ridge_image", 3, 1, "impose")
     rec = artifacts.Reconstructions(ids, made, provenance, settings, {})
-    pred = {"test_ids": ids, "pred_ridge_image": f, "head_mlp_image": f[::-1].copy()}
+    pred = {"test_ids": ids, "pred_ridge_image": f, "head_mlp_image": f[::-1].copy(), "lowlevel": low}
     variants, prov = gan.evaluation_variants(rec, pred, ids[::-1], G, G_tuned, emb, seed=0)
     np.testing.assert_array_equal(
         variants["ridge · plain"], made["predicted"][::-1]
@@ -276,6 +278,11 @@ def test_evaluation_variants_reuse_03s_and_make_the_other_encoder_alike(emb):
         variants["MLP · plain"], gan.generate(G, f, 1.0)
     )  # the head, reordered twice
     np.testing.assert_array_equal(variants["MLP · fMRI-tuned"], gan.generate(G_tuned, f, 1.0))
+    # the MLP's combined reconstruction: the tuned generator's with the spatial pathway's layout imposed
+    np.testing.assert_array_equal(
+        variants["MLP · combined"], lowlevel.impose(gan.generate(G_tuned, f, 1.0), low[::-1], 0.5)
+    )
+    np.testing.assert_array_equal(variants[gan.SPATIAL_ONLY], made[gan.SPATIAL][::-1])
     assert (
         set(variants) == set(prov)
         and "mlp_image" in prov["MLP · optimised"]
@@ -309,3 +316,30 @@ def test_the_report_writes_the_goals_from_the_metrics(tmp_path, monkeypatch):
     assert g["embedding probe: shape"]["met"] and not g["embedding img->txt top-1"]["met"]
     document.build("t", tmp_path / "r.html")
     assert json.loads((mets / "goals.json").read_text()) == g
+
+
+def test_the_spatial_pathway_goals_read_04s_and_05s_metrics_by_their_names():
+    m04 = {"lowlevel_prf": {"ratio": 0.3}, "combined_prf": {"ratio": 0.55},
+           "lowlevel_prf_files": {"distance_ratio": 0.2, "hemifield_agreement": 0.95},
+           "localisation": {"diff": 0.2, "low": 0.1, "high": 0.3, "p": 0.001}}  # fmt: skip
+    table = {"ridge · combined": {"PixCorr": 0.81, "EffNet-Lite0 2-way": 0.9},
+             "nearest training image · ridge": {"EffNet-Lite0 2-way": 0.8}}  # fmt: skip
+    rb = {"ridge · combined": {"position": 0.6, "background": 1.0, "bg_colour": 0.9, "colour": 0.8, "shape (judge)": 0.5},
+          "ridge · plain": {"background": 1.0, "bg_colour": 0.9, "colour": 0.9, "shape": 0.2, "position": 0.5},
+        "nearest training image · ridge": {"colour": 0.7, "shape": 0.2, "position": 0.4},
+          "stimuli (the judge's ceiling)": {"shape (judge)": 0.9}}  # fmt: skip
+    g = document.reconstruction_goals({}, m04, table, rb)
+    met = {k: v["met"] for k, v in g.items()}
+    assert met["early voxels, spatial pathway: median pRF error / chance (at most 0.35)"]
+    assert not met["early voxels, combined reconstruction: median pRF error / chance (at most 0.5)"]
+    assert met["NSD-format pRF files: hemifield agreement of early voxels"]
+    assert met["localisation: early voxels above higher-area voxels (combined reconstruction)"]
+    assert g["localisation: early voxels above higher-area voxels (combined reconstruction)"]["interval"] == [
+        0.1,
+        0.3,
+    ]
+    assert met["ridge · combined PixCorr"] and not met["ridge · combined position read-back"]
+    assert met["ridge · combined EffNet-Lite0 2-way above the nearest training image (ridge)"]
+    assert not met["ridge · combined colour read-back not below ridge · plain"]  # the bare difference, -0.1
+    assert met["shape judge reads the stimuli"] and not met["ridge · combined shape (judge) / the stimuli's"]
+    assert g["ridge · combined shape (judge) / the stimuli's"]["value"] == pytest.approx(0.5 / 0.9)

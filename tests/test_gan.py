@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from lib.analysis import metrics
-from lib.models import embedding, gan
+from lib.models import embedding, gan, lowlevel
 from lib.models import stylegan2 as sg
 
 TINY = dict(z_dim=8, w_dim=16, mapping_layers=2, channel_base=64, channel_max=16, fts_hidden=16, batch_size=8,
@@ -162,6 +162,25 @@ def test_latent_optimisation_anchor_keeps_the_starting_layout(emb, data):
     assert drift[1e4] < 0.25 * drift[0.0]
 
 
+def test_latent_optimisation_low_level_term_moves_the_layout_to_the_target(emb, data):
+    _, feats = data
+    G = _tiny_g(feats.shape[1])
+    start = gan.generate(G, feats[:4], 1.0).astype(np.float32)
+    pool = lambda x: x.reshape(4, 4, 8, 4, 8, 3).mean((2, 4)) / 255  # noqa: E731  (32 px -> 4 x 4 area means)
+    target = 1 - pool(start)  # the opposite layout and colours: far from where the search starts
+    err = {}
+    for w in (0.0, 300.0):
+        images, hist = gan.optimise_latents(G, feats[:4], emb, steps=20, lr=0.1, ratio=1.0, noise_maps=False,
+                                            low_target=target if w else None, low_weight=w)  # fmt: skip
+        err[w] = np.square(pool(images.astype(np.float32)) - target).mean()
+        assert hist["low_weight"] == w
+    assert err[300.0] < 0.8 * err[0.0]
+    with pytest.raises(gan.GANError, match="low_weight=1.0 needs low_target"):
+        gan.optimise_latents(G, feats[:4], emb, low_weight=1.0)
+    with pytest.raises(gan.GANError, match=r"low_target \(3, 4, 4, 3\)"):
+        gan.optimise_latents(G, feats[:4], emb, low_target=target[:3], low_weight=1.0)
+
+
 def test_generate_is_deterministic_and_resize_keeps_shape(data):
     _, feats = data
     G = _tiny_g(feats.shape[1])
@@ -193,3 +212,32 @@ def test_the_tuning_seed_spread_reruns_the_first_seed_exactly_and_spreads_over_o
     again = gan.tuning_seed_spread([4], G, pred, feats, emb, view, pred[:8], feats[:8], images[:8], 1.0,
                                    first=first, **kw)  # fmt: skip
     assert again["spread"]["tuned"]["pixcorr"]["sd"] == 0.0 and again["seeds"] == [4]
+
+
+def test_combine_optimises_toward_the_layout_or_imposes_it(emb, data):
+    _, feats = data
+    G = _tiny_g(feats.shape[1])
+    low = np.random.default_rng(2).uniform(0, 1, (3, 4, 4, 3)).astype(np.float32)
+    kw = dict(steps=4, lr=0.1, ratio=1.0, noise_maps=False, seed=1)
+    images, hist = gan.combine(G, feats[:3], low, emb, "optimise", 5.0, **kw)
+    ref, _ = gan.optimise_latents(G, feats[:3], emb, low_target=low, low_weight=5.0, low_loss="corr", **kw)
+    assert np.array_equal(images, ref) and hist["low_weight"] == 5.0
+    imposed, none = gan.combine(G, feats[:3], low, emb, "impose", **kw)
+    assert none is None and np.array_equal(
+        imposed, lowlevel.impose(gan.generate(G, feats[:3], 1.0, seed=1), low)
+    )
+    both, _ = gan.combine(G, feats[:3], low, emb, "both", 5.0, **kw)
+    assert np.array_equal(both, lowlevel.impose(ref, low))
+    exact, _ = gan.combine(G, feats[:3], low, emb, "optimise", 5.0, exact=True, **kw)
+    assert exact.dtype == np.float32 and np.array_equal(np.floor(exact).astype(np.uint8), ref)
+    # the search's latents redraw its image exactly; held, they redraw the combined image of the same inputs
+    assert np.array_equal(gan.synthesise(G, hist["w"], feats[:3], 1.0, seed=1), ref)
+    settings = {"combine": "both", "opt_lowlevel": 5.0, "impose_strength": 0.5, "opt_steps": 4, "opt_lr": 0.1,
+                "feature_ratio": 1.0, "opt_noise_maps": False}  # fmt: skip
+    held = gan.held_combiner(G, emb, settings, feats[:3], low, seed=1)
+    full, _ = gan.combine(G, feats[:3], low, emb, "both", 5.0, exact=True, strength=0.5, **kw)
+    np.testing.assert_allclose(held(feats[:3], low), full, atol=1e-3)
+    with pytest.raises(gan.GANError, match="how='blend'"):
+        gan.combine(G, feats[:3], low, emb, "blend")
+    with pytest.raises(gan.GANError, match="low_loss='l1'"):
+        gan.optimise_latents(G, feats[:3], emb, low_target=low, low_weight=1.0, low_loss="l1")

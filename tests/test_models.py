@@ -108,7 +108,10 @@ def test_pretrain_quick_writes_loadable_checked_models(quick_run):
     assert emb.image_size == 32 and G.img_resolution == 32
     x = dino.normalise(np.zeros((2, 32, 32, 3), np.uint8), mean=stats[0], std=stats[1])
     assert dino.features(backbone, x).shape == (2, backbone.dim)
-    assert set(scores) == {"clip", "gan", "refine", "extend", "anneal", "dino"}
+    assert set(scores) == {"clip", "gan", "refine", "extend", "anneal", "dino", "judge"}
+    judge = pretrained.load_shape_judge(out / "models", device="cpu")
+    assert judge.predict(np.zeros((2, 32, 32, 3), np.uint8)).shape == (2,)
+    assert manifest["models"][pretrained.FILES["judge"]]["steps"] == pretrain.PROFILES["quick"].judge_steps
     gen = manifest["models"][pretrained.FILES["gan"]]
     assert [p["phase"] for p in gen["phases"]] == ["gan", "refine", "extend", "anneal"]
     assert gen["steps"] == sum(p["steps"] for p in gen["phases"]) == 16

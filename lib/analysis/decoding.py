@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from lib import runtime
+from lib.analysis import metrics
+from lib.models import lowlevel
 from lib.models.mlp import MLPConfig, train_mlp
 from lib.models.ridge import DEFAULT_ALPHAS, EncoderError, RidgeEncoder
 
@@ -257,3 +259,21 @@ def cross_fitted(x: np.ndarray, y: np.ndarray, ids: np.ndarray, folds: int = 5, 
         out[avg_fold == k] = enc.predict(x_avg[avg_fold == k])
     order = np.argsort(avg_ids)
     return avg_ids[order], out[order]
+
+
+def lowlevel_choice(x_train: np.ndarray, images_train: np.ndarray, x_test: np.ndarray, images_test: np.ndarray,
+                    columns: np.ndarray, sizes, group: str = "early", groups: np.ndarray | None = None,
+                    alphas=None, device: str = "auto") -> tuple[dict[int, dict[str, float]], dict]:  # fmt: skip
+    """The spatial pathway's target resolution, chosen by measurement: for each of ``sizes``, ridge
+    (:func:`lib.models.lowlevel.fit`) from the voxels ``columns`` to the stimuli at that size, and PixCorr and
+    SSIM of its blurry reconstructions of the test images (``images_test``, one per row of ``x_test``). Returns
+    ({size: {"PixCorr", "SSIM", "alpha"}}, {size: decoder})."""
+    scores, decoders = {}, {}
+    for size in sizes:
+        dec = lowlevel.fit(x_train, images_train, columns, size=int(size), group=group, alphas=alphas,
+                           groups=groups, device=device)  # fmt: skip
+        blurry = dec.blurry(x_test, images_test.shape[1])
+        scores[int(size)] = {"PixCorr": metrics.pixcorr(blurry, images_test),
+                             "SSIM": metrics.ssim(blurry, images_test), "alpha": float(dec.encoder.alpha_)}  # fmt: skip
+        decoders[int(size)] = dec
+    return scores, decoders

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from lib import runtime
 from lib.analysis import metrics
+from lib.data.prf import VIEW_DEG
 from lib.models.mlp import MLPEncoder
 from lib.models.ridge import RidgeEncoder
 
@@ -448,3 +449,152 @@ def prf_summary(checks: dict[str, dict], n_voxels: int) -> dict[str, float]:
             out |= {f"{prefix}_median_error_px": e["median_error"], f"{prefix}_chance_error_px":
                     e["chance_median_error"], f"{prefix}_p_value": e["p_value"]}  # fmt: skip
     return out
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the spatial pathway (lib.models.lowlevel)
+
+
+@torch.no_grad()
+def lowlevel_effect_maps(decoder, x: np.ndarray, x_replace: np.ndarray, voxels=None,
+                         device: str | None = None) -> np.ndarray:  # fmt: skip
+    """Each voxel's effect on the spatial pathway's low-resolution image: the mean over samples and colour
+    channels of |D(x with the voxel left out) - D(x)| (0-1 scale), (K, s, s), for a
+    :class:`lib.models.lowlevel.LowLevelDecoder` D reading voxels of ``x`` (S, V). Exact and in closed form for
+    ridge: mean_s |x_replace[s, v] - x[s, v]| x the channel mean of |w_v|, the voxel's weight image; the MLP
+    through :func:`perturbed_predictions`. A voxel the decoder does not read has an all-zero map."""
+    if np.ndim(x) != 2:
+        raise LOOError(f"x {np.shape(x)}: expected (samples, voxels of the prepared ROI)")
+    x, x_replace = _check(x, x_replace, np.shape(x)[1])
+    vox = _voxels(voxels, x.shape[1])
+    cols = np.asarray(decoder.columns)
+    position = np.full(x.shape[1], -1)
+    position[cols] = np.arange(len(cols))
+    pos = position[vox]
+    read = np.flatnonzero(pos >= 0)
+    s = decoder.size
+    out = np.zeros((len(vox), s, s), np.float32)
+    if not len(read):
+        return out
+    if isinstance(decoder.encoder, RidgeEncoder):
+        w = (
+            np.abs(np.atleast_2d(decoder.encoder.coef_)[:, pos[read]]).reshape(s, s, 3, -1).mean(2)
+        )  # (s, s, K)
+        d = np.abs(x_replace[:, vox[read]] - x[:, vox[read]]).mean(0)  # (K,)
+        out[read] = np.moveaxis(w * d, -1, 0)
+    else:
+        p, q = perturbed_predictions(
+            decoder.encoder, x[:, cols], x_replace[:, cols], pos[read], device=device
+        )
+        out[read] = np.abs(q - p[:, None]).mean(0).reshape(len(read), s, s, 3).mean(-1)
+    return out
+
+
+def localisation(maps: np.ndarray, radius: float, quantile: float | None = None) -> np.ndarray:
+    """How local each effect is, (K,): the fraction of a map's energy (map**2) within ``radius`` pixels of its
+    energy's centre of mass (:func:`effect_centres` with power 2); 1 for a point, about pi r^2 / area for a
+    uniform map; NaN for a map without any effect. With ``quantile`` (as :func:`effect_centres`) each map is first
+    lowered by its own quantile and clipped at 0: the share of its peak, not of a diffuse floor every map has."""
+    maps = np.asarray(maps, np.float64)
+    if maps.ndim != 3:
+        raise LOOError(f"maps {maps.shape}: expected (K, rows, columns)")
+    if not radius > 0:
+        raise LOOError(f"radius={radius}: expected a positive number of pixels")
+    if quantile is not None:
+        if not 0 <= quantile < 1:
+            raise LOOError(f"quantile={quantile}: expected a value in [0, 1)")
+        level = np.quantile(maps.reshape(len(maps), -1), quantile, axis=1)[:, None, None]
+        maps = np.clip(maps - level, 0, None)
+    energy = maps**2
+    total = energy.sum(axis=(1, 2))
+    c = effect_centres(maps, power=2.0)
+    yy, xx = np.mgrid[: maps.shape[1], : maps.shape[2]] + 0.5
+    inside = (xx[None] - c[:, 0, None, None]) ** 2 + (yy[None] - c[:, 1, None, None]) ** 2 <= radius**2
+    within = (energy * inside).sum(axis=(1, 2))
+    return np.where(total > 0, within / np.where(total > 0, total, 1.0), np.nan)
+
+
+def pathway_prf_check(maps: np.ndarray, voxels, prf_xy: np.ndarray, size: int, quantile: float = 0.9,
+                      seed: int = 0) -> tuple[np.ndarray, dict[str, float]]:  # fmt: skip
+    """Effect centres of ``voxels`` (indices into ``maps`` (V, r, r), one effect map per voxel on an r-pixel
+    raster, e.g. :func:`lowlevel_effect_maps`) in pixels of the ``size``-pixel stimulus (:func:`effect_centres`
+    at ``quantile``), and :func:`prf_errors` against ``prf_xy[voxels]`` (V, 2), with the median error and its
+    chance also in degrees of visual angle (NSD's 8.4 degree field)."""
+    voxels = np.asarray(voxels, np.int64)
+    maps = np.asarray(maps)
+    centres = effect_centres(maps[voxels], quantile=quantile) * size / maps.shape[-1]
+    errors = prf_errors(centres, np.asarray(prf_xy)[voxels], seed=seed)
+    deg = VIEW_DEG / size
+    errors |= {"median_error_deg": errors["median_error"] * deg,
+               "chance_median_error_deg": errors["chance_median_error"] * deg,
+               "ratio": errors["median_error"] / errors["chance_median_error"], "n_voxels": int(len(voxels))}  # fmt: skip
+    return centres, errors
+
+
+def prf_by_group(maps: np.ndarray, importance: np.ndarray, columns: dict[str, np.ndarray], prf_xy: np.ndarray,
+                 size: int, n: int, quantile: float = 0.9, seed: int = 0) -> dict[str, dict[str, float]]:  # fmt: skip
+    """:func:`pathway_prf_check` per ROI group ({name: voxel indices}): the ``n`` voxels of each group with the
+    largest ``importance`` (> 0: the pathway reads them) whose pRF centre lies in the stimulus; groups with fewer
+    than 3 such voxels are left out."""
+    out = {}
+    for name, cols in columns.items():
+        cols = np.asarray(cols, np.int64)
+        cols = cols[np.asarray(importance)[cols] > 0]
+        voxels = prf_voxels(importance, cols, prf_xy, size, n)
+        if len(voxels) >= 3:
+            out[name] = pathway_prf_check(maps, voxels, prf_xy, size, quantile, seed)[1]
+    return out
+
+
+def combined_effect_maps(reconstruct, encoder, decoder, x: np.ndarray, x_replace: np.ndarray, voxels,
+                         device: str | None = None) -> np.ndarray:  # fmt: skip
+    """Each voxel's effect on the combined reconstruction, per sample: |R(q_k, l_k) - R(p, l)| averaged over colour
+    channels, (S, K, H, W), where ``reconstruct`` R(features (S, D), low (S, s, s, 3)) -> float images (S, H, W, 3)
+    on the 0-255 scale (e.g. :func:`lib.models.gan.combine` with ``exact=True``) draws from the semantic ``encoder``'s
+    prediction p and the spatial ``decoder``'s low-resolution image l (:class:`lib.models.lowlevel.LowLevelDecoder`),
+    and q_k, l_k are both with voxel ``voxels[k]`` of ``x`` (S, V) replaced by ``x_replace``. R is called once per
+    voxel on the same S rows in the same order as the original, so a seeded R draws the same random numbers."""
+    p, q = perturbed_predictions(encoder, x, x_replace, voxels, device=device)
+    vox = _voxels(voxels, x.shape[1])
+    low_p = decoder.predict(x)
+    read = set(np.asarray(decoder.columns).tolist())
+    base = np.asarray(reconstruct(p, low_p), np.float32)
+    out = np.zeros((len(x), len(vox), *base.shape[1:3]), np.float32)
+    for k, v in enumerate(runtime.progress(vox, desc="combined effects")):
+        low_k = low_p
+        if int(v) in read:
+            xv = np.array(x, np.float32, copy=True)
+            xv[:, v] = x_replace[:, v]
+            low_k = decoder.predict(xv)
+        out[:, k] = np.abs(np.asarray(reconstruct(q[:, k], low_k), np.float32) - base).mean(-1)
+    return out
+
+
+def localisation_contrast(per_sample_maps: np.ndarray, first, second, radius: float, resamples: int = 2000,
+                          seed: int = 0, quantile: float | None = None) -> dict:  # fmt: skip
+    """Whether voxel set ``first`` (indices into K) acts at a fixed place and ``second`` does not: the mean over
+    samples of each voxel's maps (``per_sample_maps`` (S, K, H, W), e.g. :func:`combined_effect_maps`), its
+    :func:`localisation` (at ``quantile``), and the difference of the two sets' means. A retinotopic voxel moves the same spot of
+    every image, so its mean map stays local; a voxel tuned to a position-invariant attribute moves the object
+    wherever it is, so its mean map spreads. The interval resamples the samples (test images) with replacement,
+    the same images for both sets (paired), ``resamples`` times; ``p`` is the one-sided bootstrap p of a difference
+    <= 0. Returns {"diff", "low", "high", "p", "first_mean", "second_mean", "n", "level"}."""
+    m = np.asarray(per_sample_maps, np.float64)
+    if m.ndim != 4 or len(m) < 2:
+        raise LOOError(f"per_sample_maps {m.shape}: expected (samples >= 2, voxels, rows, columns)")
+    first, second = np.asarray(first, np.int64), np.asarray(second, np.int64)
+    if not len(first) or not len(second):
+        raise LOOError(f"first ({len(first)}) and second ({len(second)}): expected voxels in both sets")
+
+    def contrast(maps: np.ndarray) -> tuple[float, float]:
+        loc = localisation(maps, radius, quantile)
+        return float(np.nanmean(loc[first])), float(np.nanmean(loc[second]))
+
+    a, b = contrast(m.mean(0))
+    rng = np.random.default_rng(seed)
+    boot = np.array(
+        [np.subtract(*contrast(m[rng.integers(0, len(m), len(m))].mean(0))) for _ in range(resamples)]
+    )
+    low, high = np.quantile(boot, [0.025, 0.975])
+    return {"diff": a - b, "low": float(low), "high": float(high), "p": float((1 + (boot <= 0).sum()) / (1 + resamples)),
+            "first_mean": a, "second_mean": b, "n": int(len(m)), "level": 0.95}  # fmt: skip

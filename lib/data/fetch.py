@@ -34,9 +34,9 @@ REGION = "us-east-2"
 MANIFEST = paths.PROJ_ROOT / "data_manifests" / "nsd_fetch.csv"
 RECORD = "fetch_record.json"
 LOCK = ".fetch.lock"
-WHAT = ("design", "stiminfo", "betas", "ncsnr", "rois", "anat", "behaviour", "stimuli", "captions")
+WHAT = ("design", "stiminfo", "betas", "ncsnr", "rois", "prf", "anat", "behaviour", "stimuli", "captions")
 #: what the pipeline needs for one subject (the 37 GiB stimulus file and COCO's captions are asked for by name)
-DEFAULT_WHAT = ("design", "stiminfo", "betas", "ncsnr", "rois", "anat", "behaviour")
+DEFAULT_WHAT = ("design", "stiminfo", "betas", "ncsnr", "rois", "prf", "anat", "behaviour")
 OPTIONAL = ("anat",)  # planned when the bucket holds it, else left out with a note
 COCO_CAPTIONS = "http://images.cocodataset.org/annotations/annotations_trainval2017.zip"
 CHUNK = 1 << 20

@@ -3,6 +3,7 @@
     ds = NSD(root)
     ds.betas(1, roi="nsdgeneral", sessions=[1, 2])   # float32 (trials, voxels), NIfTI voxel order
     ds.trial_images(1, sessions=[1, 2])             # 0-based nsdId per trial
+    ds.prf(1, roi="V1")                             # NSD's pRF maps at those voxels (lib.data.prf)
 
 Paths below ``root`` are NSD's own (see ../shared/docs/nsd_format.md and data_manifests/nsd_files.csv).
 """
@@ -19,6 +20,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from lib.data import prf as prf_lib
 from lib.data import rois as roi_lib
 from lib.io import atomic_path
 
@@ -353,6 +355,37 @@ class NSD:
             raise NSDError(f"{path}: ncsnr file missing")
         vol = np.asarray(nib.load(path).dataobj, dtype=np.float32)
         return vol if roi is None else vol[self.roi_mask(subject, roi)]
+
+    def prf(self, subject: int | str, roi="nsdgeneral", missing: str = "error") -> prf_lib.PRF | None:
+        """NSD's pRF maps (``prf_angle``, ``prf_eccentricity``, ``prf_size``, ``prf_R2`` in the functional folder)
+        at the voxels of ``roi``, in NIfTI order (the columns of :meth:`betas` for the same ROI); NaN kept. Units
+        and conversion to image pixels: :mod:`lib.data.prf`. A missing file is an error, or with
+        ``missing="none"`` the answer None (an analysis that uses the files where present)."""
+        import nibabel as nib
+
+        if missing not in ("error", "none"):
+            raise NSDError(f"missing={missing!r}: expected 'error' or 'none'")
+        s = parse_subject(subject)
+        if missing == "none" and not all((self.func_dir(s) / n).is_file() for n in prf_lib.FILES.values()):
+            return None
+        mask = self.roi_mask(s, roi)
+        values = {}
+        for field, name in prf_lib.FILES.items():
+            path = self.func_dir(s) / name
+            if not path.is_file():
+                raise NSDError(f"{path}: pRF file missing; fetch it with make fetch SUBJECT={s} NSD_ROOT={self.root} "
+                               "WHAT=prf (a mini-NSD gets it from lib.data.simulate.ensure)")  # fmt: skip
+            try:
+                vol = np.asarray(nib.load(path).dataobj, dtype=np.float64)
+            except Exception as e:  # noqa: BLE001
+                raise NSDError(f"{path}: not a readable NIfTI file ({str(e).splitlines()[0]})") from None
+            if vol.ndim == 4 and vol.shape[3] == 1:
+                vol = vol[..., 0]
+            if vol.shape != mask.shape:
+                raise NSDError(f"{path}: a volume of shape {vol.shape}, but the ROI volumes have {mask.shape}; "
+                               f"expected subject {s}'s pRF maps on the same {self.space} grid")  # fmt: skip
+            values[field] = vol[mask]
+        return prf_lib.PRF(ijk=np.argwhere(mask), **values)
 
     # ------------------------------------------------------------------------------------------------ betas
     def betas(

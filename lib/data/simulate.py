@@ -23,6 +23,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,10 +32,11 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
+from lib.data import prf as prf_lib
 from lib.data import rois as roi_lib
 from lib.data import scenes as sc
 from lib.data.nsd import DESIGN
-from lib.io import UMASK, exclusive
+from lib.io import UMASK, atomic_path, exclusive
 from lib.runtime import progress
 
 SIM_VERSION = 1
@@ -45,7 +47,7 @@ SPACE = "func1pt8mm"  # NSD's folder name; mini-NSD voxels are coarser (the NIfT
 #: field of view in MNI mm (x, y, z): the posterior brain, where visual cortex lies
 FOV_MIN = np.array([-72.0, -108.0, -36.0])
 FOV_MAX = np.array([72.0, -15.0, 63.0])
-VIEW_DEG = 8.4  # NSD's stimuli subtend 8.4 degrees
+VIEW_DEG = prf_lib.VIEW_DEG  # NSD's stimuli subtend 8.4 degrees
 
 
 @dataclass(frozen=True)
@@ -432,6 +434,58 @@ def noise_free_responses(tuning: Tuning, low: np.ndarray, cov: np.ndarray, feats
     return _zscore_cols(mix[:, 0] * r_low + mix[:, 1] * r_obj + mix[:, 2] * r_glob)
 
 
+def prf_r2(mix: np.ndarray, ncsnr: np.ndarray) -> np.ndarray:
+    """The R2 (percent) mini-NSD writes into ``prf_R2``: 100 x the fraction of a voxel's single-trial variance that
+    its low-level pRF component explains, ``100 * m0^2 / (m0^2 + m1^2 + m2^2) * ncsnr^2 / (ncsnr^2 + 1)`` from its
+    truth (``mix`` weights of the three z-scored response components, taken as uncorrelated, and its true ncsnr:
+    signal variance over signal plus noise variance). Deterministic; high for early voxels, near 0 for higher ones."""
+    m2 = np.asarray(mix, np.float64) ** 2
+    s2 = np.asarray(ncsnr, np.float64) ** 2
+    return 100 * m2[:, 0] / np.maximum(m2.sum(1), 1e-12) * s2 / (s2 + 1)
+
+
+def prf_volumes(ijk: np.ndarray, prf_x: np.ndarray, prf_y: np.ndarray, prf_sigma: np.ndarray, mix: np.ndarray,
+                ncsnr: np.ndarray, shape: tuple[int, int, int], image_size: int) -> dict[str, np.ndarray]:  # fmt: skip
+    """NSD's pRF volumes of the truth: {file name: float32 (X, Y, Z)}, NaN outside the voxels ``ijk`` (nsdgeneral).
+
+    Centres and sigma (stimulus pixels, x right, y down) become NSD's angle (degrees 0-360 counter-clockwise from the
+    right horizontal meridian, y up; NaN at eccentricity 0), eccentricity and size (degrees; the image spans
+    VIEW_DEG), through :mod:`lib.data.prf`; R2 is :func:`prf_r2`. No random numbers."""
+    angle, ecc = prf_lib.pixels_to_prf(np.column_stack([prf_x, prf_y]), image_size)
+    fields = {"angle": angle, "eccentricity": ecc, "size": prf_lib.pixels_to_size(prf_sigma, image_size),
+              "r2": prf_r2(mix, ncsnr)}  # fmt: skip
+    out = {}
+    for field, values in fields.items():
+        vol = np.full(shape, np.nan, np.float32)
+        vol[tuple(np.asarray(ijk).T)] = values
+        if field == "angle":
+            vol[vol >= 360] = 0  # float32 rounding of an angle just below 360
+        out[prf_lib.FILES[field]] = vol
+    return out
+
+
+def add_prf_files(root: str | Path) -> list[Path]:
+    """Write the pRF files that a mini-NSD written before they existed lacks, from its ground truth (the bytes
+    :func:`simulate` writes today; nothing else changes); returns the files written."""
+    root = Path(root)
+    info = json.loads((root / MARKER).read_text())
+    shape, affine = make_grid(float(info["config"]["voxel_mm"]))
+    written = []
+    for s in range(1, int(info["subjects"]) + 1):
+        func = root / f"nsddata/ppdata/{_subj(s)}/{SPACE}"
+        missing = [name for name in prf_lib.FILES.values() if not (func / name).is_file()]
+        if not missing:
+            continue
+        with h5py.File(root / f"mininsd/groundtruth_{_subj(s)}.hdf5", "r") as f:
+            truth = {k: f[k][()] for k in ("ijk", "prf_x", "prf_y", "prf_sigma", "mix", "ncsnr")}
+        vols = prf_volumes(**truth, shape=shape, image_size=int(info["config"]["image_size"]))
+        for name in missing:
+            with atomic_path(func / name) as tmp:
+                tmp.write_bytes(_nifti_gz(vols[name], affine))
+            written.append(func / name)
+    return written
+
+
 # ================================================================================================================
 # design
 
@@ -734,6 +788,10 @@ def _simulate_subject(root: Path, s: int, cfg: SimConfig, design: Design, low, c
             roi_lib.format_ctab(brain.ctabs[name]),
         )
     _write(func / "brainmask.nii.gz", _nifti_gz(brain.brainmask.astype(np.int16), brain.affine))
+    prf_vols = prf_volumes(tuning.ijk, tuning.prf_x, tuning.prf_y, tuning.prf_sigma, tuning.mix, tuning.ncsnr,
+                           shape, cfg.image_size)  # fmt: skip
+    for name, vol in prf_vols.items():
+        _write(func / name, _nifti_gz(vol, brain.affine))
 
     # responses of every image, noise, session drifts; only brain-mask voxels are stored
     signal = noise_free_responses(tuning, low, cov, feats, objects, cfg)  # (n_images, V)
@@ -805,12 +863,16 @@ def _simulate_subject(root: Path, s: int, cfg: SimConfig, design: Design, low, c
 def ensure(root: str | Path, profile: str, seed: int = 0, n_subjects: int = 1) -> tuple[Path, float | None]:
     """Return ``root`` holding a dataset, simulating it first when ``profile`` is a simulated one.
 
-    Returns (root, seconds spent simulating, or None when the dataset was already there).
+    Returns (root, seconds spent simulating, or None when the dataset was already there). A mini-NSD already there
+    that lacks the pRF files (written before the simulator wrote them) gets them from its ground truth
+    (:func:`add_prf_files`): the same bytes a fresh simulation writes, every other file untouched.
     """
     root = Path(root)
     if (root / DESIGN).is_file():
         marker = root / MARKER
-        if marker.is_file() and profile in PROFILES:
+        if not marker.is_file():
+            return root, None
+        if profile in PROFILES:
             have = json.loads(marker.read_text())
             want = {
                 "profile": profile,
@@ -825,6 +887,12 @@ def ensure(root: str | Path, profile: str, seed: int = 0, n_subjects: int = 1) -
                     f"v{have.get('version')}), which differs in {diff} from profile {profile!r} seed {seed} "
                     f"(v{SIM_VERSION}); delete {root} or choose another data root"
                 )
+        try:  # a mini-NSD written before the simulator wrote pRF files gets them, from its own ground truth
+            add_prf_files(root)
+        except (OSError, KeyError) as e:
+            warnings.warn(
+                f"{root}: cannot add the pRF files (prf_*.nii.gz) to this mini-NSD ({e})", stacklevel=2
+            )
         return root, None
     if any((root / d).is_dir() for d in ("nsddata", "nsddata_betas", "nsddata_stimuli")):
         raise FileNotFoundError(f"data root {root}: an incomplete NSD copy, no {DESIGN}; expected the NSD layout "

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from lib import distributed, io, runtime
-from lib.models import losses
+from lib.models import losses, lowlevel
 from lib.models import stylegan2 as sg
 from lib.models.embedding import fit_to_model
 from lib.trainer import CudaRNG, Run, TorchRNG
@@ -436,7 +436,9 @@ def _noise_reg(noises: list[torch.Tensor]) -> torch.Tensor:
 def optimise_latents(G: sg.Generator, targets: np.ndarray, embedder, steps: int = 100, lr: float = 0.1,
                      ratio: float = 0.25, noise_reg: float = 1e5, w_noise: float = 0.05, batch: int = 64,
                      crop_min: float = 1.0, start: str = "generated", seed: int = 0, noise_maps: bool = True,
-                     anchor: float = 0.0) -> tuple[np.ndarray, dict]:  # fmt: skip
+                     anchor: float = 0.0, low_target: np.ndarray | None = None, low_weight: float = 0.0,
+                     low_loss: str = "mse", condition: bool = False,
+                     exact: bool = False) -> tuple[np.ndarray, dict]:  # fmt: skip
     """Per target embedding, optimise one w (broadcast to every layer) and, with ``noise_maps``, every noise map so
     that the embedding of G(w, condition = the target perturbed as in :func:`generate`, noises) has the largest
     cosine with the target; batched over ``batch`` targets. ``start``: "generated" begins at :func:`generate`'s
@@ -448,8 +450,14 @@ def optimise_latents(G: sg.Generator, targets: np.ndarray, embedder, steps: int 
     renormalisation). ``anchor`` > 0 adds ``anchor`` x the squared error between the image and the starting image,
     both at 1/4 resolution: the search may change detail but not the layout and colours it started from (the
     embedding of a prediction from fMRI is noisy, and matching it without an anchor also matches its noise).
-    Returns (uint8 images, history with mean ``loss`` and ``cosine`` per step (of the noised w while it is
-    noised), ``noise_maps`` and ``anchor``)."""
+    ``low_target`` (N, s, s, 3) in [0, 1], the spatial pathway's low-resolution image of each target
+    (:mod:`lib.models.lowlevel`), with ``low_weight`` > 0 adds ``low_weight`` x the squared error (``low_loss``
+    "mse") or 1 - Pearson r ("corr") between the image's s x s area means (in [0, 1]) and it: the semantic and the
+    spatial pathway combined in one search. ``condition`` optimises the condition vector too (measured worse on
+    mini: README).
+    Returns (uint8 images, or with ``exact`` float32 on the same 0-255 scale unrounded, as :func:`generate`;
+    history with mean ``loss`` and ``cosine`` per step (of the noised w while it is noised), ``noise_maps``,
+    ``anchor`` and ``low_weight``)."""
     targets = np.asarray(targets, np.float32)
     if targets.ndim != 2:
         raise GANError(f"targets {targets.shape}: expected (N, D)")
@@ -457,6 +465,23 @@ def optimise_latents(G: sg.Generator, targets: np.ndarray, embedder, steps: int 
         raise GANError(f"start={start!r}: expected 'generated' or 'w_avg'")
     if not anchor >= 0:  # also refuses NaN
         raise GANError(f"anchor={anchor}: expected a number >= 0")
+    if not low_weight >= 0:
+        raise GANError(f"low_weight={low_weight}: expected a number >= 0")
+    if low_loss not in ("mse", "corr"):
+        raise GANError(f"low_loss={low_loss!r}: expected 'mse' or 'corr'")
+    if low_target is not None:
+        low_target = np.asarray(low_target, np.float32)
+        if (
+            low_target.ndim != 4
+            or low_target.shape[0] != len(targets)
+            or low_target.shape[-1] != 3
+            or low_target.shape[1] != low_target.shape[2]
+            or low_target.shape[1] > G.img_resolution
+        ):
+            raise GANError(f"low_target {low_target.shape}: expected ({len(targets)}, s, s, 3) with s <= "
+                           f"{G.img_resolution}, one low-resolution image per target")  # fmt: skip
+    elif low_weight:
+        raise GANError(f"low_weight={low_weight} needs low_target, the low-resolution images")
     dev = next(G.parameters()).device
     G = G.eval().requires_grad_(False)
     view = EmbeddingView(embedder, crop_min).to(dev)
@@ -470,7 +495,7 @@ def optimise_latents(G: sg.Generator, targets: np.ndarray, embedder, steps: int 
             G.mapping(torch.zeros(1, G.z_dim, device=dev), None)[:, 0, :] if start == "generated" else w_avg
         )
     layers = G.synthesis.noise_layers()
-    out, hist_loss, hist_cos = [], np.zeros(steps), np.zeros(steps)
+    out, found, hist_loss, hist_cos = [], [], np.zeros(steps), np.zeros(steps)
     gen_p = torch.Generator(device="cpu").manual_seed(seed)
     for i in runtime.progress(range(0, len(targets), batch), desc="latent optimisation"):
         t = F.normalize(torch.as_tensor(targets[i : i + batch]), dim=-1)
@@ -490,7 +515,13 @@ def optimise_latents(G: sg.Generator, targets: np.ndarray, embedder, steps: int 
             with torch.no_grad():
                 ws0 = w.detach().unsqueeze(1).repeat(1, G.num_ws, 1)
                 ref = F.avg_pool2d(G.synthesis(ws0, fts, noises=noises), 4)
-        opt = torch.optim.Adam([w, *noises] if noise_maps else [w], lr=lr, betas=(0.9, 0.999))
+        low = None
+        if low_weight:
+            low = torch.as_tensor(low_target[i : i + batch]).permute(0, 3, 1, 2).to(dev)
+        if condition:
+            fts = fts.clone().requires_grad_(True)
+        params = [w, *noises] if noise_maps else [w]
+        opt = torch.optim.Adam(params + ([fts] if condition else []), lr=lr, betas=(0.9, 0.999))
         for s in range(steps):
             frac = s / max(steps, 1)
             noise_scale = w_std * w_noise * max(0.0, 1.0 - frac / 0.75) ** 2
@@ -506,6 +537,15 @@ def optimise_latents(G: sg.Generator, targets: np.ndarray, embedder, steps: int 
                 loss = loss + noise_reg * _noise_reg(noises)
             if ref is not None:
                 loss = loss + anchor * (F.avg_pool2d(img, 4) - ref).square().mean(dim=[1, 2, 3]).sum()
+            if low is not None:
+                pooled = F.adaptive_avg_pool2d((img + 1) / 2, low.shape[-1])
+                if low_loss == "corr":  # 1 - Pearson r over pixels and channels: the layout, not its contrast
+                    a = pooled.flatten(1) - pooled.flatten(1).mean(1, keepdim=True)
+                    b = low.flatten(1) - low.flatten(1).mean(1, keepdim=True)
+                    r = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1)).clamp_min(1e-8)
+                    loss = loss + low_weight * (1 - r).sum()
+                else:
+                    loss = loss + low_weight * (pooled - low).square().mean(dim=[1, 2, 3]).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -517,14 +557,111 @@ def optimise_latents(G: sg.Generator, targets: np.ndarray, embedder, steps: int 
             hist_cos[s] += float(cos.detach().sum()) / len(targets)
         with torch.no_grad():
             ws = w.detach().unsqueeze(1).repeat(1, G.num_ws, 1)
-            out.append(sg.to_uint8(G.synthesis(ws, fts, noises=[n.detach() for n in noises])))
-    images = np.concatenate(out) if out else np.zeros((0, G.img_resolution, G.img_resolution, 3), np.uint8)
+            img = G.synthesis(ws, fts.detach(), noises=[n.detach() for n in noises])
+            out.append(_exact_0_255(img) if exact else sg.to_uint8(img))
+            found.append(w.detach().cpu().numpy())
+    empty = np.zeros((0, G.img_resolution, G.img_resolution, 3), np.float32 if exact else np.uint8)
+    images = np.concatenate(out) if out else empty
     return images, {
         "loss": hist_loss.tolist(),
         "cosine": hist_cos.tolist(),
         "noise_maps": noise_maps,
         "anchor": anchor,
+        "low_weight": low_weight,
+        "w": np.concatenate(found) if found else np.zeros((0, G.w_dim), np.float32),
     }
+
+
+@torch.no_grad()
+def synthesise(G: sg.Generator, w: np.ndarray, features: np.ndarray, ratio: float = 0.25, seed: int = 0,
+               batch: int = 64, exact: bool = False) -> np.ndarray:  # fmt: skip
+    """Images from given latents ``w`` (N, w_dim; e.g. :func:`optimise_latents`' ``hist["w"]``) and condition vectors
+    ``features`` (N, D), with the constant noise maps and the condition perturbed as :func:`optimise_latents`
+    perturbs it (same ``ratio``, ``seed`` and ``batch``): the image a search found, redrawn for other conditions."""
+    w = np.asarray(w, np.float32)
+    if w.ndim != 2 or len(w) != len(features) or w.shape[1] != G.w_dim:
+        raise GANError(f"w {w.shape}: expected ({len(features)}, {G.w_dim}), one latent per condition")
+    dev = next(G.parameters()).device
+    gen_p = torch.Generator(device="cpu").manual_seed(seed)
+    layers = G.synthesis.noise_layers()
+    out = []
+    for i in range(0, len(w), batch):
+        t = F.normalize(torch.as_tensor(np.asarray(features[i : i + batch], np.float32)), dim=-1)
+        fts = (perturb(t, ratio, gen_p) if ratio < 1 else t).to(dev)
+        ws = torch.as_tensor(w[i : i + batch], device=dev).unsqueeze(1).repeat(1, G.num_ws, 1)
+        noises = [la.noise_const.expand(len(t), 1, -1, -1) for la in layers]
+        img = G.synthesis(ws, fts, noises=noises)
+        out.append(_exact_0_255(img) if exact else sg.to_uint8(img))
+    return np.concatenate(out) if out else np.zeros((0, G.img_resolution, G.img_resolution, 3), np.uint8)
+
+
+COMBINATIONS = ("optimise", "impose", "both")
+
+
+def combine(G: sg.Generator, features: np.ndarray, low: np.ndarray, embedder, how: str = "optimise",
+            low_weight: float = 3.0, exact: bool = False, strength: float = 1.0,
+            **optimise) -> tuple[np.ndarray, dict | None]:  # fmt: skip
+    """The semantic and the spatial pathway in one image, from predicted embeddings ``features`` (N, D) and the
+    spatial pathway's low-resolution images ``low`` (N, s, s, 3; clipped to [0, 1]). ``how``: "optimise", latent
+    optimisation (:func:`optimise_latents` with ``optimise``'s settings) toward the embedding with ``low`` as its
+    layout target (``low_weight`` x (1 - Pearson r) between the image's s x s area means and ``low``: the layout,
+    not the contrast of a shrunken ridge prediction) in place of the anchor to the start; "impose", the plain
+    reconstruction with its s x s area means moved ``strength`` of the way to ``low``
+    (:func:`lib.models.lowlevel.impose`); "both", the first then the second. Returns (images, uint8 or with ``exact`` float32 0-255; the optimisation's history or
+    None). Measured on mini (100 test images, ridge, weight 3): "optimise" raises PixCorr from .69 to .75 and
+    keeps the read-back; "impose" raises it as far but halves the colour read-back (README, "Two pathways")."""
+    if how not in COMBINATIONS:
+        raise GANError(f"how={how!r}: expected one of {', '.join(COMBINATIONS)}")
+    low = np.clip(np.asarray(low, np.float32), 0, 1)
+    if how == "impose":
+        ratio, seed = optimise.get("ratio", 0.25), optimise.get("seed", 0)
+        return lowlevel.impose(generate(G, features, ratio, seed=seed, exact=exact), low, strength), None
+    optimise = {**optimise, "anchor": 0.0}
+    images, hist = optimise_latents(G, features, embedder, low_target=low, low_weight=low_weight, low_loss="corr",
+                                    exact=exact, **optimise)  # fmt: skip
+    return (lowlevel.impose(images, low, strength) if how == "both" else images), hist
+
+
+def combiner(G: sg.Generator, embedder, settings: dict, seed: int = 0, exact: bool = True):
+    """:func:`combine` with 03's recorded generation ``settings`` (:data:`lib.artifacts.GENERATION_SETTINGS`) as
+    a function (features (N, D), low (N, s, s, 3)) -> images: what 04 perturbs and 05 draws for other encoders."""
+    opt = dict(steps=settings["opt_steps"], lr=settings["opt_lr"], ratio=settings["feature_ratio"], seed=seed,
+               noise_maps=settings["opt_noise_maps"])  # fmt: skip
+
+    def draw(features: np.ndarray, low: np.ndarray) -> np.ndarray:
+        return combine(G, features, low, embedder, settings["combine"], settings["opt_lowlevel"], exact=exact,
+                       strength=settings["impose_strength"], **opt)[0]  # fmt: skip
+
+    return draw
+
+
+def held_combiner(
+    G: sg.Generator, embedder, settings: dict, features: np.ndarray, low: np.ndarray, seed: int = 0
+):
+    """:func:`combiner`'s reconstruction of these rows (``features`` (N, D), ``low`` (N, s, s, 3)) with the search's
+    result held: the latent optimisation runs once, on these inputs, and the returned function redraws (other
+    features, other low) of the same N rows with those latents (:func:`synthesise`), then moves the area means
+    toward the other low-resolution image as 03 does (``combine`` "both"). What 04 perturbs: an Adam search is not
+    a smooth function of its input (a tiny change flips the sign of its first steps where a gradient is near 0), so
+    a voxel's effect through a rerun search is mostly the search's own noise; holding its result gives the effect
+    of the voxel on the image the search found. "impose" has no search and is drawn as :func:`combiner` does."""
+    if settings["combine"] == "impose":
+        return combiner(G, embedder, settings, seed)
+    if settings["opt_noise_maps"]:
+        raise GANError(
+            "held_combiner: opt_noise_maps=True searches noise maps too; expected w only (03's default)"
+        )
+    opt = dict(steps=settings["opt_steps"], lr=settings["opt_lr"], ratio=settings["feature_ratio"], seed=seed,
+               noise_maps=False)  # fmt: skip
+    _, hist = combine(G, features, low, embedder, settings["combine"], settings["opt_lowlevel"], exact=True,
+                      strength=settings["impose_strength"], **opt)  # fmt: skip
+    w, ratio, strength = hist["w"], settings["feature_ratio"], settings["impose_strength"]
+
+    def draw(f: np.ndarray, lo: np.ndarray) -> np.ndarray:
+        img = synthesise(G, w, f, ratio, seed, exact=True)
+        return lowlevel.impose(img, np.clip(lo, 0, 1), strength) if settings["combine"] == "both" else img
+
+    return draw
 
 
 def obtain_generator(source: str, emb, images: np.ndarray, features: np.ndarray, cfg: GANConfig,
@@ -567,11 +704,18 @@ def two_way_monitor(view: EmbeddingView, features: np.ndarray, ratio: float, see
     return monitor
 
 
-def variant_provenance(source: str, encoder: str, tune_steps: int, opt_steps: int) -> dict[str, str]:
+def variant_provenance(source: str, encoder: str, tune_steps: int, opt_steps: int, combine_how: str = "optimise",
+                       lowlevel: str = "the spatial pathway") -> dict[str, str]:  # fmt: skip
     """What produced each of 03's reconstruction variants, in words, for the hand-off to 05 (``source``: the
-    generator, e.g. "the pretrained generator"; ``encoder``: the 02 encoder whose predictions drive it)."""
+    generator, e.g. "the pretrained generator"; ``encoder``: the 02 encoder whose predictions drive it;
+    ``lowlevel``: the spatial pathway's decoder, :func:`lib.models.lowlevel.describe`)."""
     pred = f"{encoder}'s test predictions (02)"
+    how = {"optimise": "latent optimisation with its layout as a target",
+           "impose": "its layout imposed on the fMRI-tuned reconstruction",
+           "both": "latent optimisation with its layout as a target, then moved toward that layout"}[combine_how]  # fmt: skip
     return {
+        SPATIAL: f"{lowlevel}'s low-resolution image (02), upsampled",
+        COMBINED: f"the fMRI-tuned generator from {pred} and {lowlevel} (02): {how} ({opt_steps} steps)",
         "oracle": f"{source} from the true image embedding (01)",
         "predicted": f"{source} from {pred}",
         "tuned": f"{source} after fMRI tuning ({tune_steps} steps on ridge's out-of-fold predictions of the training "
@@ -580,6 +724,10 @@ def variant_provenance(source: str, encoder: str, tune_steps: int, opt_steps: in
     }
 
 
+#: 03's names of the spatial pathway's own reconstruction and of the two pathways combined
+SPATIAL, COMBINED = "spatial pathway", "combined"
+#: 05's name of the spatial pathway's reconstruction (the same for every semantic encoder)
+SPATIAL_ONLY = "spatial pathway only (blurry)"
 #: 05's short names of the 02 encoders whose reconstructions it scores
 ENCODER_NAMES = {"ridge_image": "ridge", "mlp_image": "MLP"}
 
@@ -594,9 +742,10 @@ def evaluation_variants(rec, pred: dict[str, np.ndarray], test_ids: np.ndarray, 
     from lib.analysis.decoding import rows_of
 
     cfg, index = rec.settings, rows_of(rec.test_ids, np.arange(len(rec.test_ids)), test_ids)
-    kinds = {"plain": "predicted", "fMRI-tuned": "tuned", "optimised": "optimised"}  # 05's name: 03's name
-    variants = {ORACLE: rec.variants["oracle"][index]}
-    provenance = {ORACLE: rec.provenance["oracle"]}
+    kinds = {"plain": "predicted", "fMRI-tuned": "tuned", "optimised": "optimised", "combined": COMBINED}
+    variants = {ORACLE: rec.variants["oracle"][index], SPATIAL_ONLY: rec.variants[SPATIAL][index]}
+    provenance = {ORACLE: rec.provenance["oracle"], SPATIAL_ONLY: rec.provenance[SPATIAL]}
+    low = rows_of(pred["test_ids"], pred["lowlevel"], test_ids)
     for enc, short in ENCODER_NAMES.items():
         if enc == cfg["encoder"]:
             made = {kind: rec.variants[key][index] for kind, key in kinds.items()}
@@ -606,10 +755,11 @@ def evaluation_variants(rec, pred: dict[str, np.ndarray], test_ids: np.ndarray, 
             )
             r = cfg["feature_ratio"]
             made = {"plain": generate(G, p, r, seed=seed), "fMRI-tuned": generate(G_tuned, p, r, seed=seed)}
-            made["optimised"], _ = optimise_latents(
-                G_tuned, p, embedder, steps=cfg["opt_steps"], lr=cfg["opt_lr"], ratio=r, seed=seed,
-                anchor=cfg["opt_anchor"], noise_maps=cfg["opt_noise_maps"],
-            )  # fmt: skip
+            opt = dict(
+                steps=cfg["opt_steps"], lr=cfg["opt_lr"], ratio=r, seed=seed, noise_maps=cfg["opt_noise_maps"]
+            )
+            made["optimised"], _ = optimise_latents(G_tuned, p, embedder, anchor=cfg["opt_anchor"], **opt)
+            made["combined"] = combiner(G_tuned, embedder, cfg, seed, exact=False)(p, low)
         for kind, key in kinds.items():
             variants[f"{short} · {kind}"] = made[kind]
             words = rec.provenance[key]
@@ -631,11 +781,12 @@ def comparison_pairs() -> list[tuple[str, str]]:
     against ridge at each stage."""
     pairs = []
     for short in ENCODER_NAMES.values():
-        plain, tuned, opt = (f"{short} · {k}" for k in ("plain", "fMRI-tuned", "optimised"))
+        plain, tuned, opt, comb = (f"{short} · {k}" for k in ("plain", "fMRI-tuned", "optimised", "combined"))
         pairs += [(tuned, plain), (opt, plain), (opt, tuned), (ORACLE, plain), (plain, NEAREST.format(short)),
-                  (plain, MEAN_IMAGE)]  # fmt: skip
+                  (plain, MEAN_IMAGE), (comb, opt), (comb, plain), (comb, SPATIAL_ONLY),
+                  (comb, NEAREST.format(short))]  # fmt: skip
     ridge, mlp = ENCODER_NAMES.values()
-    pairs += [(f"{mlp} · {k}", f"{ridge} · {k}") for k in ("plain", "fMRI-tuned", "optimised")]
+    pairs += [(f"{mlp} · {k}", f"{ridge} · {k}") for k in ("plain", "fMRI-tuned", "optimised", "combined")]
     return pairs
 
 

@@ -11,7 +11,8 @@ MODELS_DIR = paths.PROJ_ROOT / "models"
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "lib.models.manifest/1"
 #: the file of each pretrained model (stage name of :mod:`lib.pretrain` -> file name)
-FILES = {"clip": "mini_clip.safetensors", "dino": "mini_dino.safetensors", "gan": "mini_lafite.safetensors"}
+FILES = {"clip": "mini_clip.safetensors", "dino": "mini_dino.safetensors", "gan": "mini_lafite.safetensors",
+         "judge": "mini_shape_judge.safetensors"}  # fmt: skip
 
 
 class ModelError(ValueError):
@@ -54,7 +55,7 @@ def verified(path: str | Path) -> Path:
 
 
 def path(stage: str, folder: str | Path | None = None) -> Path:
-    """The verified file of pretrained model ``stage`` (clip, dino or gan) in ``folder`` (default models/)."""
+    """The verified file of pretrained model ``stage`` (clip, dino, gan or judge) in ``folder`` (default models/)."""
     if stage not in FILES:
         raise ModelError(f"stage={stage!r}: expected one of {sorted(FILES)}")
     return verified(Path(folder or MODELS_DIR) / FILES[stage])
@@ -82,6 +83,13 @@ def load_generator(folder: str | Path | None = None, device: str = "auto"):
     from lib.models import stylegan2 as sg
 
     return sg.load_generator(path("gan", folder), runtime.pick_device(device))
+
+
+def load_shape_judge(folder: str | Path | None = None, device: str = "auto"):
+    """The pretrained shape judge as a :class:`lib.analysis.shape_judge.ShapeJudge` (checksum verified)."""
+    from lib.analysis import shape_judge
+
+    return shape_judge.load(path("judge", folder), device)
 
 
 def provenance(stage: str, folder: str | Path | None = None) -> dict:

@@ -29,12 +29,14 @@ SECTIONS = {
            "mini-world model of models/, a real CLIP checkpoint, or one learned here from the training stimuli), "
            "probed on the test stimuli beside a random-init network, and DINO self-supervised features."),
     "02": ("fMRI encoders", "Ridge and a residual MLP map the voxels to the embedding; retrieval and 2-way "
-           "identification on the test images, against a noise-free ceiling."),
+           "identification on the test images, against a noise-free ceiling; and the spatial pathway, a "
+           "low-resolution image decoded from early visual cortex."),
     "03": ("Generator", "A CLIP-conditioned StyleGAN2 as in LAFITE draws images from embeddings: the pretrained "
            "mini-world generator (or a LAFITE checkpoint, or one trained here), tuned on fMRI predictions, and "
            "refined by latent optimisation."),
-    "04": ("Leave-one-out", "Every voxel and ROI group left out in turn: how each moves the predicted embedding "
-           "and the image, mapped on the brain and checked against the simulator's truth."),
+    "04": ("Leave-one-out", "Every voxel and ROI group left out in turn: how each moves the predicted embedding, "
+           "the spatial pathway's image (exact) and the reconstruction, mapped on the brain and checked against "
+           "the simulator's truth and the pRF files."),
     "05": ("Evaluation", "The field's metrics for every reconstruction variant and for the baselines (nearest "
            "training image, mean image), judged also by networks no model was trained on (EffNet-Lite0, the "
            "attribute read-back), with the published NSD results beside them (a different dataset: not comparable)."),
@@ -64,8 +66,11 @@ FIGURES = {
     "02_learning_curves.png": "MLP training curves and ridge accuracy against the number of training trials.",
     "02_voxel_accuracy.png": "Per-voxel accuracy of the encoding direction on the brain.",
     "02_predicted_vs_true.png": "Predicted against true embedding values on the test images.",
+    "02_lowlevel.png": "The spatial pathway: the low-resolution image ridge decodes from early visual voxels alone "
+    "(MindEye's blurry reconstruction), upsampled, beside the stimulus.",
     "03_reconstructions.png": "Test stimuli and their reconstructions: the oracle (true embedding), the plain fMRI "
-    "reconstruction, the fMRI-tuned generator and latent optimisation.",
+    "reconstruction, the fMRI-tuned generator, latent optimisation, the spatial pathway alone and both pathways "
+    "combined (latent optimisation toward the predicted embedding and the decoded layout).",
     "03_training_curves.png": "Generator training when trained here (adversarial losses, conditioning alignment), fMRI tuning and latent "
     "optimisation.",
     "03_scores.png": "2-way identification, PixCorr and SSIM per variant, and the effect of the perturbation ratio.",
@@ -75,11 +80,16 @@ FIGURES = {
     "04_effect_maps.png": "Image-space effect of single voxels: mean change of the generated image; + the true "
     "pRF centre, o the map's centre.",
     "04_loo_vs_saliency.png": "Leave-one-out against gradient x input saliency, per voxel.",
+    "04_lowlevel_maps.png": "Each early voxel's exact effect on the spatial pathway's image (ridge: its weight "
+    "image times the mean change of its activity); + the voxel's pRF centre, o the map's centre.",
+    "04_combined_maps.png": "Single voxels left out of the combined reconstruction, early voxels (first) beside "
+    "higher-area voxels: mean change of the image over test samples; + pRF centre, o the map's centre.",
     "04_roi_only.png": "ROI-only reconstructions: one group's activity, every other voxel at its training mean.",
     "04_validation.png": "LOO importance against each voxel's true weight in the ideal linear read-out of the "
     "embedding, computed from the simulator's truth.",
     "04_prf_check.png": "Where single early voxels move the image, against their true pRF centres, through the "
-    "generator and through the embedding's layout read-out, with chance from re-paired centres.",
+    "generator, through the embedding's layout read-out, through the spatial pathway (exact) and through the "
+    "combined reconstruction, with chance from re-paired centres.",
     "05_low_level.png": "PixCorr and SSIM per variant (MindEye's definitions at 425 px), published NSD values as "
     "grey markers.",
     "05_two_way.png": "2-way identification on network features per variant (chance 0.5); n/a where the "
@@ -89,7 +99,8 @@ FIGURES = {
     "05_roi_groups.png": "ROI-only reconstructions scored per ROI group, with 95% intervals over test images; the "
     "table of paired comparisons says which groups differ from all voxels.",
     "05_readback.png": "Attribute read-back: what a CNN trained on the stimuli (never on reconstructions) reads "
-    "from each reconstruction and baseline, beside its accuracy on the stimuli themselves and chance.",
+    "from each reconstruction and baseline, and the shape judge pretrained on the scene corpus, beside their "
+    "accuracy on the stimuli themselves and chance.",
 }
 
 CAVEATS = (
@@ -208,6 +219,30 @@ def _tables(nb: str, m: dict[str, dict]) -> list[str]:
         r = m["04_leave_one_out"]
         keys = [k for k in r if k.startswith(("spearman_", "prf_")) and not isinstance(r[k], dict)]
         out.append(_table({"validation": {k: r[k] for k in keys}}, "leave-one-out checks against the truth"))
+        cols = ("median_error_deg", "chance_median_error_deg", "ratio", "p_value", "n_voxels")
+        rows = {
+            name: {k: (r.get(key) or {}).get(k) for k in cols}
+            for name, key in (("spatial pathway (exact)", "lowlevel_prf"), ("combined", "combined_prf"))
+        }
+        rows |= {f"spatial pathway, {a}": {k: e.get(k) for k in cols} for a, e in (r.get("lowlevel_prf_by_area")
+                                                                                   or {}).items()}  # fmt: skip
+        if r.get("lowlevel_prf"):
+            out.append(
+                _table(rows, "effect centres against pRF centres, early voxels (degrees of visual angle)")
+            )
+        files = r.get("lowlevel_prf_files")
+        if files:
+            stats_ = ("angle_error", "ecc_r", "distance", "hemifield")
+            names = {"angle_error": "angle_error_deg", "ecc_r": "ecc_r", "distance": "distance_deg",
+                     "hemifield": "hemifield_agreement"}  # fmt: skip
+            frows = {st: {"observed": files.get(names[st]), "null median": files.get(f"{st}_null_median"),
+                          "p": files.get(f"{st}_p")} for st in stats_}  # fmt: skip
+            out.append(_table(frows, f"spatial pathway against the NSD-format pRF files ({files.get('n_used')} "
+                                     "early voxels; null: pRFs permuted across them)"))  # fmt: skip
+        loc = r.get("localisation")
+        if loc:
+            out.append(_table({"early − higher": loc}, "localisation of the combined reconstruction's effects "
+                                                       "(share of a mean effect map's energy near its centre)"))  # fmt: skip
     if nb == "05" and m.get("05_evaluation"):
         r = m["05_evaluation"]
         rows = r.get("table", {}) | ({"chance": r["chance"]} if r.get("chance") else {})
@@ -436,4 +471,62 @@ def reconstruction_goals(m01: dict, m04: dict, table: dict[str, dict], readback:
     if m04.get("prf_median_error_px") is not None:
         ratio = m04["prf_median_error_px"] / m04["prf_chance_error_px"]
         goal("pRF check: median error / chance (at most 0.6)", ratio, 0.6, met=ratio <= 0.6)
+    _pathway_goals(goals, goal, difference, m04, table, readback, readback_comparisons)
     return goals
+
+
+#: the spatial pathway's goals on mini (at most / at least)
+PATHWAY_GOALS = {"spatial": 0.35, "combined": 0.5, "files_distance": 0.35, "hemifield": 0.9, "pixcorr": 0.80,
+                 "position": 0.70, "judge": 0.80, "shape_fraction": 0.6}  # fmt: skip
+COMBINED = "ridge · combined"
+
+
+def _pathway_goals(
+    goals: dict, goal, difference, m04: dict, table: dict, readback: dict, readback_comparisons: dict
+) -> None:
+    """The goals of the spatial-pathway work: where each early voxel acts (04) and the combined reconstruction from
+    ridge predictions (05)."""
+    g = PATHWAY_GOALS
+
+    def at_most(name: str, value, threshold: float) -> None:
+        if value is not None:
+            goal(f"{name} (at most {threshold})", value, threshold, met=value <= threshold)
+
+    at_most("early voxels, spatial pathway: median pRF error / chance", (m04.get("lowlevel_prf") or {}).get("ratio"),
+            g["spatial"])  # fmt: skip
+    at_most("early voxels, combined reconstruction: median pRF error / chance",
+            (m04.get("combined_prf") or {}).get("ratio"), g["combined"])  # fmt: skip
+    files = m04.get("lowlevel_prf_files") or {}
+    at_most("NSD-format pRF files: median centre distance / chance", files.get("distance_ratio"),
+            g["files_distance"])  # fmt: skip
+    if files.get("hemifield_agreement") is not None:
+        goal(
+            "NSD-format pRF files: hemifield agreement of early voxels",
+            files["hemifield_agreement"],
+            g["hemifield"],
+        )
+    loc = m04.get("localisation")
+    if loc:
+        name = "localisation: early voxels above higher-area voxels (combined reconstruction)"
+        goal(name, loc["diff"], 0.0, met=loc["low"] > 0 and loc["p"] < 0.05)
+        goals[name]["interval"] = [round(loc["low"], 4), round(loc["high"], 4)]
+    comb = table.get(COMBINED)
+    if not comb:
+        return
+    goal(f"{COMBINED} PixCorr", comb.get("PixCorr"), g["pixcorr"])
+    near = "nearest training image · ridge"
+    difference(f"{COMBINED} EffNet-Lite0 2-way above the nearest training image (ridge)", COMBINED, near,
+               "EffNet-Lite0 2-way", (comb.get("EffNet-Lite0 2-way") or 0) - (table.get(near, {}).get(
+                   "EffNet-Lite0 2-way") or 0))  # fmt: skip
+    rb = readback.get(COMBINED)
+    if not rb:
+        return
+    goal(f"{COMBINED} position read-back", rb.get("position"), g["position"])
+    for attr in ("background", "bg_colour", "colour"):
+        difference(f"{COMBINED} {attr} read-back not below ridge · plain", COMBINED, "ridge · plain", attr,
+                   rb[attr] - readback.get("ridge · plain", {}).get(attr, 0), keeps=True, source=readback_comparisons)  # fmt: skip
+    stimuli = readback.get("stimuli (the judge's ceiling)", {}).get("shape (judge)")
+    if stimuli is not None:
+        goal("shape judge reads the stimuli", stimuli, g["judge"])
+        goal(f"{COMBINED} shape (judge) / the stimuli's", rb.get("shape (judge)", 0) / max(stimuli, 1e-9),
+             g["shape_fraction"])  # fmt: skip

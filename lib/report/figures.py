@@ -674,18 +674,20 @@ def loo_agreement(loo_importance: np.ndarray, other: np.ndarray, groups: dict[st
     return fig
 
 
-def prf_check(prf_xy: np.ndarray, centres: dict[str, np.ndarray], checks: dict[str, dict], size: float,
-              images: np.ndarray | None = None) -> plt.Figure:  # fmt: skip
-    """Per estimate (name -> (K, 2) effect centres, stimulus pixels): each voxel's true pRF centre (+) joined to
-    its effect centre (o), on the stimulus frame (over the mean test image when given), with the median error
-    against chance from ``checks`` (:func:`lib.analysis.loo.prf_errors`) in the title."""
+def prf_check(prf_xy: np.ndarray | dict[str, np.ndarray], centres: dict[str, np.ndarray], checks: dict[str, dict],
+              size: float, images: np.ndarray | None = None) -> plt.Figure:  # fmt: skip
+    """Per estimate (name -> (K, 2) effect centres, stimulus pixels): each voxel's true pRF centre (+; ``prf_xy``
+    (K, 2), or per estimate {name: (K, 2)} when they check different voxels) joined to its effect centre (o), on
+    the stimulus frame (over the mean test image when given), with the median error against chance from
+    ``checks`` (:func:`lib.analysis.loo.prf_errors`) in the title."""
     fig, axes = plt.subplots(1, len(centres), figsize=(4.2 * len(centres), 4.3), squeeze=False)
     for ax, (name, c) in zip(axes[0], centres.items(), strict=True):
+        pxy = prf_xy[name] if isinstance(prf_xy, dict) else prf_xy
         if images is not None:
             ax.imshow(images.mean(0).astype(np.uint8), extent=(0, size, size, 0), alpha=0.35)
-        for (x0, y0), (x1, y1) in zip(prf_xy, c, strict=True):
+        for (x0, y0), (x1, y1) in zip(pxy, c, strict=True):
             ax.plot([x0, x1], [y0, y1], color="0.5", lw=0.6)
-        ax.plot(*prf_xy.T, "c+", ms=7, mew=1.5, label="true pRF centre")
+        ax.plot(*pxy.T, "c+", ms=7, mew=1.5, label="true pRF centre")
         ax.plot(*c.T, "o", color="tab:red", ms=4, mfc="none", label="effect centre")
         e = checks[name]
         ax.set(xlim=(0, size), ylim=(size, 0), aspect="equal", xlabel="x (stimulus px)", ylabel="y")
