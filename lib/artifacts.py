@@ -288,7 +288,9 @@ class Store:
             variants = {name: z[f"v{i}"] for i, name in enumerate(meta["variants"])}
             return Reconstructions(z["test_ids"], variants, meta["provenance"], meta["settings"], meta)
 
-        return self._load("reconstructions", read, {"model_key": model_key})
+        rec = self._load("reconstructions", read, {"model_key": model_key})
+        self._settings(rec.settings)
+        return rec
 
     def generation_settings(self) -> dict[str, Any]:
         """03's settings that 04 and 05 reuse (:data:`GENERATION_SETTINGS`: the perturbation ratio, the encoder
@@ -297,7 +299,16 @@ class Store:
         def read(path):  # the meta member only: the images are not read
             return json.loads(str(_read_npz(path, RECONSTRUCTIONS_FORMAT, ["meta"])["meta"]))["settings"]
 
-        return self._load("reconstructions", read, {})
+        return self._settings(self._load("reconstructions", read, {}))
+
+    def _settings(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """``settings`` checked to hold every one of :data:`GENERATION_SETTINGS` (an older 03 wrote fewer)."""
+        missing = [k for k in GENERATION_SETTINGS if k not in settings]
+        if missing:
+            raise self.error(
+                "reconstructions", f"written without the setting(s) {', '.join(missing)} (an older 03)"
+            )
+        return settings
 
 
 @dataclasses.dataclass

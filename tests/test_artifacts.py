@@ -343,3 +343,16 @@ def test_the_spatial_pathway_goals_read_04s_and_05s_metrics_by_their_names():
     assert not met["ridge · combined colour read-back not below ridge · plain"]  # the bare difference, -0.1
     assert met["shape judge reads the stimuli"] and not met["ridge · combined shape (judge) / the stimuli's"]
     assert g["ridge · combined shape (judge) / the stimuli's"]["value"] == pytest.approx(0.5 / 0.9)
+
+
+def test_reconstructions_of_an_older_03_name_the_missing_setting_and_notebook(store, monkeypatch):
+    variants = {"oracle": np.zeros((2, 8, 8, 3), np.uint8)}
+    older = tuple(k for k in artifacts.GENERATION_SETTINGS if k != "impose_strength")
+    with monkeypatch.context() as m:  # what 03 wrote before impose_strength existed
+        m.setattr(artifacts, "GENERATION_SETTINGS", older)
+        store.save_reconstructions(np.arange(2), variants, {"oracle": "o"}, "key-a", dict.fromkeys(older, 1))
+    for load in (store.generation_settings, store.load_reconstructions):
+        with pytest.raises(
+            artifacts.ArtifactError, match=r"without the setting\(s\) impose_strength.*rerun .*03"
+        ):
+            load()
