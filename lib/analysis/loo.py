@@ -288,11 +288,9 @@ def image_effect_maps(G, p: np.ndarray, q: np.ndarray, ratio: float = 1.0, seed:
     return np.stack(maps) if maps else np.zeros((0, *base.shape[1:3]), np.float32)
 
 
-def effect_centres(maps: np.ndarray, power: float = 2.0, quantile: float | None = None) -> np.ndarray:
-    """(K, 2) x, y centres of mass of ``maps`` (K, R, R) weighted by map**power, in pixels from the top-left corner
-    (pixel i spans [i, i + 1)); a map without any effect gives the image centre. With ``quantile`` (e.g. 0.9) each
-    map is first lowered by its own quantile and clipped at 0, so only its peak region counts: a whole-map centre
-    of mass is pulled towards the image centre by the effect's diffuse part, most for pRFs near the edge."""
+def _peaks(maps: np.ndarray, quantile: float | None) -> np.ndarray:
+    """Effect maps (K, rows, columns) as float64, each lowered by its own ``quantile`` and clipped at 0 (None: as
+    they are): the peak region only, without the diffuse floor every map has."""
     maps = np.asarray(maps, np.float64)
     if maps.ndim != 3:
         raise LOOError(f"maps {maps.shape}: expected (K, rows, columns)")
@@ -301,6 +299,15 @@ def effect_centres(maps: np.ndarray, power: float = 2.0, quantile: float | None 
             raise LOOError(f"quantile={quantile}: expected a value in [0, 1)")
         level = np.quantile(maps.reshape(len(maps), -1), quantile, axis=1)[:, None, None]
         maps = np.clip(maps - level, 0, None)
+    return maps
+
+
+def effect_centres(maps: np.ndarray, power: float = 2.0, quantile: float | None = None) -> np.ndarray:
+    """(K, 2) x, y centres of mass of ``maps`` (K, R, R) weighted by map**power, in pixels from the top-left corner
+    (pixel i spans [i, i + 1)); a map without any effect gives the image centre. With ``quantile`` (e.g. 0.9) each
+    map is first lowered by its own quantile and clipped at 0, so only its peak region counts: a whole-map centre
+    of mass is pulled towards the image centre by the effect's diffuse part, most for pRFs near the edge."""
+    maps = _peaks(maps, quantile)
     w = maps**power
     total = w.sum(axis=(1, 2))
     yy, xx = np.mgrid[: maps.shape[1], : maps.shape[2]] + 0.5
@@ -495,16 +502,9 @@ def localisation(maps: np.ndarray, radius: float, quantile: float | None = None)
     energy's centre of mass (:func:`effect_centres` with power 2); 1 for a point, about pi r^2 / area for a
     uniform map; NaN for a map without any effect. With ``quantile`` (as :func:`effect_centres`) each map is first
     lowered by its own quantile and clipped at 0: the share of its peak, not of a diffuse floor every map has."""
-    maps = np.asarray(maps, np.float64)
-    if maps.ndim != 3:
-        raise LOOError(f"maps {maps.shape}: expected (K, rows, columns)")
     if not radius > 0:
         raise LOOError(f"radius={radius}: expected a positive number of pixels")
-    if quantile is not None:
-        if not 0 <= quantile < 1:
-            raise LOOError(f"quantile={quantile}: expected a value in [0, 1)")
-        level = np.quantile(maps.reshape(len(maps), -1), quantile, axis=1)[:, None, None]
-        maps = np.clip(maps - level, 0, None)
+    maps = _peaks(maps, quantile)
     energy = maps**2
     total = energy.sum(axis=(1, 2))
     c = effect_centres(maps, power=2.0)
