@@ -10,7 +10,7 @@ PRETRAIN ?= full
 SEEDS ?= 3
 export HF_HUB_OFFLINE := 1
 
-.PHONY: help venv pretrain figures pipeline report test determinism seeds unit nbval lab lint format bench data fetch clean
+.PHONY: help venv pretrain figures pipeline report test determinism seeds unit lab lint format bench data fetch clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)  ## create .venv and install the project (editable) with its test tools
 
 pretrain: $(STAMP)  ## retrain the shipped mini-world models into models/ (about four hours on 2 cores); PRETRAIN=quick: seconds, under build/
-	$(BIN)/python -m lib.pretrain --profile $(PRETRAIN)
+	$(BIN)/python -m lib.models.pretrained --profile $(PRETRAIN)
 
 figures: $(STAMP)  ## regenerate every report figure of the embedded default (mini-NSD) into figures/, and the report
 	$(BIN)/python -m lib.pipeline --profile mini
@@ -35,7 +35,8 @@ pipeline: $(STAMP)  ## run the notebooks on another profile: make pipeline PROFI
 report: $(STAMP)  ## rebuild build/PROFILE/report.html and render it in headless chromium to report.png (apt: chromium)
 	$(BIN)/python -m lib.report --profile $(PROFILE) --screenshot
 
-test: $(STAMP)  ## the whole suite: unit tests, every notebook under nbval on the quick profile, then 02-03 rerun: same metrics
+test: $(STAMP)  ## the whole suite: import layers, unit tests, every notebook under nbval on the quick profile, then 02-03 rerun: same metrics
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m lib.pipeline --profile quick --prepare-only
 	$(BIN)/python -m pytest tests build/quick/nbval --nbval-lax -p no:cacheprovider --durations=15
 	$(BIN)/python -m lib.pipeline --profile quick --only 02,03 --expect-same
@@ -45,7 +46,7 @@ determinism: $(STAMP)  ## run the quick profile twice: fails unless every metric
 	$(BIN)/python -m lib.pipeline --profile quick --expect-same
 
 seeds: $(STAMP)  ## rerun 01-03 training each model with SEEDS seeds (default 3): their spread goes into the metrics
-	$(BIN)/python -m lib.pipeline --profile $(PROFILE) --only 01,02,03 --set seeds=$(SEEDS)
+	$(BIN)/python -m lib.pipeline --profile $(PROFILE) --only 01,02,03 --set stats.seeds=$(SEEDS)
 
 unit: $(STAMP)  ## unit tests only
 	$(BIN)/python -m pytest tests
@@ -54,7 +55,8 @@ lab: $(STAMP)  ## JupyterLab on the project's venv
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,lab]'
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
-lint: $(STAMP)  ## ruff check and format check on lib/, tests/, benchmarks/ and the notebooks
+lint: $(STAMP)  ## import layers (import-linter), ruff check and format check on lib/, tests/, benchmarks/ and the notebooks
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/ruff check lib tests benchmarks notebooks
 	$(BIN)/ruff format --check lib tests benchmarks notebooks
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lib import io, runtime
+from lib import fileio, runtime
 from lib.analysis import loo
 from lib.models.mlp import MLPConfig, MLPEncoder, ResidualMLP
 from lib.models.ridge import RidgeEncoder
@@ -89,7 +89,7 @@ def main() -> None:
         ap.error("sizes must be positive and --naive-voxels at most --voxels")
     res = run(a)
     path = ROOT / "build" / "bench" / "bench_loo.json"
-    io.write_json(path, res)
+    fileio.write_json(path, res)
     print(f"wrote {path}")
 
 

@@ -33,7 +33,7 @@ N_VOXELS = 15724
 def make_inputs() -> None:
     import h5py
 
-    from lib.io import atomic_path
+    from lib.fileio import atomic_path
     from lib.runtime import progress
 
     BENCH.mkdir(parents=True, exist_ok=True)

@@ -100,7 +100,7 @@ def _rows(model: dict[str, np.ndarray], rows: int, rng: np.random.Generator) -> 
 
 def make_data(n: int, p: int, t: int, test_rows: int, seed: int) -> dict[str, Path]:
     """Write X (n, p), Y (n, t), Xtest, Ytest as float32 .npy under data/bench/ once; return their paths."""
-    from lib.io import atomic_path
+    from lib.fileio import atomic_path
 
     paths = _paths(n, p, t, test_rows, seed)
     if all(f.exists() for f in paths.values()):
@@ -414,7 +414,7 @@ def main() -> int:
             res[m]["maxrel"] = _max_rel(preds[m], preds[ref])
     lines = summarise(res, a, preds)
     print("\n".join(lines))
-    from lib.io import write_json
+    from lib.fileio import write_json
 
     args = {k: v for k, v in vars(a).items() if k != "child"}
     write_json(RESULT, {"args": args, "alphas": alpha_grid(a.n, a.n_alphas).tolist(), "reference": ref,

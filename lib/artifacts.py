@@ -13,7 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from lib import io, paths
+from lib import fileio, paths
+from lib.models import embedding, stylegan2
+from lib.models.lowlevel import LowLevelDecoder
+from lib.models.mlp import MLPEncoder
+from lib.models.ridge import RidgeEncoder
 
 #: The notebooks, in execution order.
 STAGES = (
@@ -160,18 +164,15 @@ class Store:
     # ------------------------------------------------------------------------------------------------ 01
     def save_embedder(self, emb, meta: dict | None = None, scratch: bool = False) -> Path:
         """The embedding model of 01 (``scratch``: the one trained from scratch beside it)."""
-        from lib.models import embedding
 
         return embedding.save_checkpoint(self.path("embedder_scratch" if scratch else "embedder"), emb, meta)
 
     def load_embedder(self, device: str = "auto", scratch: bool = False):
-        from lib.models import embedding
 
         name = "embedder_scratch" if scratch else "embedder"
         return self._load(name, lambda p: embedding.load(checkpoint=p, device=device), {})
 
     def save_embeddings(self, ids, image, text, model_key: str, text_each=None, **extra) -> Path:
-        from lib.models import embedding
 
         return embedding.save_embeddings(
             self.path("embeddings"), ids, image, text, model_key, text_each, **extra
@@ -180,7 +181,6 @@ class Store:
     def load_embeddings(self, model_key: str | None = None) -> dict[str, np.ndarray]:
         """01's embeddings of every stimulus (``ids``, ``image``, ``text``, ...); with ``model_key``, refused
         unless that embedding model made them."""
-        from lib.models import embedding
 
         vec = self._load("embeddings", embedding.load_embeddings, {})
         self._check("embeddings", {"model_key": vec["model_key"]}, {"model_key": model_key})
@@ -195,8 +195,6 @@ class Store:
     def load_encoder(self, name: str, device: str = "auto", model_key: str | None = None, roi: str | None = None,
                      subject: int | None = None):  # fmt: skip
         """An encoder of 02; each given expectation (``model_key``, ``roi``, ``subject``) must match its file."""
-        from lib.models.mlp import MLPEncoder
-        from lib.models.ridge import RidgeEncoder
 
         _one_of(name, ENCODERS, "encoder")
         reader = (
@@ -215,7 +213,6 @@ class Store:
 
     def load_lowlevel(self, device: str = "auto", roi: str | None = None, subject: int | None = None):
         """02's current spatial-pathway decoder; each given expectation (``roi``, ``subject``) must match."""
-        from lib.models.lowlevel import LowLevelDecoder
 
         name = next((n for n in LOWLEVEL if self.exists(n)), LOWLEVEL[0])
         return self._load(
@@ -228,7 +225,7 @@ class Store:
         """02's test-set predictions (``pred_<encoder>``: its retrieval space, ``head_<encoder>``: an MLP's
         regression head) and targets (``true_<kind>``), with the test ids and what made them."""
         meta = json.dumps({"model_key": model_key, "roi": roi, "subject": int(subject)})
-        with io.atomic_path(self.path("predictions"), suffix=".npz") as tmp:
+        with fileio.atomic_path(self.path("predictions"), suffix=".npz") as tmp:
             np.savez(tmp, format=np.array(PREDICTIONS_FORMAT), test_ids=np.asarray(test_ids),
                      model_key=np.array(model_key), meta=np.array(meta), **arrays)  # fmt: skip
         return self.path("predictions")
@@ -247,14 +244,12 @@ class Store:
     # ------------------------------------------------------------------------------------------------ 03
     def save_generator(self, name: str, G, model_key: str, **meta) -> Path:
         """A generator of 03 (``name`` in :data:`GENERATORS`) with the embedding model it is conditioned on."""
-        from lib.models import stylegan2
 
         _one_of(name, GENERATORS, "generator")
         return stylegan2.save_generator(self.path(name), G, {"model_key": model_key, **meta})
 
     def load_generator(self, name: str, device: str = "cpu", model_key: str | None = None):
         """A generator of 03, refused unless conditioned on ``model_key``'s space (when given)."""
-        from lib.models import stylegan2
 
         _one_of(name, GENERATORS, "generator")
         return self._load(
@@ -276,7 +271,7 @@ class Store:
             "settings": settings,
             "variants": list(variants),
         }
-        with io.atomic_path(self.path("reconstructions"), suffix=".npz") as tmp:
+        with fileio.atomic_path(self.path("reconstructions"), suffix=".npz") as tmp:
             np.savez_compressed(tmp, format=np.array(RECONSTRUCTIONS_FORMAT), test_ids=np.asarray(test_ids),
                                 meta=np.array(json.dumps(meta)), **{f"v{i}": v for i, v in enumerate(variants.values())})  # fmt: skip
         return self.path("reconstructions")

@@ -28,11 +28,13 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
-from lib import io, paths
+from lib import fileio, paths
 
 NPROC_ENV = paths.NPROC_ENV
 TIMEOUT_S = 600  # collective timeout: a rank that waits longer on the others fails instead of hanging
@@ -63,7 +65,6 @@ def world() -> World:
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World()
-    import torch.distributed as dist
 
     if not dist.is_initialized():
         backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -88,7 +89,6 @@ class _Gather(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, t: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
 
         parts = [torch.empty_like(t) for _ in range(dist.get_world_size())]
         dist.all_gather(parts, t.contiguous())
@@ -97,7 +97,6 @@ class _Gather(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
 
         grad = grad.contiguous().clone()
         dist.all_reduce(grad)
@@ -115,7 +114,6 @@ def mean(value: float) -> float:
     w = world()
     if not w.active:
         return float(value)
-    import torch.distributed as dist
 
     t = torch.tensor([float(value)], dtype=torch.float64)
     dist.all_reduce(t)
@@ -127,7 +125,6 @@ def average_gradients(*modules: torch.nn.Module) -> None:
     w = world()
     if not w.active:
         return
-    import torch.distributed as dist
 
     grads = [p.grad for m in modules for p in m.parameters() if p.grad is not None]
     if not grads:
@@ -147,7 +144,6 @@ def average_buffers(module: torch.nn.Module) -> None:
     w = world()
     if not w.active:
         return
-    import torch.distributed as dist
 
     for b in module.buffers():
         if b.is_floating_point():
@@ -160,7 +156,6 @@ def agree(value):
     w = world()
     if not w.active:
         return value
-    import torch.distributed as dist
 
     box = [value]
     dist.broadcast_object_list(box, src=0)
@@ -172,7 +167,6 @@ def from_every_rank(value) -> list:
     w = world()
     if not w.active:
         return [value]
-    import torch.distributed as dist
 
     out = [None] * w.size
     dist.all_gather_object(out, value)
@@ -190,7 +184,6 @@ def smallest(n: int) -> int:
     w = world()
     if not w.active:
         return int(n)
-    import torch.distributed as dist
 
     t = torch.tensor([int(n)], dtype=torch.int64)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
@@ -199,8 +192,6 @@ def smallest(n: int) -> int:
 
 def barrier() -> None:
     if world().active:
-        import torch.distributed as dist
-
         dist.barrier()
 
 
@@ -239,22 +230,28 @@ def nproc_default() -> int:
 # launching a trainer under torchrun from a notebook
 
 
-def _encode(value, folder: Path, name: str):
-    if type(value).__name__ == "Embedder":  # lib.models.embedding's: its weights, and its key as it is here
-        from lib.models import embedding
+@runtime_checkable
+class Portable(Protocol):
+    """An argument of a launched trainer that is neither an array, a module, a dataclass nor plain JSON says how
+    it crosses to the worker processes: ``to_launch`` writes what it needs under ``folder`` and returns a JSON
+    spec, and the class method ``from_launch(spec, folder)`` rebuilds it in each worker."""
 
-        embedding.save_checkpoint(folder / f"{name}.pt", value, meta=value.meta)
-        return {"embedder": f"{name}.pt", "key": value.key, "device": value.device.type}
+    def to_launch(self, folder: Path, name: str) -> dict: ...
+
+    @classmethod
+    def from_launch(cls, spec: dict, folder: Path): ...
+
+
+def _encode(value, folder: Path, name: str):
+    if isinstance(value, Portable):  # it says itself how it crosses (an Embedder, a Corpus)
+        cls = type(value)
+        return {"portable": f"{cls.__module__}:{cls.__qualname__}", "spec": value.to_launch(folder, name)}
     if isinstance(value, torch.Tensor):
         np.save(folder / f"{name}.npy", value.detach().cpu().numpy(), allow_pickle=False)
         return {"tensor": f"{name}.npy"}
     if isinstance(value, torch.nn.Module):  # its weights (a trainer that starts from them reads state_dict())
         torch.save({k: v.detach().cpu() for k, v in value.state_dict().items()}, folder / f"{name}.pt")
         return {"weights": f"{name}.pt"}
-    if type(value).__name__ == "Corpus":  # lib.data.corpus's scene stream: its arguments
-        c = value
-        return {"corpus": {"seed": c.seed, "image_size": c.image_size, "n_captions": c.n_captions,
-                           "hard_negatives": c.hard_negatives, "exclude": sorted(c.exclude)}}  # fmt: skip
     if isinstance(value, np.ndarray):
         np.save(folder / f"{name}.npy", value, allow_pickle=False)
         return {"array": f"{name}.npy"}
@@ -266,20 +263,12 @@ def _encode(value, folder: Path, name: str):
 
 
 def _decode(spec: dict, folder: Path):
-    if "embedder" in spec:
-        from lib.models import embedding
-
-        emb = embedding.load(checkpoint=folder / spec["embedder"], device=device(spec["device"]))
-        emb.key = spec["key"]  # the same weights: the caller's key, so that the state file is the caller's
-        return emb
+    if "portable" in spec:
+        return _resolve(spec["portable"]).from_launch(spec["spec"], folder)
     if "array" in spec:
         return np.load(folder / spec["array"], allow_pickle=False)
     if "weights" in spec:
         return _Weights(torch.load(folder / spec["weights"], map_location="cpu", weights_only=True))
-    if "corpus" in spec:
-        from lib.data.corpus import Corpus
-
-        return Corpus(**(spec["corpus"] | {"exclude": frozenset(spec["corpus"]["exclude"])}))
     if "tensor" in spec:
         return torch.from_numpy(np.load(folder / spec["tensor"], allow_pickle=False))
     if "dataclass" in spec:
@@ -321,7 +310,7 @@ def launch(fn, nproc: int, kwargs: dict, timeout: float | None = None, log: str 
                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}  # fmt: skip
         proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=timeout)
         if log is not None:
-            io.write_bytes(log, (proc.stdout + proc.stderr).encode())
+            fileio.write_bytes(log, (proc.stdout + proc.stderr).encode())
         if proc.returncode != 0:
             lines = [ln.strip() for ln in proc.stderr.splitlines()]
             errors = [
@@ -359,8 +348,6 @@ def finish() -> None:
     process group, and exit without the interpreter's teardown, where gloo's threads can abort the process
     ("terminate called without an active exception", about one exit in ten here) after its work is done."""
     if world().active:
-        import torch.distributed as dist
-
         barrier()
         dist.destroy_process_group()
     sys.stdout.flush()

@@ -22,11 +22,13 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import yaml
 
-from lib import io, paths
-from lib.io import Busy, exclusive, write_json
+from lib import fileio, paths
+from lib.fileio import Busy, exclusive, write_json
 from lib.runtime import progress, quiet
+from lib.stage import profile as profiles
 
 
 class PipelineError(ValueError):
@@ -54,7 +56,6 @@ def _raise_signal(signum, frame) -> None:
 def _stop_tree(pid: int) -> None:
     """Terminate a process and every process under it (papermill, its kernel, the kernel's workers); kill what
     has not ended after 5 s."""
-    import psutil
 
     try:
         top = psutil.Process(pid)
@@ -92,28 +93,16 @@ def select(only: list[str] | None) -> list[Path]:
 
 
 def load_profile(profile: str) -> dict:
-    path = paths.PARAMS_DIR / f"{profile}.yaml"
-    if not path.is_file():
-        have = sorted(p.stem for p in paths.PARAMS_DIR.glob("*.yaml"))
-        raise PipelineError(f"profile {profile!r}: no {path} (profiles: {have})")
+    """``params/<profile>.yaml`` (:func:`lib.stage.profile.load`); a problem with it is a :class:`PipelineError`."""
     try:
-        cfg = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise PipelineError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    unknown = set(cfg) - {"description", "defaults", "notebooks"}
-    if unknown:
-        raise PipelineError(
-            f"{path}: unknown top-level keys {sorted(unknown)} (expected description, defaults, notebooks)"
-        )
-    cfg.setdefault("defaults", {})
-    cfg["notebooks"] = {str(k).zfill(2): v or {} for k, v in (cfg.get("notebooks") or {}).items()}
-    cfg["path"] = path
-    return cfg
+        return profiles.load(profile)
+    except profiles.ProfileError as e:
+        raise PipelineError(str(e)) from None
 
 
 def declared_parameters(nb: Path) -> dict:
     """{name: papermill's description} of the notebook's ``parameters`` cell."""
-    import papermill
+    import papermill  # lazy: papermill: the Jupyter stack
 
     return papermill.inspect_notebook(str(nb))
 
@@ -130,22 +119,31 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def resolve_parameters(profile: str, nbs: list[Path], overrides: dict | None = None) -> dict[Path, dict]:
-    """Parameters for each notebook; an unknown name anywhere is an error naming it and where it came from."""
+    """Parameters for each notebook; an unknown name anywhere is an error naming it and where it came from.
+
+    A name a notebook declares goes to that notebook. A common parameter (:class:`lib.stage.profile.Common`) or a
+    hyperparameter (``section.field``) given with ``--set`` goes into the ``overrides`` dict of every notebook that
+    declares ``overrides``; in the profile, ``defaults`` and ``hyperparameters`` are read by each notebook's
+    :func:`lib.stage.setup` itself, so a notebook run from JupyterLab gets the same values."""
     cfg = load_profile(profile)
     overrides = overrides or {}
-    declared = {nb: declared_parameters(nb) for nb in nbs}
-    all_nbs = notebooks()
-    for nb in all_nbs:
-        if nb not in declared:
-            declared[nb] = declared_parameters(nb)
+    declared = {nb: declared_parameters(nb) for nb in notebooks()}
     every = set().union(*declared.values()) if declared else set()
-    for name in list(cfg["defaults"]) + list(overrides):
-        if name not in every:
-            src = "--set" if name in overrides else cfg["path"]
-            raise PipelineError(
-                f"{src}: unknown parameter {name!r}: no notebook declares it (declared: {sorted(every)})"
-            )
-    numbers = {nb.name[:2]: nb for nb in all_nbs}
+    for name in cfg["defaults"]:
+        if name not in every and name not in profiles.COMMON:
+            raise PipelineError(f"{cfg['path']}: unknown parameter {name!r}: neither a common parameter "
+                                f"({', '.join(profiles.COMMON)}) nor declared by a notebook (declared: {sorted(every)})")  # fmt: skip
+    routed = {k: v for k, v in overrides.items() if k not in every}
+    for name in routed:
+        if name not in profiles.COMMON and "." not in name:
+            raise PipelineError(f"--set: unknown parameter {name!r}: no notebook declares it, and it is neither a "
+                                f"common parameter ({', '.join(profiles.COMMON)}) nor a hyperparameter section.field")  # fmt: skip
+    try:
+        profiles.split_overrides(routed, "--set")
+        profiles.resolve_common(cfg, routed)
+    except profiles.ProfileError as e:
+        raise PipelineError(str(e)) from None
+    numbers = {nb.name[:2]: nb for nb in declared}
     for key, params in cfg["notebooks"].items():
         if key not in numbers:
             raise PipelineError(f"{cfg['path']}: notebooks.{key}: no notebook numbered {key}")
@@ -168,11 +166,14 @@ def resolve_parameters(profile: str, nbs: list[Path], overrides: dict | None = N
         p = {k: v for k, v in cfg["defaults"].items() if k in names}
         p.update(cfg["notebooks"].get(nb.name[:2], {}))
         p.update({k: v for k, v in overrides.items() if k in names})
+        if routed and "overrides" in names:
+            p["overrides"] = {**p.get("overrides", {}), **routed}
         if "profile" in names:
             p["profile"] = profile
-        if p.get("data_root"):  # a mistyped path fails here, before anything runs, instead of being simulated
+        data_root = p.get("data_root") or routed.get("data_root")
+        if data_root:  # a mistyped path fails here, before anything runs, instead of being simulated
             try:
-                paths.check_data_root(profile, p["data_root"])
+                paths.check_data_root(profile, data_root)
             except ValueError as e:
                 raise PipelineError(f"{nb.name}: {e}") from None
         out[nb] = p
@@ -255,7 +256,7 @@ def run(profile: str = paths.EMBEDDED_PROFILE, only: list[str] | None = None, ov
     )
     try:  # one run per profile at a time: they share build/<profile>/ (executed notebooks, pipeline_run.json)
         with exclusive(build / ".pipeline.lock", f"build/{profile} (a pipeline run of profile {profile})"):
-            io.remove_stale_temporaries(build)  # of a run that was killed outright (SIGKILL, power)
+            fileio.remove_stale_temporaries(build)  # of a run that was killed outright (SIGKILL, power)
             before = _previous_metrics(nbs, profile) if expect_same else {}
             records = _run_locked(nbs, params, profile, build, out_dir, prepare_only, nproc)
             if expect_same:
@@ -291,7 +292,7 @@ def _compare(before: dict[str, dict], after: dict[str, dict], profile: str) -> N
 
 
 def _run_locked(nbs, params, profile, build, out_dir, prepare_only, nproc) -> list[dict]:
-    import papermill
+    import papermill  # lazy: papermill: the Jupyter stack
 
     records = []
     bar = progress(nbs, desc=f"pipeline ({profile})", unit="notebook", disable=prepare_only or quiet())
@@ -316,7 +317,7 @@ def _run_locked(nbs, params, profile, build, out_dir, prepare_only, nproc) -> li
             name = signal.Signals(e.signum).name
             records.append(run | {"ok": False, "interrupted": name})
             write_json(build / "pipeline_run.json", records)
-            removed = io.remove_stale_temporaries(build)
+            removed = fileio.remove_stale_temporaries(build)
             raise PipelineInterrupted(f"{nb.name} interrupted by {name} (profile {profile}): its kernel was "
                                       f"stopped, {removed} temporary file(s) removed; rerun to finish",
                                       e.signum) from None  # fmt: skip

@@ -7,6 +7,7 @@ import os
 import random
 
 import numpy as np
+from tqdm import tqdm
 
 log = logging.getLogger("lib")
 
@@ -25,7 +26,6 @@ def quiet() -> bool:
 
 def progress(iterable=None, **kwargs):
     """tqdm progress bar, disabled when :func:`quiet`."""
-    from tqdm import tqdm  # text bars: notebooks need no ipywidgets
 
     kwargs.setdefault("disable", quiet())
     kwargs.setdefault("dynamic_ncols", True)
@@ -34,7 +34,7 @@ def progress(iterable=None, **kwargs):
 
 def pick_device(device: str = "auto") -> str:
     """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; any other value is checked and returned."""
-    import torch
+    import torch  # lazy: torch: data-only commands start without it
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -53,7 +53,7 @@ def seed_everything(seed: int) -> np.random.Generator:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     try:
-        import torch
+        import torch  # lazy: torch: data-only commands start without it
 
         torch.manual_seed(seed)
     except ImportError:  # pragma: no cover - torch is a dependency, but seeding must not need it
@@ -65,14 +65,14 @@ def seed_everything(seed: int) -> np.random.Generator:
 def autocast(device):
     """bfloat16 autocast on a CUDA ``device`` (a torch.device), a no-op context elsewhere: the one mixed-precision
     policy of every trainer."""
-    import torch
+    import torch  # lazy: torch: data-only commands start without it
 
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
 def adamw(decay: list, no_decay: list, lr: float, weight_decay: float):
     """AdamW (multi-tensor) with weight decay on ``decay`` only (weights; not biases, norms or temperatures)."""
-    import torch
+    import torch  # lazy: torch: data-only commands start without it
 
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=lr, foreach=True)

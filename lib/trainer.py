@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lib import distributed, io, runtime
+from lib import distributed, fileio, runtime
 
 
 class TorchRNG:
@@ -94,7 +94,7 @@ class Run:
 
     def __init__(self, state_dir: str | Path | None, prefix: str, fmt: str, key: str, total: int, desc: str,
                  objects: dict[str, Any], counter: str = "step", per_rank: tuple[str, ...] = ()):  # fmt: skip
-        self.path, self._saved = io.training_state(state_dir, prefix, fmt, key)
+        self.path, self._saved = fileio.training_state(state_dir, prefix, fmt, key)
         self.fmt, self.key, self.total, self.desc = fmt, key, int(total), desc
         self.objects, self.counter, self.per_rank = objects, counter, tuple(per_rank)
         self.world, self.saved_by = distributed.world(), None
@@ -139,7 +139,7 @@ class Run:
         state = {"format": self.fmt, "key": self.key, self.counter: self.step, "history": self.history}
         state |= objects | self.extra
         state["per_rank"] = per_rank
-        return io.write_bytes(self.path, io.torch_bytes(state))
+        return fileio.write_bytes(self.path, fileio.torch_bytes(state))
 
     def steps(self, stop_after: int | None = None) -> Iterator[int]:
         """The remaining steps up to ``total`` (or ``stop_after`` more in this call), with a progress bar; each

@@ -1,12 +1,16 @@
-"""Shared fixtures: a tiny mini-NSD (two subjects) simulated once per test session."""
+"""Shared fixtures and helpers: a tiny mini-NSD (two subjects) simulated once per test session; a tiny embedding
+model, a small linear "world" for the spatial pathway, toy brain data and captioned scenes for the tests of
+several modules (tests/models/, tests/analysis/), and the one-line error check."""
 
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LIB_QUIET", "1")
 
+import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
+from lib.data import scenes  # noqa: E402
 from lib.data.simulate import SimConfig, simulate  # noqa: E402
 
 #: smaller than the quick profile, so that unit tests simulate in a couple of seconds
@@ -33,3 +37,62 @@ def tiny(tiny_root):
     from lib.data.nsd import NSD
 
     return NSD(tiny_root)
+
+
+@pytest.fixture(scope="module")
+def emb():
+    """A tiny, untrained embedding model (32 px images)."""
+    from lib.models import embedding
+
+    return embedding.create("mini-rn16", image_size=32, device="cpu", seed=0)
+
+
+@pytest.fixture(scope="module")
+def data(emb):
+    """24 random 32 px images and their ``emb`` embeddings (the GAN and variant tests)."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
+    return images, emb.embed_images(images)
+
+
+@pytest.fixture(scope="module")
+def world():
+    """Images whose 4 x 4 area means each drive one voxel (plus noise), and 20 voxels that see nothing."""
+    from skimage.measure import block_reduce
+
+    rng = np.random.default_rng(0)
+    n, size, s = 400, 16, 4
+    low = rng.uniform(0.1, 0.9, (n, s, s, 3)).astype(np.float32)
+    images = np.repeat(np.repeat(low, size // s, 1), size // s, 2)
+    images = np.clip(images * 255 + rng.normal(0, 3, images.shape), 0, 255).round().astype(np.uint8)
+    target = block_reduce(images.astype(np.float64) / 255, (1, size // s, size // s, 1), np.mean)
+    signal = target.reshape(n, -1)  # one voxel per (row, column, channel) of the target
+    x = np.concatenate([signal + rng.normal(0, 0.05, signal.shape), rng.normal(0, 1, (n, 20))], 1)
+    x = ((x - x.mean(0)) / x.std(0)).astype(np.float32)
+    return x, images, target
+
+
+def _brain(n_img=120, reps=2, v=60, d=16, seed=0):
+    """Images with latent features; voxels a noisy linear mix of them; targets a normalised projection."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n_img, 8))
+    y = z @ rng.normal(size=(8, d))
+    y /= np.linalg.norm(y, axis=1, keepdims=True)
+    mix = rng.normal(size=(8, v))
+    ids = np.repeat(np.arange(n_img), reps)
+    x = z[ids] @ mix + 0.5 * rng.normal(size=(len(ids), v))
+    return x.astype(np.float32), y[ids].astype(np.float32), (z @ mix).astype(np.float32), y.astype(np.float32)
+
+
+def _tiny_data(n=24):
+    rng = np.random.default_rng(5)
+    sc = [scenes.sample_scene(rng) for _ in range(n)]
+    imgs = np.stack([scenes.render(s, 32)[0] for s in sc])
+    caps = [scenes.captions(s, rng, 3) for s in sc]
+    return imgs, caps
+
+
+def one_line(e: pytest.ExceptionInfo) -> str:
+    msg = str(e.value)
+    assert "\n" not in msg, msg
+    return msg

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lib import runtime
-from lib.analysis import metrics
+from lib import metrics, runtime
+from lib.analysis import stats
+from lib.data import prep, scenes
 from lib.models import lowlevel
 from lib.models.mlp import MLPConfig, train_mlp
 from lib.models.ridge import DEFAULT_ALPHAS, EncoderError, RidgeEncoder
@@ -52,7 +53,6 @@ def roi_comparison(x_train: np.ndarray, x_test: np.ndarray, columns: dict[str, n
     ``per_image`` also the scores behind each number, {group: {measure: (N test images,)}} (their means are the
     numbers), for :mod:`lib.analysis.stats`.
     """
-    from lib.analysis import metrics
 
     e_tr, e_te = embedding
     c_tr, classes = one_hot(np.asarray(category[0]))
@@ -88,7 +88,6 @@ def voxel_encoding_accuracy(features_train: np.ndarray, x_train: np.ndarray, fea
                             x_test: np.ndarray, alphas=DEFAULT_ALPHAS, device: str = "auto") -> np.ndarray:  # fmt: skip
     """Forward (encoding) model: ridge from stimulus features to every voxel (leave-one-out alpha per voxel);
     returns each voxel's Pearson r between predicted and measured test responses, (V,)."""
-    from lib.analysis import metrics
 
     enc = RidgeEncoder(alphas=alphas, alpha_per_target=True, device=device).fit(features_train, x_train)
     return metrics.pearson_per_column(enc.predict(features_test), x_test)
@@ -122,11 +121,10 @@ def fit_encoders(x_train: np.ndarray, targets: dict[str, np.ndarray], x_test: np
 def encoder_scores(fitted: dict[str, tuple], x_test: np.ndarray, targets: dict[str, np.ndarray], seed: int = 0,
                    ceiling: dict[str, tuple] | None = None, x_clean: np.ndarray | None = None) -> dict[str, dict]:  # fmt: skip
     """02's table: for each encoder of :func:`fit_encoders` (``name`` = ``<model>_<kind>``), the metrics of
-    :func:`lib.analysis.metrics.summary` against ``targets[kind]`` (retrieval and 2-way on its retrieval-space
+    :func:`lib.metrics.summary` against ``targets[kind]`` (retrieval and 2-way on its retrieval-space
     prediction; cosine and r on its regression output, an MLP's head). With ``ceiling`` (the same encoders fitted
     on noise-free responses, ``x_clean`` their test input) also its numbers as ``ceiling_*`` and the
     ``fraction_of_ceiling`` of image retrieval."""
-    from lib.analysis import metrics
 
     def score(result, x, kind):
         enc, pred, hist = result
@@ -147,7 +145,6 @@ def encoder_scores(fitted: dict[str, tuple], x_test: np.ndarray, targets: dict[s
 def encoder_per_sample(fitted: dict[str, tuple], x_test: np.ndarray, targets: dict[str, np.ndarray],
                        seed: int = 0) -> dict[str, dict[str, np.ndarray]]:  # fmt: skip
     """The scores behind :func:`encoder_scores`' measured numbers, per test image: {encoder: {metric: (N,)}}."""
-    from lib.analysis import metrics
 
     out = {}
     for name, (enc, pred, hist) in fitted.items():
@@ -163,7 +160,6 @@ def uncertainty(
     """Bootstrap intervals of every number of a table of per-image scores and paired comparisons of ``pairs``
     (rows (a, b): a - b on the same images), as the metrics files record them: {"intervals": {row: {metric:
     [low, high]}}, "comparisons": {"a − b": {metric: {diff, low, high, p}}}, "resamples": ...}."""
-    from lib.analysis import stats
 
     return {
         "intervals": stats.intervals(per_image, resamples, seed=seed),
@@ -175,12 +171,11 @@ def uncertainty(
 
 def encoder_retrieval(pred: dict[str, np.ndarray], test_ids: np.ndarray, encoders, seed: int = 0,
                       per_image: bool = False) -> dict:  # fmt: skip
-    """Top-1 retrieval both ways (:func:`lib.analysis.metrics.retrieval`, among at most 300) of each of
+    """Top-1 retrieval both ways (:func:`lib.metrics.retrieval`, among at most 300) of each of
     ``encoders`` on ``test_ids``, from 02's predictions ``pred`` (``pred_<encoder>``, its retrieval space,
     against ``true_<kind>``): {encoder: {"image": ..., "brain": ..., "chance": ...}}. The same numbers as 02's
     table when ``test_ids`` are all of 02's test images and the seed is 02's. With ``per_image``, each test
-    image's hits instead ({encoder: {"image": (N,), "brain": (N,)}}, :func:`~lib.analysis.metrics.retrieval_per_sample`)."""
-    from lib.analysis import metrics
+    image's hits instead ({encoder: {"image": (N,), "brain": (N,)}}, :func:`~lib.metrics.retrieval_per_sample`)."""
 
     out = {}
     for enc in encoders:
@@ -196,8 +191,6 @@ def roi_targets(ds, train_ids: np.ndarray, test_ids: np.ndarray, vec: dict[str, 
     ``vec``), the main object's shape (mini-NSD's scenes; "?" on real data, which has no such label) and the grey
     layout on a ``grid`` raster; and chance for each score (1/n retrieval among at most 300, the majority shape,
     layout r 0)."""
-    from lib.analysis import metrics
-    from lib.data import scenes
 
     e = tuple(rows_of(vec["ids"], vec["image"], i) for i in (train_ids, test_ids))
     lay = tuple(metrics.layout(ds.images(i), grid, grey=True) for i in (train_ids, test_ids))
@@ -219,7 +212,6 @@ def ridge_learning_curve(x_train: np.ndarray, y_train: np.ndarray, ids: np.ndarr
                          seed: int = 0) -> dict[str, list]:  # fmt: skip
     """Test image retrieval of ridge trained on growing random subsets of the training images (all trials of an
     image together): {"n": images, "top1": retrieval}."""
-    from lib.analysis import metrics
 
     rng = np.random.default_rng(seed)
     uniq = rng.permutation(np.unique(ids))
@@ -241,7 +233,6 @@ def cross_fitted(x: np.ndarray, y: np.ndarray, ids: np.ndarray, folds: int = 5, 
     (``ridge`` keyword arguments) is fitted on the single trials of the other folds and predicts the
     repeat-averaged responses of its own images. Returns (sorted image ids, predictions (n_images, D)); what a
     generator tuned on fMRI (03) trains on, since in-sample predictions are closer to the truth than test ones."""
-    from lib.data import prep
 
     x, y, ids = np.asarray(x), np.asarray(y), np.asarray(ids)
     if len(x) != len(y) or len(x) != len(ids):

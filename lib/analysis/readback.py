@@ -5,6 +5,7 @@ shape and 3 x 3 position from any image; and the reconstruction baselines it is 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -12,12 +13,30 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from lib import runtime
+from lib.models import shape_judge
 
 #: what the judge reads (columns of :func:`lib.data.scenes.attribute_table`); colour, shape, position: largest object
 READ = ("background", "bg_colour", "colour", "shape", "position")
 #: per-image means over attributes that :meth:`Readback.score` adds (the report's read-back goals compare them)
 COMPOSITES = {"main object": ("colour", "shape", "position"), "mean": READ}
 SIZE = 64  # every image is resized to this side before reading
+
+
+@dataclass(frozen=True)
+class ReadbackConfig:
+    """How the read-back judge is trained (profile section ``readback``): the arguments of :func:`train`."""
+
+    epochs: int = 30  # training epochs on the training stimuli
+    batch: int = 64  # images per step
+    lr: float = 2e-3  # peak learning rate (AdamW, one cycle)
+    blur_max: float = 2.0  # largest Gaussian blur (sigma, px at 64 px) of the augmentation
+
+    def check(self) -> None:
+        if self.epochs < 1 or self.batch < 1 or self.lr <= 0 or self.blur_max < 0:
+            raise ValueError(
+                f"readback: epochs={self.epochs}, batch={self.batch}, lr={self.lr}, blur_max={self.blur_max}: "
+                "expected epochs and batch >= 1, lr > 0, blur_max >= 0"
+            )
 
 
 class ReadbackError(ValueError):
@@ -50,21 +69,6 @@ class _Net(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         h = self.body(x)
         return {k: head(h) for k, head in self.heads.items()}
-
-
-def _blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Gaussian blur of each image with its own ``sigma`` (pixels; 0 leaves it), separable, reflect padding."""
-    r = 4
-    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-(t[None] ** 2) / (2 * sigma.clamp_min(1e-3)[:, None] ** 2))
-    k = torch.where(sigma[:, None] < 1e-3, (t[None] == 0).to(x.dtype), k)
-    k = k / k.sum(1, keepdim=True)
-    n, c, h, w = x.shape
-    y = F.pad(x.reshape(1, n * c, h, w), (r, r, r, r), mode="reflect")
-    kk = k.repeat_interleave(c, 0)
-    y = F.conv2d(y, kk[:, None, None, :], groups=n * c)
-    y = F.conv2d(y, kk[:, None, :, None], groups=n * c)
-    return y.reshape(n, c, h, w)
 
 
 class Readback:
@@ -140,7 +144,7 @@ def train(images: np.ndarray, table, epochs: int = 30, batch: int = 64, lr: floa
         perm = torch.randperm(len(images), generator=gen)
         for s in range(steps_per):
             idx = perm[s * batch : (s + 1) * batch].to(dev)
-            x = _blur(x_all[idx], torch.rand(len(idx), generator=gen).to(dev) * blur_max)
+            x = shape_judge.blur_each(x_all[idx], torch.rand(len(idx), generator=gen).to(dev) * blur_max)
             dx, dy = (int(v) for v in torch.randint(-2, 3, (2,), generator=gen))
             x = torch.roll(x, (dy, dx), (2, 3))
             out = net(x)
@@ -172,3 +176,11 @@ def mean_image(train_images: np.ndarray, n: int) -> np.ndarray:
     """The mean training image (rounded to uint8), ``n`` times."""
     m = np.round(np.asarray(train_images, np.float64).mean(0)).astype(np.uint8)
     return np.repeat(m[None], n, axis=0)
+
+
+def with_judge(readback_scores: tuple[dict, dict], judge_scores: tuple[dict, dict]) -> tuple[dict, dict]:
+    """The read-back judge's (table, per-image hits) of :meth:`lib.analysis.readback.Readback.score` with this
+    judge's :data:`lib.models.shape_judge.LABEL` column (:meth:`lib.models.shape_judge.ShapeJudge.score` of the same image sets) added to every row."""
+    return tuple(
+        {v: {**a[v], **b.get(v, {})} for v in a} for a, b in zip(readback_scores, judge_scores, strict=True)
+    )

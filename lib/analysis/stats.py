@@ -2,7 +2,7 @@
 images, and the spread over training seeds.
 
 Every metric of the project is the mean of a per-image score (a retrieval hit, a 2-way fraction, PixCorr, a
-read-back hit; :mod:`lib.analysis.metrics`), so one resampling of the test images gives every metric's interval,
+read-back hit; :mod:`lib.metrics`), so one resampling of the test images gives every metric's interval,
 and the same resampling of two variants' scores on the same images gives their paired difference. Retrieval's
 gallery stays the whole test set: the interval is over which images are queried, not over the gallery.
 """
@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import special
 
+from lib import runtime
+
 #: resamples per interval and sign flips per paired test unless a caller says otherwise
 RESAMPLES = 2000
 LEVEL = 0.95
@@ -23,6 +25,20 @@ METHODS = ("percentile", "bca")
 
 class StatsError(ValueError):
     """Scores that cannot be resampled (empty, non-finite, unequal lengths) or an unknown option."""
+
+
+@dataclass(frozen=True)
+class StatsConfig:
+    """The uncertainty every notebook reports (profile section ``stats``)."""
+
+    resamples: int = 2000  # test-image resamples behind every 95% interval and paired comparison
+    seeds: int = 1  # training seeds of the models 01-03 train (seed, seed + 1, ...); > 1 records the spread
+
+    def check(self) -> None:
+        if self.resamples < 100 or self.seeds < 1:
+            raise ValueError(
+                f"stats: resamples={self.resamples}, seeds={self.seeds}: expected >= 100 and >= 1"
+            )
 
 
 @dataclass(frozen=True)
@@ -220,7 +236,6 @@ def across_seeds(seeds: list[int], table_of: Callable[[int], dict[str, dict]],
     """The seed spread of a table of numbers ({row: {metric: number}}): ``table_of(seed)`` for each of ``seeds``
     (``first``, when given, is the first seed's table, already computed). Returns {"seeds": [...], "spread":
     :func:`seed_spread`}; one seed gives a spread of 0."""
-    from lib import runtime
 
     seeds = [int(s) for s in seeds]
     if not seeds:

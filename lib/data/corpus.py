@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lib.data import scenes as sc
+from lib.data.simulate import stimulus_scenes
 
 #: entropy that separates the corpus's random streams from the simulator's (which seeds SeedSequence(seed))
 CORPUS_TAG = 0xC0_4B05
@@ -51,7 +52,6 @@ def stimulus_identities(profiles: tuple[str, ...] = ("quick", "mini"), seeds: tu
                         n_subjects: int = 8) -> frozenset[str]:  # fmt: skip
     """Identities of every stimulus mini-NSD draws for these profiles, simulator seeds and subject counts (the
     scene draws do not depend on rendering, so nothing is rendered)."""
-    from lib.data.simulate import stimulus_scenes
 
     out: set[str] = set()
     for p in profiles:
@@ -157,6 +157,15 @@ class Corpus:
         self.hard_negatives = hard_negatives
         self.exclude = stimulus_identities() if exclude is None else exclude
         self.redrawn = 0
+
+    def to_launch(self, folder, name: str) -> dict:
+        """To a launched trainer (:class:`lib.distributed.Portable`): its arguments; the stream is rebuilt."""
+        return {"seed": self.seed, "image_size": self.image_size, "n_captions": self.n_captions,
+                "hard_negatives": self.hard_negatives, "exclude": sorted(self.exclude)}  # fmt: skip
+
+    @classmethod
+    def from_launch(cls, spec: dict, folder) -> Corpus:
+        return cls(**(spec | {"exclude": frozenset(spec["exclude"])}))
 
     def _rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng(np.random.SeedSequence([CORPUS_TAG, self.seed, index]))

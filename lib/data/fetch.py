@@ -19,6 +19,7 @@ import errno
 import hashlib
 import json
 import os
+import queue
 import sys
 import threading
 import time
@@ -26,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from lib import io, paths, runtime
+from lib import fileio, paths, runtime
 from lib.data.rois import ROI_FILES
 
 BUCKET = "natural-scenes-dataset"
@@ -64,9 +65,9 @@ def manifest(path: Path = MANIFEST) -> list[tuple[str, str]]:
 
 def client(endpoint: str | None = None, region: str = REGION):
     """An anonymous (unsigned) S3 client with retries, pooled connections for parallel downloads."""
-    import boto3
-    from botocore import UNSIGNED
-    from botocore.config import Config
+    import boto3  # lazy: boto3: make fetch only
+    from botocore import UNSIGNED  # lazy: boto3: make fetch only
+    from botocore.config import Config  # lazy: boto3: make fetch only
 
     cfg = Config(
         signature_version=UNSIGNED, retries={"max_attempts": 8, "mode": "standard"}, max_pool_connections=32
@@ -212,7 +213,6 @@ class _Background:
     """Calls ``fn`` on each item in a second thread, in order; leaving the block waits for all of them."""
 
     def __init__(self, fn):
-        import queue
 
         self.fn, self.q, self.error = fn, queue.Queue(maxsize=16), None
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -309,7 +309,7 @@ class _Record:
     def flush(self) -> None:
         with self.lock:
             if self.dirty:
-                io.write_json(self.path, self.data)
+                fileio.write_json(self.path, self.data)
                 self.dirty, self.written = False, time.monotonic()
 
 
@@ -381,7 +381,7 @@ def _download(cl, bucket: str, item: Item, dest: Path, count, position: int) -> 
         except FetchError:
             part.unlink(missing_ok=True)  # nothing unverified is kept
             raise
-        os.chmod(part, 0o666 & ~io.UMASK)
+        os.chmod(part, 0o666 & ~fileio.UMASK)
         os.replace(part, dest)
         return _checked(item, part_size)
     finally:
@@ -397,9 +397,9 @@ def fetch(root: str | os.PathLike, items: list[Item], bucket: str = BUCKET, endp
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     try:
-        with io.exclusive(root / LOCK, f"{paths.display(root)} (an NSD folder being fetched)"):
+        with fileio.exclusive(root / LOCK, f"{paths.display(root)} (an NSD folder being fetched)"):
             return _fetch(root, items, bucket, cl or client(endpoint), jobs)
-    except io.Busy as e:
+    except fileio.Busy as e:
         raise FetchError(str(e)) from None
 
 

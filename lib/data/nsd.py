@@ -11,18 +11,23 @@ Paths below ``root`` are NSD's own (see ../shared/docs/nsd_format.md and data_ma
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import numbers
 import re
 from pathlib import Path
 
 import h5py
+import nibabel as nib
 import numpy as np
 import pandas as pd
+from scipy.io import loadmat
 
 from lib.data import prf as prf_lib
 from lib.data import rois as roi_lib
-from lib.io import atomic_path
+from lib.data.remote import RangeFile
+from lib.fileio import atomic_path
+from lib.runtime import progress as bar
 
 BETAS_VERSIONS = ("betas_fithrf_GLMdenoise_RR", "betas_fithrf", "betas_assumehrf")
 #: the experimental design file, relative to a dataset root: what makes a folder an NSD copy
@@ -170,7 +175,6 @@ class NSD:
     @functools.cached_property
     def design(self) -> dict[str, np.ndarray]:
         """``masterordering`` (n_trials,), ``subjectim`` (n_subjects, n_images), ``sharedix`` (n_shared,): 1-based."""
-        from scipy.io import loadmat
 
         try:
             mat = loadmat(self.design_path)
@@ -271,7 +275,6 @@ class NSD:
 
     @functools.lru_cache(maxsize=64)  # noqa: B019
     def _roi_volume(self, s: int, file: str, hemi: str | None) -> np.ndarray:
-        import nibabel as nib
 
         path = self.func_dir(s) / "roi" / (f"{hemi}.{file}.nii.gz" if hemi else f"{file}.nii.gz")
         if not path.is_file():
@@ -341,14 +344,12 @@ class NSD:
         """Voxel -> world (RAS+ mm) affine of the subject's functional space, from ``nsdgeneral.nii.gz`` by
         :func:`volume_affine`: MNI for mini-NSD; for real NSD, whose files carry no qform/sform, the documented
         LPI voxel order with the origin at the volume centre (mm offsets from the centre, not scanner space)."""
-        import nibabel as nib
 
         s = parse_subject(subject)
         return volume_affine(nib.load(self.func_dir(s) / "roi/nsdgeneral.nii.gz"))
 
     def ncsnr(self, subject: int | str, roi=None) -> np.ndarray:
         """Noise-ceiling SNR: the volume (X, Y, Z), or the ROI's voxels in NIfTI order."""
-        import nibabel as nib
 
         path = self.betas_dir(subject) / "ncsnr.nii.gz"
         if not path.is_file():
@@ -361,7 +362,6 @@ class NSD:
         at the voxels of ``roi``, in NIfTI order (the columns of :meth:`betas` for the same ROI); NaN kept. Units
         and conversion to image pixels: :mod:`lib.data.prf`. A missing file is an error, or with
         ``missing="none"`` the answer None (an analysis that uses the files where present)."""
-        import nibabel as nib
 
         if missing not in ("error", "none"):
             raise NSDError(f"missing={missing!r}: expected 'error' or 'none'")
@@ -410,7 +410,6 @@ class NSD:
             raise NSDError(f"subject {s}: roi {roi!r} selects no voxels; expected at least one")
         T = self.trials_per_session
         out = np.empty((T * len(sessions), len(ijk)), np.float32)
-        from lib.runtime import progress as bar
 
         for n, x in enumerate(bar(sessions, desc=f"subj{s:02d} betas") if progress else sessions):
             block = out[n * T : (n + 1) * T]
@@ -444,9 +443,6 @@ class NSD:
             return brick[uniq][inv] if len(uniq) else np.zeros((0, *brick.shape[1:]), np.uint8)
 
     def _remote_images(self, ids: np.ndarray) -> np.ndarray:
-        import hashlib
-
-        from lib.data.remote import RangeFile
 
         cache = self.root / "derived" / "stimuli" / hashlib.sha256(self.stimuli_url.encode()).hexdigest()[:12]
         uniq, inv = np.unique(ids, return_inverse=True)
@@ -634,7 +630,6 @@ def _read_slabs(d: h5py.Dataset, ijk: np.ndarray, out: np.ndarray) -> None:
 
 
 def _read_session_nifti(path: Path, ijk: np.ndarray, vol_shape, out: np.ndarray | None) -> np.ndarray:
-    import nibabel as nib
 
     try:
         img = nib.load(path)

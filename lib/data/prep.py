@@ -10,7 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from lib.data.nsd import NSD, NSDError, parse_subject
-from lib.io import atomic_path, content_key, file_fingerprint
+from lib.data.rois import resolve
+from lib.fileio import atomic_path, content_key, file_fingerprint
+from lib.metrics import pearson_per_column
 
 #: the options of :func:`prepare` and their defaults (cache keys see every option with its value)
 PREP_DEFAULTS = {"zscore": True, "average_train": False, "average_test": True, "nonfinite": "error"}
@@ -240,7 +242,6 @@ def example_ids(test_ids: np.ndarray, train_ids: np.ndarray, n: int, rng: np.ran
 def group_columns(ds: NSD, subject, voxel_ijk: np.ndarray, groups) -> dict[str, np.ndarray]:
     """{group: column indices of the prepared voxels (``voxel_ijk``) that lie in the ROI group}; groups whose ROI
     file the subject lacks are left out. Voxels of a group outside the prepared ROI are not counted."""
-    from lib.data.rois import resolve
 
     available = ds.roi_files(subject)
     ijk = tuple(np.asarray(voxel_ijk).T)
@@ -256,7 +257,6 @@ def group_columns(ds: NSD, subject, voxel_ijk: np.ndarray, groups) -> dict[str, 
 
 def voxel_counts(ds: NSD, subject, groups) -> dict[str, int]:
     """Voxels of each ROI group the subject has (groups whose ROI file is missing are left out)."""
-    from lib.data.rois import resolve
 
     available = ds.roi_files(subject)
     out = {}
@@ -280,7 +280,6 @@ def split_half_reliability(x: np.ndarray, ids: np.ndarray) -> np.ndarray:
     keys = sorted(second)
     if len(keys) < 3:
         raise ValueError(f"split-half reliability needs >= 3 images shown twice, got {len(keys)}")
-    from lib.analysis.metrics import pearson_per_column
 
     return pearson_per_column(x[[first[k] for k in keys]], x[[second[k] for k in keys]])
 

@@ -8,6 +8,8 @@ import threading
 from collections import OrderedDict
 from urllib.parse import urlparse
 
+from lib.data import fetch
+
 #: bytes per ranged GET: an NSD image (425 x 425 x 3 = 542 KB, contiguous) spans one or two blocks
 BLOCK = 1 << 20
 
@@ -32,7 +34,6 @@ class RangeFile(io.RawIOBase):
 
     def __init__(self, url: str, endpoint: str | None = None, block: int | None = None, cache_blocks: int = 64,
                  cl=None):  # fmt: skip
-        from lib.data import fetch
 
         super().__init__()
         self.url, (self.bucket, self.key) = url, parse_s3(url)
@@ -66,7 +67,6 @@ class RangeFile(io.RawIOBase):
             if k in self._cache:
                 self._cache.move_to_end(k)
                 return self._cache[k]
-        from lib.data import fetch
 
         lo, hi = k * self.block, min(self.size, (k + 1) * self.block) - 1
         try:

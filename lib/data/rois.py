@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 #: ROI volumes NSD ships per subject, in the order a bare label name is looked up.
@@ -153,8 +154,6 @@ def _resolve_one(name: str, available: dict[str, dict[int, str]], hemi: str | No
     if not hits:
         return None
     if len({f for f, _ in hits}) > 1:
-        import warnings
-
         files = ", ".join(dict.fromkeys(f for f, _ in hits))
         warnings.warn(f"ROI {name!r} is a label of several ROI files ({files}): {hits[0][0]} is used; write "
                       f"'file:{name}' to choose", stacklevel=3)  # fmt: skip

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 
 SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "bar")
 COLOURS = {
@@ -326,6 +327,5 @@ def attributes(scene: dict | Scene) -> dict[str, str | int]:
 
 def attribute_table(scene_list: list[dict]):
     """A pandas DataFrame of :func:`attributes`, one row per scene (in order)."""
-    import pandas as pd
 
     return pd.DataFrame([attributes(s) for s in scene_list], columns=list(ATTRIBUTES))

@@ -28,15 +28,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
+import nibabel as nib
 import numpy as np
 import pandas as pd
+from scipy.io import savemat
+from scipy.ndimage import gaussian_filter
 from threadpoolctl import threadpool_limits
 
 from lib.data import prf as prf_lib
 from lib.data import rois as roi_lib
 from lib.data import scenes as sc
 from lib.data.nsd import DESIGN
-from lib.io import UMASK, atomic_path, exclusive
+from lib.fileio import UMASK, atomic_path, exclusive
 from lib.runtime import progress
 
 SIM_VERSION = 1
@@ -121,8 +124,7 @@ def make_grid(voxel_mm: float) -> tuple[tuple[int, int, int], np.ndarray]:
 @functools.lru_cache(maxsize=4)
 def _mni_tissue(voxel_mm: float) -> tuple[np.ndarray, np.ndarray]:
     """Brain mask and grey-matter probability of nilearn's bundled MNI152 templates, resampled to the grid."""
-    import nibabel as nib
-    from nilearn import datasets, image
+    from nilearn import datasets, image  # lazy: nilearn: seconds to import, the MNI template only
 
     shape, affine = make_grid(voxel_mm)
     target = nib.Nifti1Image(np.zeros(shape, np.int8), affine)
@@ -305,7 +307,6 @@ def _zscore_cols(a: np.ndarray) -> np.ndarray:
 
 def stimulus_maps(images: np.ndarray, coverage: list[np.ndarray], grid: int):
     """Per-image maps the pRFs pool, on a grid x grid raster: R, G, B, contrast energy, and object coverage."""
-    from scipy.ndimage import gaussian_filter
 
     n, size = images.shape[0], images.shape[1]
     f = size // grid
@@ -522,7 +523,6 @@ def make_design(cfg: SimConfig, n_subjects: int, rng: np.random.Generator) -> De
 
 
 def _nifti_gz(data: np.ndarray, affine: np.ndarray) -> bytes:
-    import nibabel as nib
 
     img = nib.Nifti1Image(data, affine)
     img.header.set_xyzt_units("mm", "sec")
@@ -537,7 +537,6 @@ def _write(path: Path, data: bytes | str) -> None:
 
 
 def _savemat(path: Path, arrays: dict) -> None:
-    from scipy.io import savemat
 
     buf = io.BytesIO()
     savemat(buf, arrays, do_compression=False, oned_as="row")

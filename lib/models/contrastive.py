@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lib import distributed, io, runtime
-from lib.models import losses
+from lib import distributed, fileio, runtime
+from lib.models import embedding, losses
 from lib.models.embedding import Embedder, EmbeddingError
 from lib.trainer import Run
 
@@ -86,7 +86,7 @@ def train_clip(
         raise EmbeddingError("every training image needs at least one caption")
     model, dev = emb.model, emb.device
     w, ranks = distributed.spread(nproc)
-    key = io.content_key(
+    key = fileio.content_key(
         {
             "model": emb.key,
             "config": dataclasses.asdict(cfg),
@@ -170,7 +170,7 @@ def train_clip(
         if step % cfg.checkpoint_every == 0 or step == end:
             run.save()
     model.eval()
-    emb.key = io.content_key(
+    emb.key = fileio.content_key(
         {"trained_from": emb.key, "state": key, "step": run.step}
     )  # no longer the initial weights
     history["done"] = run.step >= cfg.steps
@@ -184,20 +184,6 @@ def _data_key(images: np.ndarray, captions: list[list[str]]) -> str:
     return h.hexdigest()[:16]
 
 
-def retrieval_monitor(images: np.ndarray, captions: list[list[str]]) -> Callable[[Embedder], dict]:
-    """A ``monitor`` for :func:`train_clip`: top-1 retrieval both ways between ``images`` and their mean caption
-    embeddings (held-out images; for the training curves only, never for choosing a model)."""
-    from lib.analysis.metrics import paired_top1
-
-    def monitor(emb: Embedder) -> dict:
-        img = emb.embed_images(images)
-        txt, _ = emb.embed_captions(captions)
-        i2t, t2i = paired_top1(img, txt)
-        return {"img2txt_top1": i2t, "txt2img_top1": t2i}
-
-    return monitor
-
-
 def train_from_scratch(arch: str, images: np.ndarray, captions: list[list[str]], cfg: ClipTrainConfig, store,
                        image_size: int | None = None, device: str = "auto",
                        monitor: Callable[[Embedder], dict] | None = None,
@@ -207,7 +193,6 @@ def train_from_scratch(arch: str, images: np.ndarray, captions: list[list[str]],
     ``store``), saved as the ``embedder_scratch`` artifact and read back from it, so that what is scored here is
     the file later stages load (``save=False``: kept in memory only, e.g. a further seed). Returns (embedder,
     history)."""
-    from lib.models import embedding
 
     emb = embedding.create(arch, image_size, device, cfg.seed)
     history = train_clip(emb, images, captions, cfg, state_dir=store.work_dir("01_joint_embedding"),
@@ -216,25 +201,3 @@ def train_from_scratch(arch: str, images: np.ndarray, captions: list[list[str]],
         return emb, history
     store.save_embedder(emb, {"config": vars(cfg)}, scratch=True)
     return store.load_embedder(device, scratch=True), history
-
-
-def scratch_seed_spread(seeds, arch: str, cfg: ClipTrainConfig, store, images_train: np.ndarray,
-                        captions_train: list[list[str]], images_test: np.ndarray, captions_test: list[list[str]],
-                        attrs_train, attrs_test, image_size: int | None = None, device: str = "auto",
-                        first: dict | None = None) -> dict:  # fmt: skip
-    """The seed spread of 01's probes of the embedding trained here (:func:`train_from_scratch` with each of
-    ``seeds``, kept in memory; ``first``: the first seed's :func:`lib.models.embedding.compare` row, already
-    computed): :func:`lib.analysis.stats.across_seeds` over {"scratch": {attribute or retrieval: number}}."""
-    from lib.analysis import stats
-    from lib.models import embedding
-
-    def table(seed: int) -> dict:
-        emb, _ = train_from_scratch(arch, images_train, captions_train, dataclasses.replace(cfg, seed=seed), store,
-                                    image_size, device, save=False)  # fmt: skip
-        probes = embedding.compare({"scratch": emb}, images_train, images_test, attrs_train, attrs_test,
-                                   captions_test)  # fmt: skip
-        return embedding.probe_rows(probes)
-
-    return stats.across_seeds(
-        seeds, table, None if first is None else embedding.probe_rows({"scratch": first})
-    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lib import distributed, io, runtime
+from lib import distributed, fileio, runtime
 from lib.models import losses
 from lib.trainer import Run
 
@@ -27,7 +28,7 @@ class ResNetBackbone(nn.Module):
 
     def __init__(self, layers=(1, 1, 1, 1), width: int = 16) -> None:
         super().__init__()
-        from open_clip.modified_resnet import ModifiedResNet
+        from open_clip.modified_resnet import ModifiedResNet  # lazy: open_clip: seconds to import
 
         trunk = ModifiedResNet(layers=list(layers), output_dim=8, heads=1, image_size=32, width=width)
         del trunk.attnpool
@@ -74,7 +75,7 @@ def multicrop(x: torch.Tensor, n: int, size: int, scale: tuple[float, float], ge
     """``n`` random resized crops of every image in ``x`` (B, C, H, W), batched with ``roi_align`` (bilinear):
     area fraction uniform in ``scale``, aspect ratio log-uniform in [3/4, 4/3], random horizontal flips.
     Returns (n * B, C, size, size), view-major (all images' first crop, then the second...)."""
-    from torchvision.ops import roi_align
+    from torchvision.ops import roi_align  # lazy: torchvision: seconds to import
 
     b, _, h, w = x.shape
     m = n * b
@@ -206,7 +207,7 @@ def train_dino(
     if int(accumulate) < 1:
         raise ValueError(f"accumulate={accumulate}: expected 1 or more micro-batches per step")
     accumulate = int(accumulate)
-    io.check_finite("x", x.detach().cpu().numpy() if torch.is_tensor(x) else x)
+    fileio.check_finite("x", x.detach().cpu().numpy() if torch.is_tensor(x) else x)
     w, ranks = distributed.spread(nproc)
     dev = torch.device(distributed.device(runtime.pick_device(device)))
     if len(x) < cfg.batch_size * ranks:
@@ -229,7 +230,7 @@ def train_dino(
     opt = runtime.adamw_for(student, cfg.lr, cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    key = io.content_key({"config": dataclasses.asdict(cfg), "data": io.array_key(x.detach().cpu().numpy()),
+    key = fileio.content_key({"config": dataclasses.asdict(cfg), "data": fileio.array_key(x.detach().cpu().numpy()),
                           "device": dev.type} | ({"ranks": ranks} if ranks > 1 else {})
                          | ({"accumulate": accumulate} if accumulate > 1 else {}))  # fmt: skip
     history: dict = {k: [] for k in ("loss", "teacher_entropy", "batch_entropy", "momentum", "teacher_temp")}
@@ -243,7 +244,7 @@ def train_dino(
         "torch_rng": gen,
         "rng": rng,
     }
-    # each process's centre is saved too: gathered teacher outputs keep them equal (tests/test_distributed.py)
+    # each process's centre is saved too: gathered teacher outputs keep them equal (tests/util/test_distributed.py)
     run = Run(state_dir, "dino-state", TRAIN_STATE_FORMAT, key, cfg.steps, "DINO training", objects,
               per_rank=("loss",) if w.active else ())  # fmt: skip
     run.start(history)
@@ -320,23 +321,21 @@ BACKBONE_FORMAT = "lib.dino.backbone/1"
 
 def save_backbone(path: str | Path, backbone: ResNetBackbone, stats, meta: dict | None = None) -> Path:
     """A DINO backbone as safetensors (float16 weights; width, layers and normalisation in the header)."""
-    import json
 
     header = {"format": BACKBONE_FORMAT, "width": str(backbone.width), "layers": json.dumps(list(backbone.layers)),
               "mean": json.dumps([float(v) for v in stats[0]]), "std": json.dumps([float(v) for v in stats[1]]),
               "meta": json.dumps(meta or {})}  # fmt: skip
-    return io.write_bytes(path, io.safetensors_bytes(backbone.state_dict(), header, half=True))
+    return fileio.write_bytes(path, fileio.safetensors_bytes(backbone.state_dict(), header, half=True))
 
 
 def load_backbone(path: str | Path) -> tuple[ResNetBackbone, tuple[np.ndarray, np.ndarray]]:
     """(backbone in eval mode, (mean, std)) from a file of :func:`save_backbone`."""
-    import json
 
-    state, meta = io.read_safetensors(path)
+    state, meta = fileio.read_safetensors(path)
     if meta.get("format") != BACKBONE_FORMAT:
         raise ValueError(f"{path}: not a {BACKBONE_FORMAT} file")
     net = ResNetBackbone(layers=tuple(json.loads(meta["layers"])), width=int(meta["width"]))
-    net.load_state_dict(io.cast_floats(state, torch.float32))
+    net.load_state_dict(fileio.cast_floats(state, torch.float32))
     stats = (np.array(json.loads(meta["mean"]), np.float32), np.array(json.loads(meta["std"]), np.float32))
     return net.to(memory_format=torch.channels_last).eval(), stats
 
@@ -353,83 +352,3 @@ def features(backbone: nn.Module, x: torch.Tensor, batch_size: int = 256) -> np.
     ]
     backbone.train(was)
     return torch.cat(out).numpy()
-
-
-def knn_predict(
-    train: np.ndarray, labels: np.ndarray, test: np.ndarray, k: int = 20, temperature: float = 0.07
-):
-    """DINO's weighted k-NN classifier: the ``k`` training rows most cosine-similar to each test row vote for
-    their label with weight exp(similarity / temperature); returns the label with the most weight."""
-    if len(train) != len(labels):
-        raise ValueError(f"{len(train)} training features but {len(labels)} labels")
-    k = min(k, len(train))
-    a = torch.as_tensor(train, dtype=torch.float64)
-    b = torch.as_tensor(test, dtype=torch.float64)
-    sim = F.normalize(b, dim=1) @ F.normalize(a, dim=1).T
-    classes, y = np.unique(np.asarray(labels), return_inverse=True)
-    top, idx = sim.topk(k, dim=1)
-    votes = torch.zeros(len(b), len(classes), dtype=torch.float64)
-    votes.scatter_add_(1, torch.as_tensor(y)[idx], (top / temperature).exp())
-    return classes[votes.argmax(1).numpy()]
-
-
-def knn_accuracy(train: np.ndarray, test: np.ndarray, attributes_train, attributes_test, k: int = 20) -> dict:
-    """{attribute: k-NN accuracy on the test rows} for every column of the two attribute tables."""
-    return {
-        a: float(
-            (
-                knn_predict(train, attributes_train[a].to_numpy(), test, k) == attributes_test[a].to_numpy()
-            ).mean()
-        )
-        for a in attributes_train.columns
-    }
-
-
-def knn_table(results: dict[str, dict[str, float]], chance: dict[str, float]) -> str:
-    """The k-NN accuracies as a plain-text table: one row per attribute, one column per feature set."""
-    names = list(results)
-    head = f"{'attribute':<12}" + "".join(f"{n:>24}" for n in names) + f"{'majority class':>16}"
-    rows = [
-        f"{a:<12}" + "".join(f"{results[n][a]:>24.3f}" for n in names) + f"{chance[a]:>16.3f}" for a in chance
-    ]
-    return "\n".join([head, *rows])
-
-
-def probe_table(
-    features: dict[str, np.ndarray], test: np.ndarray, attributes, k: int = 20
-) -> dict[str, dict]:
-    """Probes of each named feature set (rows: images; ``test``: boolean mask of the test rows; fitted on the
-    others) for every column of the ``attributes`` table: ``knn`` (:func:`knn_accuracy` with ``k`` neighbours)
-    and ``linear`` (:func:`linear_probe_accuracy`), {name: {attribute: accuracy}}, and ``majority``, the test
-    rows' majority-class rate per attribute (chance)."""
-    test = np.asarray(test, bool)
-    if test.shape != (len(attributes),) or not (test.any() and (~test).any()):
-        raise ValueError(f"test mask {test.shape}: expected one entry per row of attributes ({len(attributes)}), "
-                         "with training and test rows")  # fmt: skip
-    tr, te = attributes[~test], attributes[test]
-    out: dict[str, dict] = {"knn": {}, "linear": {}}
-    for name, f in features.items():
-        if len(f) != len(test):
-            raise ValueError(f"features {name!r}: {len(f)} rows, expected {len(test)}")
-        out["knn"][name] = knn_accuracy(f[~test], f[test], tr, te, k)
-        out["linear"][name] = linear_probe_accuracy(f[~test], f[test], tr, te)
-    out["majority"] = {a: float(te[a].value_counts(normalize=True).iloc[0]) for a in attributes}
-    return out
-
-
-def linear_probe_accuracy(train: np.ndarray, test: np.ndarray, attributes_train, attributes_test,
-                          alpha: float = 100.0, per_image: bool = False) -> dict:  # fmt: skip
-    """{attribute: test accuracy} of a linear probe (scikit-learn's one-vs-rest ridge classifier on standardised
-    features, penalty ``alpha``) fitted on the training rows: what the features hold linearly, where k-NN shows
-    what dominates their similarity. With ``per_image``: {attribute: 0/1 per test image} instead."""
-    from sklearn.linear_model import RidgeClassifier
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    out = {}
-    for a in attributes_train.columns:
-        clf = make_pipeline(StandardScaler(), RidgeClassifier(alpha=alpha))
-        clf.fit(train, attributes_train[a].astype(str).to_numpy())
-        hits = (clf.predict(test) == attributes_test[a].astype(str).to_numpy()).astype(np.float64)
-        out[a] = hits if per_image else float(hits.mean())
-    return out

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lib import io, runtime
+from lib import distributed, fileio, runtime
 
 CONFIG_DIR = Path(__file__).with_name("model_configs")
 CHECKPOINT_FORMAT = "lib.embedding/1"
@@ -28,7 +28,7 @@ class EmbeddingError(ValueError):
 @functools.cache
 def _open_clip():
     """open_clip with this repo's model configs registered (once per process)."""
-    import open_clip
+    import open_clip  # lazy: open_clip: seconds to import
 
     open_clip.add_model_config(CONFIG_DIR)
     return open_clip
@@ -68,7 +68,7 @@ class GrammarTokenizer:
     UNKNOWN = 1
 
     def __init__(self, vocab, vocab_size: int, context_length: int) -> None:
-        from open_clip.tokenizer import SimpleTokenizer
+        from open_clip.tokenizer import SimpleTokenizer  # lazy: open_clip: seconds to import
 
         self.base = SimpleTokenizer(context_length=context_length)
         self.vocab = torch.as_tensor(np.asarray(vocab), dtype=torch.long)
@@ -129,6 +129,17 @@ class Embedder:
     key: str
     source: str  # "random init", a checkpoint path or a pretrained tag
     meta: dict = field(default_factory=dict)  # what a lib checkpoint recorded of its origin
+
+    def to_launch(self, folder: Path, name: str) -> dict:
+        """To a launched trainer (:class:`lib.distributed.Portable`): its weights, and its key as it is here."""
+        save_checkpoint(folder / f"{name}.pt", self, meta=self.meta)
+        return {"checkpoint": f"{name}.pt", "key": self.key, "device": self.device.type}
+
+    @classmethod
+    def from_launch(cls, spec: dict, folder: Path) -> Embedder:
+        emb = load(checkpoint=folder / spec["checkpoint"], device=distributed.device(spec["device"]))
+        emb.key = spec["key"]  # the same weights: the caller's key, so that the state file is the caller's
+        return emb
 
     @property
     def dim(self) -> int:
@@ -220,7 +231,7 @@ def create(arch: str, image_size: int | None = None, device: str = "auto", seed:
         model = oc.create_model(arch, pretrained=None, force_image_size=image_size, device=dev)
     model.visual.to(memory_format=torch.channels_last)
     emb = Embedder(model, _tokenizer(arch, model, vocab), arch, dev, "", "random init")
-    emb.key = io.content_key({"arch": arch, "image_size": emb.image_size, "seed": seed, "weights": "random",
+    emb.key = fileio.content_key({"arch": arch, "image_size": emb.image_size, "seed": seed, "weights": "random",
                               "vocab": None if vocab is None else np.asarray(vocab).tolist()})  # fmt: skip
     return emb
 
@@ -274,7 +285,7 @@ def load(arch: str | None = None, checkpoint: str | Path | None = None, pretrain
             state = state["state_dict"]
         if not isinstance(state, dict):
             raise EmbeddingError(f"{path}: expected a state dict, got {type(state).__name__}")
-        state = io.cast_floats(
+        state = fileio.cast_floats(
             {k.removeprefix("module."): v for k, v in state.items() if k not in _NON_PARAMETER_KEYS},
             torch.float32,
         )
@@ -287,7 +298,7 @@ def load(arch: str | None = None, checkpoint: str | Path | None = None, pretrain
             first = str(e).strip().splitlines()[:2]
             raise EmbeddingError(f"{path}: does not fit arch={arch!r}: {' '.join(first)[:300]}") from None
         source = str(path)
-        weights = io.file_sha256(path)
+        weights = fileio.file_sha256(path)
     elif pretrained is not None:
         if arch is None:
             raise EmbeddingError(f"pretrained={pretrained!r}: needs arch= (e.g. ViT-B-32)")
@@ -306,14 +317,14 @@ def load(arch: str | None = None, checkpoint: str | Path | None = None, pretrain
     model = model.to(dev).eval()
     model.visual.to(memory_format=torch.channels_last)
     emb = Embedder(model, _tokenizer(arch, model, vocab), arch, dev, "", source, meta)
-    emb.key = io.content_key({"arch": arch, "image_size": emb.image_size, "weights": weights})
+    emb.key = fileio.content_key({"arch": arch, "image_size": emb.image_size, "weights": weights})
     return emb
 
 
 def _from_safetensors(path: Path) -> dict:
     """A :data:`CHECKPOINT_FORMAT` dict from a ``.safetensors`` file written by :func:`save_checkpoint` (its
     header metadata names the format, architecture and image size), or the plain state dict of any other."""
-    tensors, meta = io.read_safetensors(path, EmbeddingError)
+    tensors, meta = fileio.read_safetensors(path, EmbeddingError)
     if meta.get("format") != CHECKPOINT_FORMAT:
         return tensors
     vocab = tensors.pop(_VOCAB_KEY, None)
@@ -339,9 +350,9 @@ def save_checkpoint(
         header = {"format": CHECKPOINT_FORMAT, "arch": embedder.arch,
                   "image_size": "" if size == default else str(size), "meta": json.dumps(meta or {})}  # fmt: skip
         extra = {} if vocab is None else {_VOCAB_KEY: vocab}
-        return io.write_bytes(path, io.safetensors_bytes({**weights, **extra}, header, half))
+        return fileio.write_bytes(path, fileio.safetensors_bytes({**weights, **extra}, header, half))
     if half:
-        weights = io.cast_floats(weights, torch.float16)
+        weights = fileio.cast_floats(weights, torch.float16)
     state = {
         "format": CHECKPOINT_FORMAT,
         "arch": embedder.arch,
@@ -350,7 +361,7 @@ def save_checkpoint(
         "vocab": vocab,
         "meta": meta or {},
     }
-    return io.write_bytes(path, io.torch_bytes(state))
+    return fileio.write_bytes(path, fileio.torch_bytes(state))
 
 
 def save_embeddings(path: str | Path, ids: np.ndarray, image: np.ndarray, text: np.ndarray, model_key: str,
@@ -364,7 +375,7 @@ def save_embeddings(path: str | Path, ids: np.ndarray, image: np.ndarray, text: 
     arrays = {"ids": ids, "image": image.astype(np.float32), "text": text.astype(np.float32), **extra}
     if text_each is not None:
         arrays["text_each"] = text_each.astype(np.float32)
-    with io.atomic_path(path, suffix=".npz") as tmp:
+    with fileio.atomic_path(path, suffix=".npz") as tmp:
         np.savez(tmp, format=np.array(EMBEDDINGS_FORMAT), model_key=np.array(model_key), **arrays)
     return Path(path)
 
@@ -414,43 +425,6 @@ def top_captions(image: np.ndarray, captions_emb: np.ndarray, captions: list[str
         top = np.argsort(-s)[:k]
         out.append([(captions[j], bool(owner[j] == rows[i]), float(s[j])) for j in top])
     return out
-
-
-def project_2d(x: np.ndarray, seed: int = 0) -> np.ndarray:
-    """t-SNE of the rows of ``x`` (cosine distance, perplexity up to 30) for plotting."""
-    from sklearn.manifold import TSNE
-
-    perplexity = float(min(30, max(2, (len(x) - 1) / 3)))
-    return TSNE(2, perplexity=perplexity, metric="cosine", init="pca", random_state=seed).fit_transform(x)
-
-
-def compare(embedders: dict[str, Embedder], images_train: np.ndarray, images_test: np.ndarray, attrs_train,
-            attrs_test, captions_test: list[list[str]], per_image: bool = False):  # fmt: skip
-    """For each named model: linear probes of its image embedding (fitted on the training images' attributes,
-    scored on the test images'; :func:`lib.models.dino.linear_probe_accuracy`) and top-1 retrieval both ways between the
-    test images and their mean caption embeddings. With ``per_image`` also the scores behind them, {model:
-    {attribute or img2txt_top1 / txt2img_top1: 0/1 per test image}}, for :mod:`lib.analysis.stats`."""
-    from lib.analysis.metrics import paired_top1_per_sample
-    from lib.models.dino import linear_probe_accuracy
-
-    out, scores = {}, {}
-    for name, emb in embedders.items():
-        a, b = emb.embed_images(images_train), emb.embed_images(images_test)
-        txt, _ = emb.embed_captions(captions_test)
-        i2t, t2i = paired_top1_per_sample(b, txt)
-        hits = linear_probe_accuracy(a, b, attrs_train, attrs_test, per_image=True)
-        scores[name] = hits | {"img2txt_top1": i2t, "txt2img_top1": t2i}
-        out[name] = {"linear_probe": {k: float(v.mean()) for k, v in hits.items()},
-                     "img2txt_top1": float(i2t.mean()), "txt2img_top1": float(t2i.mean())}  # fmt: skip
-    return (out, scores) if per_image else out
-
-
-def probe_rows(probes: dict[str, dict]) -> dict[str, dict[str, float]]:
-    """:func:`compare`'s result as a flat table {model: {attribute or retrieval: number}} (for seed spreads)."""
-    return {
-        name: r["linear_probe"] | {k: v for k, v in r.items() if k != "linear_probe"}
-        for name, r in probes.items()
-    }
 
 
 def random_like(emb: Embedder, seed: int = 0) -> Embedder:

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lib import distributed, io, runtime
-from lib.models import losses, lowlevel
+from lib import distributed, fileio, runtime
+from lib.models import losses, lowlevel, pretrained
 from lib.models import stylegan2 as sg
 from lib.models.embedding import fit_to_model
 from lib.trainer import CudaRNG, Run, TorchRNG
@@ -61,6 +61,7 @@ class GANConfig:
     crop_min: float = 0.5  # the embedding model sees a random crop of 50-100% of the generated image
     save_every: int = 100
     seed: int = 0
+    monitor_every: int = 100  # steps between 03's monitor checks (not part of the state's key)
 
     def check(self) -> None:
         for name in ("z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max", "fts_hidden",
@@ -81,6 +82,58 @@ class GANConfig:
         for name in ("lr", "adv", "itc", "itd", "temperature", "ema_kimg", "rec"):
             if getattr(self, name) < 0:
                 raise GANError(f"{name}={getattr(self, name)}: expected >= 0")
+
+
+@dataclasses.dataclass
+class AlignConfig:
+    """03's conditioning alignment after adversarial training (:func:`align_conditioning`; profile section
+    ``align``): only for a generator trained in 03, never for a checkpoint or the pretrained generator."""
+
+    steps: int = 300  # alignment steps (0: none)
+    pixel: float = 5.0  # weight of the pixel term (squared error to the stimulus, [-1, 1])
+
+    def check(self) -> None:
+        if self.steps < 0 or self.pixel < 0:
+            raise GANError(f"align: steps={self.steps}, pixel={self.pixel}: expected >= 0")
+
+
+@dataclasses.dataclass
+class TuneConfig:
+    """03's fMRI tuning of the conditioning path (:func:`tune_conditioning`; profile section ``tune``) on
+    out-of-fold ridge predictions of the training images."""
+
+    steps: int = 300  # tuning steps
+    lr: float = 0.002  # Adam learning rate
+    pixel: float = 5.0  # weight of the pixel term (squared error to the stimulus)
+    folds: int = 5  # folds of the out-of-fold training predictions
+
+    def check(self) -> None:
+        if self.steps < 0 or self.lr <= 0 or self.pixel < 0:
+            raise GANError(
+                f"tune: steps={self.steps}, lr={self.lr}, pixel={self.pixel}: expected >= 0, > 0, >= 0"
+            )
+        if self.folds < 2:
+            raise GANError(f"tune: folds={self.folds}: expected at least 2")
+
+
+@dataclasses.dataclass
+class OptConfig:
+    """03's latent optimisation per test image (:func:`optimise_latents`) and the combination of the two pathways
+    (:func:`combine`; profile section ``opt``). 04 and 05 reuse what 03 recorded, never these defaults."""
+
+    steps: int = 25  # optimisation steps per test image
+    anchor: float = 30.0  # weight of the 1/4-resolution squared error to the starting image (0: none)
+    noise_maps: bool = False  # optimise the noise maps too (stylegan2-ada's projector) or only w
+    lr: float = 0.03  # peak learning rate
+    lowlevel: float = 3.0  # weight of the layout target (1 - Pearson r) in the combined optimisation
+    impose_strength: float = 0.25  # impose and both: how far the image's area means move to the decoded ones
+
+    def check(self) -> None:
+        for name in ("steps", "anchor", "lr", "lowlevel"):
+            if getattr(self, name) < 0:
+                raise GANError(f"opt: {name}={getattr(self, name)}: expected >= 0")
+        if not 0 <= self.impose_strength <= 1:
+            raise GANError(f"opt: impose_strength={self.impose_strength}: expected 0 <= s <= 1")
 
 
 def perturb(f: torch.Tensor, ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -180,15 +233,16 @@ def train_gan(images: np.ndarray, features: np.ndarray, cfg: GANConfig, embedder
         raise GANError(f"images {images.shape} {images.dtype}: expected uint8 (N, R, R, 3)")
     if features.ndim != 2 or len(features) != len(images):
         raise GANError(f"features {features.shape}: expected one row per image ({len(images)})")
-    io.check_finite("features", features, GANError)
+    fileio.check_finite("features", features, GANError)
     if len(images) < cfg.batch_size:
         raise GANError(f"batch_size={cfg.batch_size}: larger than the {len(images)} images")
     res = images.shape[1]
     w, ranks = distributed.spread(nproc)
     dev = torch.device(distributed.device(runtime.pick_device(device)))
-    data_key = io.array_key(images, features)
+    data_key = fileio.array_key(images, features)
     spread = ({"ranks": ranks} if ranks > 1 else {}) | ({"accumulate": accumulate} if accumulate > 1 else {})
-    key = io.content_key({"config": dataclasses.asdict(cfg), "data": data_key, "embedder": embedder.key,
+    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "monitor_every"}  # not the run's
+    key = fileio.content_key({"config": config, "data": data_key, "embedder": embedder.key,
                           "device": dev.type} | spread)  # fmt: skip
     if ranks > 1 and not w.active and _launch:  # launch the processes, then resume from their state
         given = {"images": images, "features": features, "cfg": cfg, "embedder": embedder, "device": device,
@@ -671,7 +725,6 @@ def obtain_generator(source: str, emb, images: np.ndarray, features: np.ndarray,
     (the shipped model, refused unless ``emb`` is the shipped embedding it is conditioned on) or "train"
     (:func:`train_gan` on (``images``, ``features``) with ``cfg``, resumable in ``state_dir``). Returns
     (generator, training history or None)."""
-    from lib.models import pretrained
 
     if lafite_checkpoint:
         G = sg.load_lafite(lafite_checkpoint, device=device)
@@ -692,121 +745,6 @@ def obtain_generator(source: str, emb, images: np.ndarray, features: np.ndarray,
     raise GANError(f"generator={source!r}: expected 'pretrained' or 'train'")
 
 
-def two_way_monitor(view: EmbeddingView, features: np.ndarray, ratio: float, seed: int = 0):
-    """A ``monitor`` for :func:`train_gan`: 2-way identification, in ``view``'s embedding, of the images
-    generated from ``features`` (held-out images' true embeddings: the oracle) against those features."""
-    from lib.analysis import metrics
-
-    def monitor(G: sg.Generator) -> dict:
-        rec = generate(G, features, ratio, seed=seed)
-        return {"two_way": metrics.two_way_identification(embed_generated(view, rec), features)}
-
-    return monitor
-
-
-def variant_provenance(source: str, encoder: str, tune_steps: int, opt_steps: int, combine_how: str = "optimise",
-                       lowlevel: str = "the spatial pathway") -> dict[str, str]:  # fmt: skip
-    """What produced each of 03's reconstruction variants, in words, for the hand-off to 05 (``source``: the
-    generator, e.g. "the pretrained generator"; ``encoder``: the 02 encoder whose predictions drive it;
-    ``lowlevel``: the spatial pathway's decoder, :func:`lib.models.lowlevel.describe`)."""
-    pred = f"{encoder}'s test predictions (02)"
-    how = {"optimise": "latent optimisation with its layout as a target",
-           "impose": "its layout imposed on the fMRI-tuned reconstruction",
-           "both": "latent optimisation with its layout as a target, then moved toward that layout"}[combine_how]  # fmt: skip
-    return {
-        SPATIAL: f"{lowlevel}'s low-resolution image (02), upsampled",
-        COMBINED: f"the fMRI-tuned generator from {pred} and {lowlevel} (02): {how} ({opt_steps} steps)",
-        "oracle": f"{source} from the true image embedding (01)",
-        "predicted": f"{source} from {pred}",
-        "tuned": f"{source} after fMRI tuning ({tune_steps} steps on ridge's out-of-fold predictions of the training "
-        f"images) from {pred}",
-        "optimised": f"the fMRI-tuned generator from {pred}, then {opt_steps} steps of latent optimisation",
-    }
-
-
-#: 03's names of the spatial pathway's own reconstruction and of the two pathways combined
-SPATIAL, COMBINED = "spatial pathway", "combined"
-#: 05's name of the spatial pathway's reconstruction (the same for every semantic encoder)
-SPATIAL_ONLY = "spatial pathway only (blurry)"
-#: 05's short names of the 02 encoders whose reconstructions it scores
-ENCODER_NAMES = {"ridge_image": "ridge", "mlp_image": "MLP"}
-
-
-def evaluation_variants(rec, pred: dict[str, np.ndarray], test_ids: np.ndarray, G: sg.Generator,
-                        G_tuned: sg.Generator, embedder, seed: int = 0) -> tuple[dict, dict]:  # fmt: skip
-    """05's reconstruction variants of ``test_ids`` and what produced each: the oracle of 03's reconstructions
-    ``rec`` (:class:`lib.artifacts.Reconstructions`), and for each encoder of :data:`ENCODER_NAMES` the plain,
-    fMRI-tuned and optimised reconstructions: 03's own for the encoder 03 optimised, made here with 03's settings
-    (``rec.settings``) for the others, from 02's predictions ``pred`` (an MLP's regression head, its embedding).
-    Returns ({"<short> · <kind>": uint8 images}, {same name: provenance})."""
-    from lib.analysis.decoding import rows_of
-
-    cfg, index = rec.settings, rows_of(rec.test_ids, np.arange(len(rec.test_ids)), test_ids)
-    kinds = {"plain": "predicted", "fMRI-tuned": "tuned", "optimised": "optimised", "combined": COMBINED}
-    variants = {ORACLE: rec.variants["oracle"][index], SPATIAL_ONLY: rec.variants[SPATIAL][index]}
-    provenance = {ORACLE: rec.provenance["oracle"], SPATIAL_ONLY: rec.provenance[SPATIAL]}
-    low = rows_of(pred["test_ids"], pred["lowlevel"], test_ids)
-    for enc, short in ENCODER_NAMES.items():
-        if enc == cfg["encoder"]:
-            made = {kind: rec.variants[key][index] for kind, key in kinds.items()}
-        else:
-            p = rows_of(
-                pred["test_ids"], pred["head_mlp_image" if enc == "mlp_image" else f"pred_{enc}"], test_ids
-            )
-            r = cfg["feature_ratio"]
-            made = {"plain": generate(G, p, r, seed=seed), "fMRI-tuned": generate(G_tuned, p, r, seed=seed)}
-            opt = dict(
-                steps=cfg["opt_steps"], lr=cfg["opt_lr"], ratio=r, seed=seed, noise_maps=cfg["opt_noise_maps"]
-            )
-            made["optimised"], _ = optimise_latents(G_tuned, p, embedder, anchor=cfg["opt_anchor"], **opt)
-            made["combined"] = combiner(G_tuned, embedder, cfg, seed, exact=False)(p, low)
-        for kind, key in kinds.items():
-            variants[f"{short} · {kind}"] = made[kind]
-            words = rec.provenance[key]
-            if enc != cfg["encoder"]:
-                words = words.replace(cfg["encoder"], enc) + " (made in 05 with 03's settings)"
-            provenance[f"{short} · {kind}"] = words
-    return variants, provenance
-
-
-ORACLE = "oracle (true embedding)"
-#: 05's baselines a reconstruction should beat (named as notebook 05 names them)
-NEAREST, MEAN_IMAGE = "nearest training image · {}", "mean training image"
-
-
-def comparison_pairs() -> list[tuple[str, str]]:
-    """Every comparison 05's report makes, as (a, b) rows of its table (a - b on the same test images): for each
-    encoder fMRI-tuned and optimised against plain and optimised against tuned, the oracle against plain, plain
-    against the nearest training image (by that encoder's prediction) and the mean training image; and the MLP
-    against ridge at each stage."""
-    pairs = []
-    for short in ENCODER_NAMES.values():
-        plain, tuned, opt, comb = (f"{short} · {k}" for k in ("plain", "fMRI-tuned", "optimised", "combined"))
-        pairs += [(tuned, plain), (opt, plain), (opt, tuned), (ORACLE, plain), (plain, NEAREST.format(short)),
-                  (plain, MEAN_IMAGE), (comb, opt), (comb, plain), (comb, SPATIAL_ONLY),
-                  (comb, NEAREST.format(short))]  # fmt: skip
-    ridge, mlp = ENCODER_NAMES.values()
-    pairs += [(f"{mlp} · {k}", f"{ridge} · {k}") for k in ("plain", "fMRI-tuned", "optimised", "combined")]
-    return pairs
-
-
-def variant_scores(recon: dict[str, np.ndarray], view: EmbeddingView, true: np.ndarray,
-                   images: np.ndarray) -> tuple[dict[str, dict], dict[str, np.ndarray]]:  # fmt: skip
-    """03's own scores of each reconstruction variant (name -> uint8 images): 2-way identification of its
-    embedding (through ``view``) against the ``true`` embeddings, PixCorr and SSIM against the seen ``images``;
-    and each image's cosine to its true embedding (for the grid). Not a judge: the generator was aligned to this
-    embedding (05 scores with independent judges)."""
-    from lib.analysis import metrics
-
-    table, per_image = {}, {}
-    for name, rec in recon.items():
-        e = embed_generated(view, rec)
-        table[name] = {"two_way": metrics.two_way_identification(e, true), "pixcorr": metrics.pixcorr(rec, images),
-                       "ssim": metrics.ssim(rec, images)}  # fmt: skip
-        per_image[name] = metrics.cosine_per_sample(e, true)
-    return table, per_image
-
-
 def resize_images(images: np.ndarray, size: int, batch: int = 256) -> np.ndarray:
     """uint8 (N, H, W, 3) -> uint8 (N, size, size, 3), bilinear with antialiasing (e.g. NSD's 425 px stimuli to
     a generator's power-of-two resolution)."""
@@ -816,20 +754,3 @@ def resize_images(images: np.ndarray, size: int, batch: int = 256) -> np.ndarray
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         out.append(sg.to_uint8(x))
     return np.concatenate(out) if out else np.zeros((0, size, size, 3), np.uint8)
-
-
-def tuning_seed_spread(seeds, G: sg.Generator, predicted: np.ndarray, true: np.ndarray, embedder,
-                       view: EmbeddingView, test_predicted: np.ndarray, test_true: np.ndarray, test_images: np.ndarray,
-                       ratio: float, first: dict | None = None, **tune) -> dict:  # fmt: skip
-    """The seed spread of 03's fMRI tuning: :func:`tune_conditioning` of ``G`` on (``predicted``, ``true``) with
-    each of ``seeds`` (``tune``: its other arguments), the tuned generator drawing ``test_predicted`` with that seed,
-    scored by :func:`variant_scores` ({"tuned": {two_way, pixcorr, ssim}}; ``first``: the first seed's, already
-    computed); :func:`lib.analysis.stats.across_seeds`."""
-    from lib.analysis import stats
-
-    def table(seed: int) -> dict:
-        tuned, _ = tune_conditioning(G, predicted, true, embedder, ratio=ratio, seed=seed, **tune)
-        rec = generate(tuned, test_predicted, ratio, seed=seed)
-        return variant_scores({"tuned": rec}, view, test_true, test_images)[0]
-
-    return stats.across_seeds(seeds, table, first)

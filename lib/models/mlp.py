@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lib import distributed, io, runtime
+from lib import distributed, fileio, metrics, runtime
 from lib.models import losses
 from lib.models.ridge import EncoderError
 from lib.trainer import CudaRNG, Run, TorchRNG
@@ -155,7 +155,7 @@ class MLPEncoder:
     def save(self, path: str | Path, meta: dict | None = None) -> Path:
         state = {"format": MLP_FORMAT, "config": dataclasses.asdict(self.cfg), "n_voxels": self.n_voxels,
                  "out_dim": self.out_dim, "model": self.model.state_dict(), "meta": meta or {}}  # fmt: skip
-        return io.write_bytes(path, io.torch_bytes(state))
+        return fileio.write_bytes(path, fileio.torch_bytes(state))
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> MLPEncoder:
@@ -242,7 +242,6 @@ def train_mlp(x_train: np.ndarray, y_train: np.ndarray, cfg: MLPConfig, x_val: n
     and the device, and a run with the same key resumes (``stop_after`` ends a session after that many epochs).
     Returns (encoder, history) with per-epoch ``loss`` and its terms, ``val_img_retrieval_top1``, ``seconds``.
     """
-    from lib.analysis import metrics
 
     cfg.check()
     if int(accumulate) < 1:
@@ -255,7 +254,7 @@ def train_mlp(x_train: np.ndarray, y_train: np.ndarray, cfg: MLPConfig, x_val: n
         raise EncoderError(f"batch_size={cfg.batch_size}: larger than the {len(x_train)} training rows")
     for name, a in (("x_train", x_train), ("y_train", y_train), ("x_val", x_val), ("y_val", y_val)):
         if a is not None:
-            io.check_finite(name, a, EncoderError)
+            fileio.check_finite(name, a, EncoderError)
     if (x_val is None) != (y_val is None):
         raise EncoderError("x_val and y_val: give both (validation for early stopping) or neither")
     has_val = x_val is not None
@@ -276,12 +275,14 @@ def train_mlp(x_train: np.ndarray, y_train: np.ndarray, cfg: MLPConfig, x_val: n
     dev = torch.device(distributed.device(runtime.pick_device(device)))
     n, v = x_train.shape
     d = y_train.shape[1]
-    data_key = io.array_key(x_train, y_train, *((x_val, y_val) if has_val else ()))
+    data_key = fileio.array_key(x_train, y_train, *((x_val, y_val) if has_val else ()))
     shared = distributed.all_same(data_key)  # every process holds the same rows: global batches
     spread = {"ranks": ranks} if ranks > 1 else {}
     spread |= {"accumulate": accumulate} if accumulate > 1 else {}
     spread |= {} if shared else {"own_rows": True}
-    key = io.content_key({"config": dataclasses.asdict(cfg), "data": data_key, "device": dev.type} | spread)
+    key = fileio.content_key(
+        {"config": dataclasses.asdict(cfg), "data": data_key, "device": dev.type} | spread
+    )
     if ranks > 1 and not w.active and _launch:  # launch the processes, then resume from their state
         given = {"x_train": x_train, "y_train": y_train, "cfg": cfg, "device": device, "stop_after": stop_after,
                  "accumulate": accumulate} | ({"x_val": x_val, "y_val": y_val} if has_val else {})  # fmt: skip

@@ -3,13 +3,17 @@ leave-one-out or grouped K-fold, optionally one alpha per target."""
 
 from __future__ import annotations
 
+import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
+import scipy.linalg
 import torch
 from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.model_selection import GroupKFold, KFold
 
-from lib import io, runtime
+from lib import fileio, runtime
 
 DEFAULT_ALPHAS = tuple(float(a) for a in np.logspace(-1, 6, 15))
 
@@ -26,8 +30,6 @@ def _eigh(g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigen-decomposition of a symmetric matrix. On CPU LAPACK's divide and conquer (syevd) overwrites ``g``
     with the eigenvectors (peak: the matrix and a workspace of twice its size); on GPU torch's."""
     if g.device.type == "cpu":
-        import scipy.linalg
-
         # g is symmetric, so its transpose is the Fortran-ordered matrix LAPACK wants, without a copy
         w, v = scipy.linalg.eigh(g.numpy().T, overwrite_a=True, driver="evd", check_finite=False)
         return torch.from_numpy(w), torch.from_numpy(v)
@@ -44,7 +46,6 @@ def _add_gram(g: torch.Tensor, a: torch.Tensor, outer: bool, scale: float = 1.0)
         else:
             g.addmm_(a.T, a, alpha=scale)
         return
-    import scipy.linalg
 
     syrk = scipy.linalg.get_blas_funcs("syrk", dtype=g.numpy().dtype)
     c = g.numpy().T  # Fortran view; its lower triangle is g's upper one
@@ -455,9 +456,8 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
 
     def save(self, path: str | Path, meta: dict | None = None) -> Path:
         """Write the fitted weights as ``.npz`` atomically (no pickle)."""
-        import json
 
-        with io.atomic_path(path, suffix=".npz") as tmp:
+        with fileio.atomic_path(path, suffix=".npz") as tmp:
             params = self.get_params() | {"alphas": [float(a) for a in np.ravel(self.alphas)],
                                           "cv": None if self.cv is None else int(self.cv)}  # fmt: skip
             np.savez(tmp, format=np.array(RIDGE_FORMAT), params=np.array(json.dumps(params)),
@@ -468,8 +468,6 @@ class RidgeEncoder(RegressorMixin, BaseEstimator):
     @classmethod
     def load(cls, path: str | Path) -> RidgeEncoder:
         """What :meth:`save` wrote; the ``meta`` given there is the attribute ``meta``."""
-        import json
-        import zipfile
 
         try:
             with np.load(path, allow_pickle=False) as z:
@@ -511,7 +509,6 @@ def _check_xy(X, y) -> tuple[np.ndarray, np.ndarray, bool]:
 
 
 def _folds(n: int, k: int, groups) -> list[tuple[np.ndarray, np.ndarray]]:
-    from sklearn.model_selection import GroupKFold, KFold
 
     if groups is None:
         if k > n:

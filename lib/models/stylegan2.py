@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lib import io
+from lib import fileio
 
 GENERATOR_FORMAT = "lib.stylegan2.generator/1"
 
@@ -535,21 +535,21 @@ def save_generator(path: str | Path, G: Generator, meta: dict | None = None, hal
     if Path(path).suffix == ".safetensors":
         header = {"format": GENERATOR_FORMAT, "init_kwargs": json.dumps(G.init_kwargs),
                   "meta": json.dumps(dict(meta or {}))}  # fmt: skip
-        return io.write_bytes(path, io.safetensors_bytes(G.state_dict(), header, half))
+        return fileio.write_bytes(path, fileio.safetensors_bytes(G.state_dict(), header, half))
     state = {k: v.detach().cpu() for k, v in G.state_dict().items()}
     if half:
-        state = io.cast_floats(state, torch.float16)
+        state = fileio.cast_floats(state, torch.float16)
     blob = {
         "format": GENERATOR_FORMAT,
         "init_kwargs": G.init_kwargs,
         "meta": dict(meta or {}),
         "state_dict": state,
     }
-    return io.write_bytes(path, io.torch_bytes(blob))
+    return fileio.write_bytes(path, fileio.torch_bytes(blob))
 
 
 def _read_safetensors(path: Path) -> dict:
-    state, meta = io.read_safetensors(path, StyleGANError)
+    state, meta = fileio.read_safetensors(path, StyleGANError)
     if meta.get("format") != GENERATOR_FORMAT:
         return {}
     return {"format": GENERATOR_FORMAT, "init_kwargs": json.loads(meta["init_kwargs"]),
@@ -591,7 +591,7 @@ def load_generator(path: str | Path, device: str = "cpu") -> Generator:
                 else f"{len(missing)} missing (e.g. {k})" if missing else f"{len(extra)} unexpected (e.g. {k})")  # fmt: skip
         raise StyleGANError(f"{path}: weights do not fit its init_kwargs: {what}; expected the file as "
                             "save_generator wrote it")  # fmt: skip
-    G.load_state_dict(io.cast_floats(state, torch.float32))
+    G.load_state_dict(fileio.cast_floats(state, torch.float32))
     G.meta = dict(blob.get("meta") or {})
     return G.to(device).eval().requires_grad_(False)
 
@@ -630,9 +630,9 @@ def _load_storage(b: bytes):
 
 def _numpy_scalar(*args):
     try:
-        from numpy._core.multiarray import scalar
+        from numpy._core.multiarray import scalar  # lazy: NumPy 2's name, tried first
     except ImportError:  # numpy 1
-        from numpy.core.multiarray import scalar
+        from numpy.core.multiarray import scalar  # lazy: NumPy 1's name
     return scalar(*args)
 
 

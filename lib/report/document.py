@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import html
 import json
 import shutil
@@ -18,7 +19,11 @@ import numpy as np
 import pandas as pd
 
 from lib import paths
-from lib.io import atomic_path, write_bytes, write_json
+from lib.analysis import stats
+from lib.analysis.variants import NEAREST, ORACLE
+from lib.fileio import atomic_path, write_bytes, write_json
+from lib.report import labels, results
+from lib.report.results import JointEmbedding, LeaveOneOut
 
 PUBLISHED = paths.PROJ_ROOT / "data_manifests" / "published_results.csv"
 
@@ -42,7 +47,7 @@ SECTIONS = {
            "attribute read-back), with the published NSD results beside them (a different dataset: not comparable)."),
 }  # fmt: skip
 
-#: one paragraph per figure; tests/test_report.py checks that every figure a notebook writes has one
+#: one paragraph per figure; tests/report/test_document.py checks that every figure a notebook writes has one
 FIGURES = {
     "00_roi_map.png": "The ROI groups on the subject's anatomy: nsdgeneral, the early visual areas (V1-hV4), "
     "the streams and the category-selective (floc) regions.",
@@ -125,9 +130,10 @@ def published_table(path: str | Path = PUBLISHED) -> pd.DataFrame:
     return table
 
 
-def _metrics(folder: Path, stem: str) -> dict:
-    path = folder / f"{stem}.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+def _results(folder: Path) -> dict[str, object]:
+    """Each notebook's results in the metrics ``folder``, read through its type (:mod:`lib.report.results`)."""
+    found = {stage: results.load(folder, stage) for stage in results.TYPES} if folder.is_dir() else {}
+    return {stage: r for stage, r in found.items() if r is not None}
 
 
 def _fmt(v, interval=None) -> str:
@@ -160,7 +166,6 @@ def _comparisons(comps: dict[str, dict], caption: str) -> str:
     """Paired comparisons {"a − b": {metric: {diff, low, high, p}}} as a table of "difference [interval]"; a
     difference :func:`lib.analysis.stats.differs` accepts (95% interval excludes 0, permutation p < 0.05) is marked
     with * (only those are differences the report claims)."""
-    from lib.analysis import stats
 
     rows = {}
     for pair, by_metric in comps.items():
@@ -178,25 +183,25 @@ def _spread(spread: dict, caption: str) -> str:
     return _table(rows, f"{caption}: mean ± standard deviation over seeds {spread['seeds']}")
 
 
-def _uncertain(r: dict, key: str) -> tuple[dict, dict]:
-    """(intervals, comparisons) that a notebook's metrics ``r`` record under ``key`` (empty when absent)."""
-    u = r.get(key) or {}
+def _uncertain(r, key: str) -> tuple[dict, dict]:
+    """(intervals, comparisons) that a notebook's results ``r`` record in field ``key`` (empty when absent)."""
+    u = getattr(r, key) or {}
     return u.get("intervals") or {}, u.get("comparisons") or {}
 
 
-def _tables(nb: str, m: dict[str, dict]) -> list[str]:
-    """The key tables of notebook ``nb`` from the metrics files ``m`` (stem -> dict)."""
+def _tables(nb: str, m: dict[str, object], goals: dict | None = None) -> list[str]:
+    """The key tables of notebook ``nb`` from the notebooks' results ``m`` (stage -> results object)."""
     out = []
     if nb == "02" and m.get("02_fmri_encoder"):
         r = m["02_fmri_encoder"]
         keys = ("two_way", "img_retrieval_top1", "brain_retrieval_top1", "cosine", "fraction_of_ceiling")
         iv, comps = _uncertain(r, "uncertainty")
-        rows = {e: {k: row.get(k) for k in keys} for e, row in r.get("encoders", {}).items()}
+        rows = {e: {k: row.get(k) for k in keys} for e, row in r.encoders.items()}
         out.append(_table(rows, "encoders on the test images [95% bootstrap interval over test images]", iv))
         if comps:
             out.append(_comparisons(comps, "encoders compared"))
-        if len((r.get("seed_spread") or {}).get("seeds", [])) > 1:
-            out.append(_spread(r["seed_spread"], "encoders retrained with other seeds"))
+        if len((r.seed_spread or {}).get("seeds", [])) > 1:
+            out.append(_spread(r.seed_spread, "encoders retrained with other seeds"))
         roi_iv, roi_comps = _uncertain(r, "roi_uncertainty")
         if roi_comps:
             out.append(_comparisons(roi_comps, "each ROI group against the prepared ROI"))
@@ -206,31 +211,36 @@ def _tables(nb: str, m: dict[str, dict]) -> list[str]:
             out.append(
                 _comparisons(_uncertain(r, "probe_uncertainty")[1], "embeddings compared by their probes")
             )
-        if len((r.get("scratch_seed_spread") or {}).get("seeds", [])) > 1:
+        if len((r.scratch_seed_spread or {}).get("seeds", [])) > 1:
             out.append(
-                _spread(r["scratch_seed_spread"], "the embedding trained here, retrained with other seeds")
+                _spread(r.scratch_seed_spread, "the embedding trained here, retrained with other seeds")
             )
     if nb == "03" and m.get("03_stylegan2"):
         r = m["03_stylegan2"]
-        out.append(_table(r.get("variants", {}), "reconstruction variants (03's own scores)"))
-        if len((r.get("tune_seed_spread") or {}).get("seeds", [])) > 1:
-            out.append(_spread(r["tune_seed_spread"], "fMRI tuning rerun with other seeds (03's own scores)"))
+        out.append(_table(r.variants, "reconstruction variants (03's own scores)"))
+        if len((r.tune_seed_spread or {}).get("seeds", [])) > 1:
+            out.append(_spread(r.tune_seed_spread, "fMRI tuning rerun with other seeds (03's own scores)"))
     if nb == "04" and m.get("04_leave_one_out"):
         r = m["04_leave_one_out"]
-        keys = [k for k in r if k.startswith(("spearman_", "prf_")) and not isinstance(r[k], dict)]
-        out.append(_table({"validation": {k: r[k] for k in keys}}, "leave-one-out checks against the truth"))
+        names = sorted(f.name for f in dataclasses.fields(r) if f.name.startswith(("spearman_", "prf_")))
+        checks = {
+            k: getattr(r, k)
+            for k in names
+            if getattr(r, k) is not None and not isinstance(getattr(r, k), dict)
+        }
+        out.append(_table({"validation": checks}, "leave-one-out checks against the truth"))
         cols = ("median_error_deg", "chance_median_error_deg", "ratio", "p_value", "n_voxels")
         rows = {
-            name: {k: (r.get(key) or {}).get(k) for k in cols}
+            name: {k: (getattr(r, key) or {}).get(k) for k in cols}
             for name, key in (("spatial pathway (exact)", "lowlevel_prf"), ("combined", "combined_prf"))
         }
-        rows |= {f"spatial pathway, {a}": {k: e.get(k) for k in cols} for a, e in (r.get("lowlevel_prf_by_area")
-                                                                                   or {}).items()}  # fmt: skip
-        if r.get("lowlevel_prf"):
+        by_area = r.lowlevel_prf_by_area or {}
+        rows |= {f"spatial pathway, {a}": {k: e.get(k) for k in cols} for a, e in by_area.items()}
+        if r.lowlevel_prf:
             out.append(
                 _table(rows, "effect centres against pRF centres, early voxels (degrees of visual angle)")
             )
-        files = r.get("lowlevel_prf_files")
+        files = r.lowlevel_prf_files
         if files:
             stats_ = ("angle_error", "ecc_r", "distance", "hemifield")
             names = {"angle_error": "angle_error_deg", "ecc_r": "ecc_r", "distance": "distance_deg",
@@ -239,37 +249,33 @@ def _tables(nb: str, m: dict[str, dict]) -> list[str]:
                           "p": files.get(f"{st}_p")} for st in stats_}  # fmt: skip
             out.append(_table(frows, f"spatial pathway against the NSD-format pRF files ({files.get('n_used')} "
                                      "early voxels; null: pRFs permuted across them)"))  # fmt: skip
-        loc = r.get("localisation")
+        loc = r.localisation
         if loc:
             out.append(_table({"early − higher": loc}, "localisation of the combined reconstruction's effects "
                                                        "(share of a mean effect map's energy near its centre)"))  # fmt: skip
     if nb == "05" and m.get("05_evaluation"):
         r = m["05_evaluation"]
-        rows = r.get("table", {}) | ({"chance": r["chance"]} if r.get("chance") else {})
+        rows = r.table | ({"chance": r.chance} if r.chance else {})
         iv, comps = _uncertain(r, "uncertainty")
         out.append(_table(rows, "every variant, every metric [95% bootstrap interval over test images] (n/a: "
                                 "pretrained weights unavailable)", iv))  # fmt: skip
         if comps:
             out.append(_comparisons(comps, "variants compared, every metric"))
-        if r.get("unavailable"):
-            out.append(_table({k: {"why": v} for k, v in r["unavailable"].items()}, "unavailable metrics"))
-        if r.get("roi_table"):
+        if r.unavailable:
+            out.append(_table({k: {"why": v} for k, v in r.unavailable.items()}, "unavailable metrics"))
+        if r.roi_table:
             iv, comps = _uncertain(r, "roi_uncertainty")
-            out.append(_table(r["roi_table"], "ROI-only reconstructions per ROI group [95% interval]", iv))
+            out.append(_table(r.roi_table, "ROI-only reconstructions per ROI group [95% interval]", iv))
             if comps:
                 out.append(_comparisons(comps, "each ROI group against all voxels"))
-        if r.get("readback"):
-            rows = r["readback"] | (
-                {"chance (majority)": r["readback_chance"]} if r.get("readback_chance") else {}
-            )
+        if r.readback:
+            rows = r.readback | ({"chance (majority)": r.readback_chance} if r.readback_chance else {})
             iv, comps = _uncertain(r, "readback_uncertainty")
             out.append(_table(rows, "attribute read-back by a judge trained on stimuli [95% interval]", iv))
             if comps:
                 out.append(_comparisons(comps, "read-back compared"))
-        if m.get("goals"):
-            out.append(
-                _table(m["goals"], "goals of the pretrained-models work: measured value, threshold, met")
-            )
+        if goals:
+            out.append(_table(goals, "goals of the pretrained-models work: measured value, threshold, met"))
         pub = published_table()
         rows = {f"{a} ({b})": {c: (None if pd.isna(v) else float(v)) for c, v in row.items()}
                 for (a, b), row in pub.drop(columns="source").set_index(["method", "set"]).iterrows()}  # fmt: skip
@@ -297,7 +303,8 @@ def build(profile: str, out: str | Path | None = None) -> Path:
         write_json(goals_file, measured)
     elif goals_file.is_file():  # the metrics it came from no longer give it
         goals_file.unlink()
-    m = {p.stem: _metrics(mdir, p.stem) for p in sorted(mdir.glob("*.json"))} if mdir.is_dir() else {}
+    m = _results(mdir)
+    written = json.loads(goals_file.read_text()) if goals_file.is_file() else None  # as the file orders it
     parts: list[str | Path] = [  # a Path is a figure, rendered embedded or linked
         f"<h1>NSD reconstruction workbench: report, profile <code>{html.escape(profile)}</code></h1>",
         f"<p>Figures and tables regenerated by the notebooks (<code>make figures</code> for the embedded "
@@ -305,7 +312,7 @@ def build(profile: str, out: str | Path | None = None) -> Path:
     ]
     for nb, (title, text) in SECTIONS.items():
         pngs = sorted(figs.glob(f"{nb}_*.png")) if figs.is_dir() else []
-        tables = _tables(nb, m)
+        tables = _tables(nb, m, written)
         if pngs or tables:
             parts += [f"<h2>{nb} · {html.escape(title)}</h2><p>{html.escape(text)}</p>", *tables, *pngs]
 
@@ -387,24 +394,24 @@ def goals(profile: str) -> dict | None:
     """:func:`reconstruction_goals` from the metrics files of 01, 04 and 05 of ``profile``; None until all three
     exist and 05 holds the attribute read-back (a simulated dataset)."""
     mdir = paths.metrics_dir(profile)
-    m = {s: _metrics(mdir, s) for s in ("01_joint_embedding", "04_leave_one_out", "05_evaluation")}
-    if not all(m.values()) or not m["05_evaluation"].get("readback"):
+    m = {s: results.load(mdir, s) for s in ("01_joint_embedding", "04_leave_one_out", "05_evaluation")}
+    if not all(m.values()) or not m["05_evaluation"].readback:
         return None
     r = m["05_evaluation"]
-    return reconstruction_goals(m["01_joint_embedding"], m["04_leave_one_out"], r["table"], r["readback"],
+    return reconstruction_goals(m["01_joint_embedding"], m["04_leave_one_out"], r.table, r.readback,
                                 _uncertain(r, "uncertainty")[1], _uncertain(r, "readback_uncertainty")[1])  # fmt: skip
 
 
-def reconstruction_goals(m01: dict, m04: dict, table: dict[str, dict], readback: dict[str, dict],
+def reconstruction_goals(m01: JointEmbedding | None, m04: LeaveOneOut | None, table: dict[str, dict],
+                         readback: dict[str, dict],
                          comparisons: dict | None = None, readback_comparisons: dict | None = None) -> dict:  # fmt: skip
     """Each goal of the pretrained-models work with its measured value, threshold and whether it is met, from 01's
-    and 04's metrics, 05's metric table and 05's attribute read-back (rows named as notebook 05 names them). A goal
+    and 04's results (None: not run), 05's metric table and 05's attribute read-back (rows named as notebook 05 names them). A goal
     comparing two variants uses 05's paired comparison when given (``comparisons``, ``readback_comparisons``: "a −
     b" -> metric -> {diff, low, high, p}): "above" is met only for a difference above 0 that
     :func:`lib.analysis.stats.differs` accepts (interval excludes 0, p < 0.05), "keeps or raises" unless there is
     such a difference below 0; the interval is recorded with the goal."""
     goals: dict[str, dict] = {}
-    from lib.analysis import stats
 
     comparisons, readback_comparisons = comparisons or {}, readback_comparisons or {}
 
@@ -423,7 +430,7 @@ def reconstruction_goals(m01: dict, m04: dict, table: dict[str, dict], readback:
         goal(name, c["diff"], 0.0, met=not (clear and c["diff"] < 0) if keeps else clear and c["diff"] > 0)
         goals[name]["interval"] = [round(c["low"], 4), round(c["high"], 4)]
 
-    probes = (m01.get("embedding_probes") or {}).get("this embedding", {})
+    probes = ((m01.embedding_probes if m01 else None) or {}).get("this embedding", {})
     for attr, thr in (
         ("shape", 0.7),
         ("position", 0.7),
@@ -433,22 +440,22 @@ def reconstruction_goals(m01: dict, m04: dict, table: dict[str, dict], readback:
     ):
         goal(f"embedding probe: {attr}", probes.get("linear_probe", {}).get(attr), thr)
     goal("embedding img->txt top-1", probes.get("img2txt_top1"), 0.95)
-    knn, rnd = m01.get("dino_knn") or {}, m01.get("dino_knn_random_init") or {}
+    knn, rnd = (m01.dino_knn or {}, m01.dino_knn_random_init or {}) if m01 else ({}, {})
     if knn:
         worst = min(knn, key=lambda a: knn[a] - rnd[a])
         goal(f"DINO k-NN above random init on every attribute (smallest margin: {worst})",
              knn[worst] - rnd[worst], 0.0, met=all(knn[a] > rnd[a] for a in knn))  # fmt: skip
-    oracle, plain = table.get("oracle (true embedding)", {}), table.get("ridge · plain", {})
+    oracle, plain = table.get(ORACLE, {}), table.get("ridge · plain", {})
     goal("oracle PixCorr", oracle.get("PixCorr"), 0.75)
     goal("oracle EffNet-Lite0 2-way", oracle.get("EffNet-Lite0 2-way"), 0.85)
     goal(
         "oracle read-back: main-object colour",
-        readback.get("oracle (true embedding)", {}).get("colour"),
+        readback.get(ORACLE, {}).get("colour"),
         0.70,
     )
     goal("ridge PixCorr", plain.get("PixCorr"), 0.65)
     goal("ridge EffNet-Lite0 2-way", plain.get("EffNet-Lite0 2-way"), 0.75)
-    near = "nearest training image · ridge"
+    near = NEAREST.format("ridge")
     nearest = table.get(near, {})
     difference("ridge PixCorr above nearest training image (ridge)", "ridge · plain", near, "PixCorr",
                (plain.get("PixCorr") or 0) - (nearest.get("PixCorr") or 0))  # fmt: skip
@@ -468,8 +475,8 @@ def reconstruction_goals(m01: dict, m04: dict, table: dict[str, dict], readback:
                        "EffNet-Lite0 2-way", d_eff, keeps=True)  # fmt: skip
             difference(f"{v} keeps or raises the mean read-back over plain", v, "ridge · plain", "mean", d_rb,
                        keeps=True, source=readback_comparisons)  # fmt: skip
-    if m04.get("prf_median_error_px") is not None:
-        ratio = m04["prf_median_error_px"] / m04["prf_chance_error_px"]
+    if m04 is not None and m04.prf_median_error_px is not None:
+        ratio = m04.prf_median_error_px / m04.prf_chance_error_px
         goal("pRF check: median error / chance (at most 0.6)", ratio, 0.6, met=ratio <= 0.6)
     _pathway_goals(goals, goal, difference, m04, table, readback, readback_comparisons)
     return goals
@@ -482,7 +489,13 @@ COMBINED = "ridge · combined"
 
 
 def _pathway_goals(
-    goals: dict, goal, difference, m04: dict, table: dict, readback: dict, readback_comparisons: dict
+    goals: dict,
+    goal,
+    difference,
+    m04: LeaveOneOut | None,
+    table: dict,
+    readback: dict,
+    readback_comparisons: dict,
 ) -> None:
     """The goals of the spatial-pathway work: where each early voxel acts (04) and the combined reconstruction from
     ridge predictions (05)."""
@@ -492,11 +505,13 @@ def _pathway_goals(
         if value is not None:
             goal(f"{name} (at most {threshold})", value, threshold, met=value <= threshold)
 
-    at_most("early voxels, spatial pathway: median pRF error / chance", (m04.get("lowlevel_prf") or {}).get("ratio"),
-            g["spatial"])  # fmt: skip
-    at_most("early voxels, combined reconstruction: median pRF error / chance",
-            (m04.get("combined_prf") or {}).get("ratio"), g["combined"])  # fmt: skip
-    files = m04.get("lowlevel_prf_files") or {}
+    low, comb_prf = (m04.lowlevel_prf, m04.combined_prf) if m04 else (None, None)
+    at_most(
+        "early voxels, spatial pathway: median pRF error / chance", (low or {}).get("ratio"), g["spatial"]
+    )
+    at_most("early voxels, combined reconstruction: median pRF error / chance", (comb_prf or {}).get("ratio"),
+            g["combined"])  # fmt: skip
+    files = (m04.lowlevel_prf_files if m04 else None) or {}
     at_most("NSD-format pRF files: median centre distance / chance", files.get("distance_ratio"),
             g["files_distance"])  # fmt: skip
     if files.get("hemifield_agreement") is not None:
@@ -505,7 +520,7 @@ def _pathway_goals(
             files["hemifield_agreement"],
             g["hemifield"],
         )
-    loc = m04.get("localisation")
+    loc = m04.localisation if m04 else None
     if loc:
         name = "localisation: early voxels above higher-area voxels (combined reconstruction)"
         goal(name, loc["diff"], 0.0, met=loc["low"] > 0 and loc["p"] < 0.05)
@@ -514,7 +529,7 @@ def _pathway_goals(
     if not comb:
         return
     goal(f"{COMBINED} PixCorr", comb.get("PixCorr"), g["pixcorr"])
-    near = "nearest training image · ridge"
+    near = NEAREST.format("ridge")
     difference(f"{COMBINED} EffNet-Lite0 2-way above the nearest training image (ridge)", COMBINED, near,
                "EffNet-Lite0 2-way", (comb.get("EffNet-Lite0 2-way") or 0) - (table.get(near, {}).get(
                    "EffNet-Lite0 2-way") or 0))  # fmt: skip
@@ -525,7 +540,7 @@ def _pathway_goals(
     for attr in ("background", "bg_colour", "colour"):
         difference(f"{COMBINED} {attr} read-back not below ridge · plain", COMBINED, "ridge · plain", attr,
                    rb[attr] - readback.get("ridge · plain", {}).get(attr, 0), keeps=True, source=readback_comparisons)  # fmt: skip
-    stimuli = readback.get("stimuli (the judge's ceiling)", {}).get("shape (judge)")
+    stimuli = readback.get(labels.STIMULI, {}).get("shape (judge)")
     if stimuli is not None:
         goal("shape judge reads the stimuli", stimuli, g["judge"])
         goal(f"{COMBINED} shape (judge) / the stimuli's", rb.get("shape (judge)", 0) / max(stimuli, 1e-9),

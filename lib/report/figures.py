@@ -6,10 +6,15 @@ import textwrap
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import nibabel as nib
 import numpy as np
+from matplotlib.colors import ListedColormap
+from matplotlib.patches import Patch
+from scipy import stats
 
-from lib.data.nsd import NSD
-from lib.io import atomic_path
+from lib.data.nsd import NSD, noise_ceiling, volume_affine
+from lib.fileio import atomic_path
+from lib.metrics import cosine_per_sample
 
 #: regions drawn on the ROI map: display label -> (ROI name, colour)
 ROI_MAP = {
@@ -39,15 +44,12 @@ def background_image(ds: NSD, subject: int):
     """Anatomy to draw a subject's maps on: the MNI152 template for mini-NSD (its space), NSD's
     ``T1_to_func1pt8mm.nii.gz`` for real NSD when present, else None (no background)."""
     if ds.is_simulated:
-        from nilearn import datasets
+        from nilearn import datasets  # lazy: nilearn: seconds to import, brain plots only
 
         return datasets.load_mni152_template(resolution=1)
     t1 = ds.func_dir(subject) / "T1_to_func1pt8mm.nii.gz"
     if not t1.is_file():
         return None
-    import nibabel as nib
-
-    from lib.data.nsd import volume_affine
 
     # no qform/sform in NSD's files: placed as the maps are (NSD's LPI voxel order), not by nibabel's default
     img = nib.load(t1)
@@ -56,7 +58,6 @@ def background_image(ds: NSD, subject: int):
 
 def volume_image(ds: NSD, subject: int, values: np.ndarray, mask: np.ndarray | None = None):
     """A NIfTI image in the subject's functional space from a volume, or from ROI values in NIfTI order."""
-    import nibabel as nib
 
     affine = ds.affine(subject)
     if mask is not None:
@@ -78,9 +79,7 @@ def roi_label_volume(ds: NSD, subject: int) -> np.ndarray:
 
 def roi_map(ds: NSD, subject: int, cut_coords=(-12, -4, 4, 12, 22, 32)) -> plt.Figure:
     """Visual ROIs of the subject on the anatomy (axial slices), with a legend."""
-    from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Patch
-    from nilearn import plotting
+    from nilearn import plotting  # lazy: nilearn: seconds to import, brain plots only
 
     vol = roi_label_volume(ds, subject)
     present = [k for k in ROI_MAP if (vol == k).any()]
@@ -101,9 +100,7 @@ def roi_map(ds: NSD, subject: int, cut_coords=(-12, -4, 4, 12, 22, 32)) -> plt.F
 
 def ncsnr_map(ds: NSD, subject: int, groups: list[str], n_reps: int = 3) -> plt.Figure:
     """ncsnr on the anatomy, and the noise ceiling (n-trial average) per ROI group."""
-    from nilearn import plotting
-
-    from lib.data.nsd import noise_ceiling
+    from nilearn import plotting  # lazy: nilearn: seconds to import, brain plots only
 
     vol = ds.ncsnr(subject)
     fig = plt.figure(figsize=(13, 3.6))
@@ -435,7 +432,7 @@ def _positive_volume(ds: NSD, subject: int, values: np.ndarray, voxel_ijk: np.nd
 def voxel_map(ds: NSD, subject: int, values: np.ndarray, voxel_ijk: np.ndarray, title: str,
               by_group: dict[str, np.ndarray] | None = None, label: str = "r") -> plt.Figure:  # fmt: skip
     """Per-voxel values on the anatomy (axial slices; positive part), and their distribution per ROI group."""
-    from nilearn import plotting
+    from nilearn import plotting  # lazy: nilearn: seconds to import, brain plots only
 
     img = _positive_volume(ds, subject, values, voxel_ijk)
     fig = plt.figure(figsize=(13, 3.6))
@@ -463,7 +460,6 @@ def predicted_vs_true(preds: dict[str, np.ndarray], true: np.ndarray, n_points: 
     """Predicted against true embedding entries (a random subset of test samples x dimensions), both centred on
     the mean true embedding so that the shared direction of all images does not inflate r; and the distribution
     of per-sample cosine similarity (uncentred, as the metric is defined), one column per encoder."""
-    from lib.analysis.metrics import cosine_per_sample
 
     rng = np.random.default_rng(seed)
     fig, axes = plt.subplots(2, len(preds), figsize=(3.6 * len(preds), 6.4), squeeze=False)
@@ -599,7 +595,7 @@ def variant_scores(
 def importance_brain(ds: NSD, subject: int, values: np.ndarray, voxel_ijk: np.ndarray, title: str,
                      label: str = "importance") -> plt.Figure:  # fmt: skip
     """Per-voxel importance on the MNI template: a glass brain (maximum projection) and axial slices."""
-    from nilearn import plotting
+    from nilearn import plotting  # lazy: nilearn: seconds to import, brain plots only
 
     img = _positive_volume(ds, subject, values, voxel_ijk)
     vmax = float(np.nanpercentile(values, 99.5)) if np.any(values > 0) else 1.0
@@ -661,7 +657,6 @@ def effect_maps(maps: np.ndarray, titles: list[str], prf_xy: np.ndarray | None =
 def loo_agreement(loo_importance: np.ndarray, other: np.ndarray, groups: dict[str, np.ndarray], xlabel: str,
                   ylabel: str, title: str) -> plt.Figure:  # fmt: skip
     """Scatter of two per-voxel importances (log-log), coloured by ROI group, with Spearman's rho in the title."""
-    from scipy import stats
 
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
     for name, cols in groups.items():
