@@ -7,9 +7,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.linear_model import RidgeClassifier
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -335,6 +332,9 @@ def linear_probe_accuracy(train: np.ndarray, test: np.ndarray, attributes_train,
     """{attribute: test accuracy} of a linear probe (scikit-learn's one-vs-rest ridge classifier on standardised
     features, penalty ``alpha``) fitted on the training rows: what the features hold linearly, where k-NN shows
     what dominates their similarity. With ``per_image``: {attribute: 0/1 per test image} instead."""
+    from sklearn.linear_model import RidgeClassifier  # lazy: scikit-learn: a second to import, probes only
+    from sklearn.pipeline import make_pipeline  # lazy: as above
+    from sklearn.preprocessing import StandardScaler  # lazy: as above
 
     out = {}
     for a in attributes_train.columns:
