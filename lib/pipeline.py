@@ -180,17 +180,10 @@ def resolve_parameters(profile: str, nbs: list[Path], overrides: dict | None = N
     return out
 
 
-_TYPES = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,), "list": (list,)}
-
-
 def _check_type(where: str, nb: Path, name: str, value, declared: str | None) -> None:
-    """A parameter value against the type its notebook's parameters cell declares (bool, int, float, str, list);
-    an undeclared type is not checked."""
-    want = _TYPES.get(declared or "")
-    if want is None:
-        return
-    ok = isinstance(value, want) and not (isinstance(value, bool) and declared in ("int", "float"))
-    if not ok:
+    """A parameter value against the type its notebook's parameters cell declares (:func:`lib.stage.profile.type_ok`;
+    an undeclared type is not checked)."""
+    if not profiles.type_ok(value, declared):
         raise PipelineError(f"{where}: {name}={value!r} is {type(value).__name__}, but {nb.name} declares "
                             f"{name}: {declared}")  # fmt: skip
 

@@ -298,12 +298,12 @@ def build(profile: str, out: str | Path | None = None) -> Path:
     files its notebooks wrote, every image embedded. For the embedded default, figures/report.html is the same page
     with each image linked to the PNG beside it, so that git does not hold every figure twice."""
     figs, mdir = paths.output_dir(profile), paths.metrics_dir(profile)
-    measured, goals_file = goals(profile), mdir / f"{GOALS}.json"
+    m = _results(mdir)
+    measured, goals_file = goals_of(m), mdir / f"{GOALS}.json"
     if measured:
         write_json(goals_file, measured)
     elif goals_file.is_file():  # the metrics it came from no longer give it
         goals_file.unlink()
-    m = _results(mdir)
     written = json.loads(goals_file.read_text()) if goals_file.is_file() else None  # as the file orders it
     parts: list[str | Path] = [  # a Path is a figure, rendered embedded or linked
         f"<h1>NSD reconstruction workbench: report, profile <code>{html.escape(profile)}</code></h1>",
@@ -393,9 +393,13 @@ GOALS = "goals"  # the metrics file (stem) the report writes the goals into
 def goals(profile: str) -> dict | None:
     """:func:`reconstruction_goals` from the metrics files of 01, 04 and 05 of ``profile``; None until all three
     exist and 05 holds the attribute read-back (a simulated dataset)."""
-    mdir = paths.metrics_dir(profile)
-    m = {s: results.load(mdir, s) for s in ("01_joint_embedding", "04_leave_one_out", "05_evaluation")}
-    if not all(m.values()) or not m["05_evaluation"].readback:
+    return goals_of(_results(paths.metrics_dir(profile)))
+
+
+def goals_of(m: dict[str, object]) -> dict | None:
+    """:func:`goals` from the notebooks' results ``m`` (stage -> results object, :func:`_results`)."""
+    needed = ("01_joint_embedding", "04_leave_one_out", "05_evaluation")
+    if not all(m.get(s) for s in needed) or not m["05_evaluation"].readback:
         return None
     r = m["05_evaluation"]
     return reconstruction_goals(m["01_joint_embedding"], m["04_leave_one_out"], r.table, r.readback,

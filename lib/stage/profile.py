@@ -59,12 +59,18 @@ COMMON = tuple(f.name for f in dataclasses.fields(Common))
 _TYPES = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,), "list": (list,)}
 
 
-def check_type(where: str, name: str, value, declared: str | None) -> None:
-    """``value`` against a declared type name (bool, int, float, str, list; others are not checked)."""
+def type_ok(value, declared: str | None) -> bool:
+    """Whether ``value`` is of a declared type name (bool, int, float, str, list; others are not checked): a
+    float takes an int, and neither number takes a bool."""
     want = _TYPES.get(declared or "")
-    if want is None:
-        return
-    if not isinstance(value, want) or (isinstance(value, bool) and declared in ("int", "float")):
+    return want is None or (
+        isinstance(value, want) and not (isinstance(value, bool) and declared in ("int", "float"))
+    )
+
+
+def check_type(where: str, name: str, value, declared: str | None) -> None:
+    """:func:`type_ok`, or an error naming ``where`` the value came from."""
+    if not type_ok(value, declared):
         raise ProfileError(f"{where}: {name}={value!r} is {type(value).__name__}, expected {declared}")
 
 
