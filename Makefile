@@ -10,7 +10,7 @@ PRETRAIN ?= full
 SEEDS ?= 3
 export HF_HUB_OFFLINE := 1
 
-.PHONY: help venv pretrain figures pipeline report test determinism seeds unit lab lint format bench data fetch clean
+.PHONY: help venv pretrain dino-recipes figures pipeline report test determinism seeds unit lab lint format bench data fetch clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -24,6 +24,9 @@ venv: $(STAMP)  ## create .venv and install the project (editable) with its test
 
 pretrain: $(STAMP)  ## retrain the shipped mini-world models into models/ (about four hours on 2 cores); PRETRAIN=quick: seconds, under build/
 	$(BIN)/python -m lib.models.pretrained --profile $(PRETRAIN)
+
+dino-recipes: $(STAMP)  ## the DINO recipe ablation behind 01's table, probed on PROFILE's stimuli (6 recipes x 300 steps, about 20 min)
+	$(BIN)/python -m lib.stage.dino_recipes --profile $(PROFILE)
 
 figures: $(STAMP)  ## regenerate every report figure of the embedded default (mini-NSD) into figures/, and the report
 	$(BIN)/python -m lib.pipeline --profile mini

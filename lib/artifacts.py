@@ -69,6 +69,8 @@ ARTIFACTS = {
     "ridge_text": Artifact("02_fmri_encoder", "ridge_text.npz", "ridge: voxels -> caption embedding"),
     "mlp_image": Artifact("02_fmri_encoder", "mlp_image.pt", "residual MLP: voxels -> image embedding"),
     "mlp_text": Artifact("02_fmri_encoder", "mlp_text.pt", "residual MLP: voxels -> caption embedding"),
+    "ridge_dino": Artifact("02_fmri_encoder", "ridge_dino.npz", "ridge: voxels -> DINO's image vector"),
+    "mlp_dino": Artifact("02_fmri_encoder", "mlp_dino.pt", "residual MLP: voxels -> DINO's image vector"),
     "predictions": Artifact("02_fmri_encoder", "predictions.npz", "test-set predictions and targets of 02"),
     "lowlevel_ridge": Artifact(
         "02_fmri_encoder", "lowlevel_ridge.npz", "ridge: early visual voxels -> low-resolution image"
@@ -82,7 +84,7 @@ ARTIFACTS = {
         "03_stylegan2", "reconstructions.npz", "03's reconstructions of the test images"
     ),
 }
-ENCODERS = ("ridge_image", "ridge_text", "mlp_image", "mlp_text")
+ENCODERS = ("ridge_image", "ridge_text", "mlp_image", "mlp_text", "ridge_dino", "mlp_dino")
 GENERATORS = ("generator", "generator_tuned")
 LOWLEVEL = ("lowlevel_ridge", "lowlevel_mlp")
 

@@ -315,16 +315,16 @@ def knn_predict(
     return classes[votes.argmax(1).numpy()]
 
 
-def knn_accuracy(train: np.ndarray, test: np.ndarray, attributes_train, attributes_test, k: int = 20) -> dict:
-    """{attribute: k-NN accuracy on the test rows} for every column of the two attribute tables."""
-    return {
-        a: float(
-            (
-                knn_predict(train, attributes_train[a].to_numpy(), test, k) == attributes_test[a].to_numpy()
-            ).mean()
-        )
-        for a in attributes_train.columns
-    }
+def knn_accuracy(train: np.ndarray, test: np.ndarray, attributes_train, attributes_test, k: int = 20,
+                 per_image: bool = False) -> dict:  # fmt: skip
+    """{attribute: k-NN accuracy on the test rows} for every column of the two attribute tables (with
+    ``per_image``: {attribute: 0/1 per test row} instead)."""
+    out = {}
+    for a in attributes_train.columns:
+        guess = knn_predict(train, attributes_train[a].to_numpy(), test, k)
+        hits = (guess == attributes_test[a].to_numpy()).astype(np.float64)
+        out[a] = hits if per_image else float(hits.mean())
+    return out
 
 
 def linear_probe_accuracy(train: np.ndarray, test: np.ndarray, attributes_train, attributes_test,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from lib import metrics, runtime
 from lib.analysis import stats
@@ -40,7 +41,7 @@ def one_hot(labels: np.ndarray, classes: list | None = None) -> tuple[np.ndarray
 def roi_comparison(x_train: np.ndarray, x_test: np.ndarray, columns: dict[str, np.ndarray],
                    embedding: tuple[np.ndarray, np.ndarray], category: tuple[np.ndarray, np.ndarray],
                    layout: tuple[np.ndarray, np.ndarray], alphas=DEFAULT_ALPHAS, device: str = "auto",
-                   seed: int = 0, per_image: bool = False):  # fmt: skip
+                   seed: int = 0, per_image: bool = False, spaces: dict | None = None):  # fmt: skip
     """Decode three kinds of content from each ROI group's voxels (``columns``: group -> column indices), each
     by ridge with its own leave-one-out alpha per target, from one decomposition per group:
 
@@ -48,6 +49,10 @@ def roi_comparison(x_train: np.ndarray, x_test: np.ndarray, columns: dict[str, n
     - ``category_accuracy``: a class label (``category`` = (train, test) labels; ridge on one-hot, argmax);
     - ``layout_r``: the spatial layout (``layout`` = (train, test) low-resolution images), Pearson r per test
       image between decoded and true raster, averaged.
+
+    ``spaces``: further image spaces {name: (train, test) targets} (e.g. DINO's features), each decoded in the
+    same fit and scored as ``<name>_retrieval_top1``; with its own alpha per target column, adding them changes
+    no other number.
 
     Rows of ``x_train`` must be distinct images (average repeats first), so that leaving one out is honest. With
     ``per_image`` also the scores behind each number, {group: {measure: (N test images,)}} (their means are the
@@ -57,8 +62,9 @@ def roi_comparison(x_train: np.ndarray, x_test: np.ndarray, columns: dict[str, n
     e_tr, e_te = embedding
     c_tr, classes = one_hot(np.asarray(category[0]))
     l_tr, l_te = layout
-    y = np.hstack([e_tr, c_tr, l_tr]).astype(np.float32)
-    de, dc = e_tr.shape[1], c_tr.shape[1]
+    spaces = spaces or {}
+    y = np.hstack([e_tr, c_tr, l_tr, *(tr for tr, _ in spaces.values())]).astype(np.float32)
+    de, dc, dl = e_tr.shape[1], c_tr.shape[1], l_tr.shape[1]
     out, scores = {}, {}
     for name, cols in runtime.progress(columns.items(), desc="ROI groups", leave=False):
         if len(cols) == 0:
@@ -72,14 +78,23 @@ def roi_comparison(x_train: np.ndarray, x_test: np.ndarray, columns: dict[str, n
             "img_retrieval_top1": hits["image"],
             "brain_retrieval_top1": hits["brain"],
             "category_accuracy": (guess == np.asarray(category[1], dtype=object)).astype(np.float64),
-            "layout_r": metrics.pearson_per_sample(pred[:, de + dc :], l_te),
+            "layout_r": metrics.pearson_per_sample(pred[:, de + dc : de + dc + dl], l_te),
         }
+        at = de + dc + dl
+        for space, (tr, te) in spaces.items():
+            scores[name][f"{space}_retrieval_top1"] = metrics.retrieval_per_sample(
+                pred[:, at : at + tr.shape[1]], te, seed=seed
+            )["image"]
+            at += tr.shape[1]
         out[name] = {
             "n_voxels": int(len(cols)),
             "img_retrieval_top1": ret["image"],
             "brain_retrieval_top1": ret["brain"],
             "category_accuracy": float(scores[name]["category_accuracy"].mean()),
             "layout_r": float(scores[name]["layout_r"].mean()),
+        } | {
+            f"{space}_retrieval_top1": float(scores[name][f"{space}_retrieval_top1"].mean())
+            for space in spaces
         }
     return (out, scores) if per_image else out
 
@@ -268,3 +283,37 @@ def lowlevel_choice(x_train: np.ndarray, images_train: np.ndarray, x_test: np.nd
                              "SSIM": metrics.ssim(blurry, images_test), "alpha": float(dec.encoder.alpha_)}  # fmt: skip
         decoders[int(size)] = dec
     return scores, decoders
+
+
+def spatial_targets(x_train: np.ndarray, x_test: np.ndarray, columns: np.ndarray, targets: dict[str, tuple],
+                    position: tuple[np.ndarray, np.ndarray], train_ids: np.ndarray, alphas=DEFAULT_ALPHAS,
+                    device: str = "auto", seed: int = 0, decoded: dict | None = None) -> dict[str, dict]:  # fmt: skip
+    """Candidate targets of the spatial pathway compared on the same voxels: for each of ``targets`` ({name:
+    (target of each training row, of each test row)}), ridge from the voxels ``columns`` (one alpha, chosen
+    leaving whole images out; ``decoded``: {name: test prediction} already made, e.g. the pathway's own pixels)
+    and, on its test prediction: top-1 retrieval among the test images and 2-way identification in the target's
+    own space, and ``position_accuracy``, the 3 x 3 cell of the main object read from the prediction by a
+    linear probe (:func:`lib.metrics.linear_probe_accuracy`) fitted on the true targets of the distinct training
+    images (``position``: (label of each training row, of each test row)), beside ``position_true``, the same
+    probe on the true test targets (what the space itself holds). Returns {name: those numbers, ``dims``}."""
+    decoded = decoded or {}
+    first = np.unique(train_ids, return_index=True)[1]  # one row per training image
+    out = {}
+    for name, (y_tr, y_te) in targets.items():
+        y_tr, y_te = np.reshape(y_tr, (len(y_tr), -1)), np.reshape(y_te, (len(y_te), -1))
+        if name in decoded:
+            pred = np.reshape(decoded[name], (len(y_te), -1))
+        else:
+            enc = RidgeEncoder(alphas=alphas, device=device).fit(x_train[:, columns], y_tr, groups=train_ids)
+            pred = enc.predict(x_test[:, columns])
+        lab_tr = pd.DataFrame({"position": np.asarray(position[0])[first]})
+        lab_te = pd.DataFrame({"position": np.asarray(position[1])})
+        ret = metrics.retrieval(pred, y_te, seed=seed)
+        out[name] = {
+            "img_retrieval_top1": ret["image"],
+            "two_way": metrics.two_way_identification(pred, y_te),
+            "position_accuracy": metrics.linear_probe_accuracy(y_tr[first], pred, lab_tr, lab_te)["position"],
+            "position_true": metrics.linear_probe_accuracy(y_tr[first], y_te, lab_tr, lab_te)["position"],
+            "dims": int(y_tr.shape[1]),
+        }
+    return out

@@ -32,19 +32,25 @@ def probe_table(
 ) -> dict[str, dict]:
     """Probes of each named feature set (rows: images; ``test``: boolean mask of the test rows; fitted on the
     others) for every column of the ``attributes`` table: ``knn`` (:func:`knn_accuracy` with ``k`` neighbours)
-    and ``linear`` (:func:`linear_probe_accuracy`), {name: {attribute: accuracy}}, and ``majority``, the test
-    rows' majority-class rate per attribute (chance)."""
+    and ``linear`` (:func:`linear_probe_accuracy`), {name: {attribute: accuracy}}; ``hits``, the 0/1 scores
+    behind them, {"knn" / "linear": {name: {attribute: (N test,)}}} for paired comparisons; and ``majority``,
+    the test rows' majority-class rate per attribute (chance)."""
     test = np.asarray(test, bool)
     if test.shape != (len(attributes),) or not (test.any() and (~test).any()):
         raise ValueError(f"test mask {test.shape}: expected one entry per row of attributes ({len(attributes)}), "
                          "with training and test rows")  # fmt: skip
     tr, te = attributes[~test], attributes[test]
-    out: dict[str, dict] = {"knn": {}, "linear": {}}
+    hits: dict[str, dict] = {"knn": {}, "linear": {}}
     for name, f in features.items():
         if len(f) != len(test):
             raise ValueError(f"features {name!r}: {len(f)} rows, expected {len(test)}")
-        out["knn"][name] = metrics.knn_accuracy(f[~test], f[test], tr, te, k)
-        out["linear"][name] = metrics.linear_probe_accuracy(f[~test], f[test], tr, te)
+        hits["knn"][name] = metrics.knn_accuracy(f[~test], f[test], tr, te, k, per_image=True)
+        hits["linear"][name] = metrics.linear_probe_accuracy(f[~test], f[test], tr, te, per_image=True)
+    out: dict[str, dict] = {
+        probe: {name: {a: float(v.mean()) for a, v in by_attr.items()} for name, by_attr in table.items()}
+        for probe, table in hits.items()
+    }
+    out["hits"] = hits
     out["majority"] = {a: float(te[a].value_counts(normalize=True).iloc[0]) for a in attributes}
     return out
 

@@ -120,6 +120,29 @@ class DINOLoss(torch.nn.Module):
         self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
 
 
+class MaskedPatchLoss(torch.nn.Module):
+    """iBOT's masked-patch self-distillation: at every hidden patch of a student's view, the cross-entropy from
+    the teacher's centred, sharpened output for that patch of the unmasked view to the student's output; the mean
+    over an image's hidden patches, then over images. The patch outputs have their own running centre."""
+
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
+        super().__init__()
+        self.student_temp, self.center_momentum = student_temp, center_momentum
+        self.register_buffer("center", torch.zeros(1, 1, out_dim))
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, masks: torch.Tensor,
+                teacher_temp: float) -> torch.Tensor:  # fmt: skip
+        """``student`` and ``teacher`` (N, P, K) patch outputs, ``masks`` (N, P) boolean, True where hidden."""
+        q = F.softmax((teacher.float() - self.center) / teacher_temp, dim=-1).detach()
+        ce = -(q * F.log_softmax(student.float() / self.student_temp, dim=-1)).sum(-1)  # (N, P)
+        m = masks.to(ce.device, ce.dtype)
+        loss = ((ce * m).sum(1) / m.sum(1).clamp_min(1)).mean()
+        with torch.no_grad():
+            batch_center = teacher.float().mean((0, 1), keepdim=True)
+            self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
+        return loss
+
+
 def cosine_momentum(step: int, total: int, base: float = 0.996, final: float = 1.0) -> float:
     """DINO's teacher EMA momentum: cosine schedule from ``base`` at step 0 to ``final`` at ``total``."""
     return final - (final - base) * (math.cos(math.pi * min(step, total) / max(total, 1)) + 1) / 2

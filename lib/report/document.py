@@ -62,7 +62,10 @@ FIGURES = {
     "01_similarity.png": "Image-caption cosine similarity on held-out pairs: a strong diagonal means matching "
     "pairs are found.",
     "01_retrieval_examples.png": "Caption-to-image retrieval examples from held-out stimuli.",
-    "01_dino_knn.png": "k-nearest-neighbour probes of the DINO features against the known scene attributes.",
+    "01_dino_knn.png": "k-nearest-neighbour and linear probes of the DINO teacher's image vector and patch grid "
+    "against the known scene attributes, beside the same network at random initialisation and the CLIP embedding.",
+    "01_dino_recipes.png": "The DINO recipe ablation: each recipe (one change at a time, 300 steps each) on the test "
+    "stimuli, coloured by its difference from random initialisation, with the change from the recipe before it.",
     "01_embedding_probes.png": "Linear probes of the image embedding on the test stimuli (fitted on the training "
     "stimuli): this embedding against the same architecture trained from scratch here and at random initialisation.",
     "01_embedding_2d.png": "A 2-D projection of the image embeddings coloured by scene attributes.",

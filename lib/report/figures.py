@@ -313,8 +313,10 @@ def knn_bars(
                 label="majority class" if i == 0 else None,
             )
         ax.set_xticks(np.arange(len(attrs)), attrs)
-        ax.set(ylabel="accuracy (test images)", ylim=(0, 1.12), title=probe)
-        ax.legend(frameon=False, fontsize=7.5, ncols=len(results) + 1, loc="upper left")
+        # room above the bars for the legend's rows (three entries to a row)
+        rows = -(-(len(results) + 1) // 3)
+        ax.set(ylabel="accuracy (test images)", ylim=(0, 1.02 + 0.1 * rows), title=probe)
+        ax.legend(frameon=False, fontsize=7.5, ncols=3, loc="upper left")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -351,6 +353,7 @@ def roi_comparison(results: dict[str, dict], ceiling: dict[str, dict] | None, ch
         "img_retrieval_top1": "image retrieval top-1",
         "category_accuracy": "category (shape) accuracy",
         "layout_r": "spatial layout r (8 × 8)",
+        "dino_retrieval_top1": "DINO image vector: retrieval top-1",
     }
     y = np.arange(len(groups))
     for ax, (measure, ch) in zip(axes[0], chance.items(), strict=True):
@@ -773,4 +776,39 @@ def readback_table(
     ax.set_xticks(range(len(cols)), [f"{c}\n(chance {chance[c]:.2f})" for c in cols], fontsize=8)
     ax.set_yticks(range(len(rows)), rows, fontsize=8)
     ax.set_title(title, fontsize=9)
+    return fig
+
+
+def recipe_table(table: dict[str, dict[str, dict]], title: str = "") -> plt.Figure:
+    """The DINO recipe ablation (:func:`lib.stage.dino_recipes.comparison` of one probe and pooling per panel,
+    {panel: {recipe: {attribute: {"accuracy", "vs_random", "vs_previous"}}}}): each cell the recipe's accuracy,
+    coloured by its difference from the same network at random initialisation; a star where the paired 95%
+    interval of that difference excludes 0, and the difference from the recipe above it (the row's change) below."""
+    panels = list(table)
+    recipes = list(next(iter(table.values())))
+    attrs = list(next(iter(next(iter(table.values())).values())))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(1.2 * len(attrs) + 4.5, 0.62 * len(recipes) * len(panels) + 1.6),
+                             squeeze=False)  # fmt: skip
+    for ax, panel in zip(axes[:, 0], panels, strict=True):
+        rows = table[panel]
+        diff = np.array([[rows[r][a]["vs_random"]["diff"] for a in attrs] for r in recipes])
+        im = ax.imshow(diff, cmap="RdBu", vmin=-0.3, vmax=0.3, aspect="auto")
+        for i, r in enumerate(recipes):
+            for j, a in enumerate(attrs):
+                c = rows[r][a]
+                star = "*" if c["vs_random"]["low"] > 0 or c["vs_random"]["high"] < 0 else ""
+                prev = c["vs_previous"]
+                step = (
+                    ""
+                    if prev is None
+                    else f"\n{prev['diff']:+.2f}{'*' if prev['low'] > 0 or prev['high'] < 0 else ''}"
+                )
+                ax.text(j, i, f"{c['accuracy']:.2f}{star}{step}", ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(attrs)), attrs)
+        ax.set_yticks(range(len(recipes)), recipes, fontsize=8)
+        ax.set_title(panel, fontsize=9)
+        fig.colorbar(im, ax=ax, fraction=0.025, pad=0.01, label="− random init")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
     return fig

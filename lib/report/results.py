@@ -62,6 +62,9 @@ class JointEmbedding:
     dino_knn_random_init: dict | None = None  # only with DINO
     knn_majority: dict | None = None  # only with DINO
     linear_probe: dict | None = None  # only with DINO
+    dino_grid_knn: dict | None = None  # only with DINO: its patch tokens pooled on a 2 x 2 grid
+    dino_grid_knn_random_init: dict | None = None  # only with DINO
+    dino_versus_random: dict | None = None  # only with DINO: {probe: {pair: {attribute: paired difference}}}
     dino_batch_entropy_final: float | None = None  # only when DINO is trained here
     dino_steps: int | None = None  # only when DINO is trained here
     dino_teacher_entropy_final: float | None = None  # only when DINO is trained here
@@ -93,6 +96,10 @@ class FmriEncoder:
     uncertainty: dict
     voxel_r_median: dict
     best_fraction_of_ceiling: float | None = None  # only on simulated data, where the ceiling is known
+    dino_retrieval_ratio: float | None = None  # only with DINO targets: best DINO / best CLIP-image retrieval
+    spatial_targets: dict | None = (
+        None  # only with DINO (simulated data): the spatial pathway's candidate targets
+    )
 
 
 @dataclasses.dataclass

@@ -19,7 +19,7 @@ import dataclasses
 import numpy as np
 
 from lib.analysis import decoding, stats
-from lib.data import prep, simulate
+from lib.data import prep, scenes, simulate
 from lib.data.rois import STANDARD_GROUPS
 from lib.models import lowlevel as lowlevel_models
 from lib.models.mlp import MLPConfig
@@ -82,10 +82,18 @@ class Inputs:
 
 
 def load_inputs(
-    st, *, train_on: str = "trials", test_on: str = "averaged", text_targets: bool = True
+    st,
+    *,
+    train_on: str = "trials",
+    test_on: str = "averaged",
+    text_targets: bool = True,
+    dino_targets: bool = True,
 ) -> Inputs:
     """00's prepared responses of ``st``'s subject, ROI and sessions (an error naming 00 when it has not run),
-    with 01's image (and, with ``text_targets``, caption) embedding of each row as targets."""
+    with 01's image (and, with ``text_targets``, caption) embedding of each row as targets; with ``dino_targets``
+    and 01's DINO features (simulated data), DINO's image vector ("dino") as a further target, and its patch
+    tokens on a 2 x 2 grid ("dino_grid") for the spatial pathway, each standardised with the training images'
+    mean and standard deviation (DINO's features are non-negative; retrieval compares directions)."""
     _one_of("train_on", train_on, TRAIN_ON)
     _one_of("test_on", test_on, TEST_ON)
     ds, where = st.ds, (st.subject, st.roi, st.sessions)
@@ -100,9 +108,22 @@ def load_inputs(
     if train_on == "averaged":
         x_train, train_ids, _ = prep.average_repeats(x_train, train_ids)
     kinds = ["image", "text"] if text_targets else ["image"]
+    if dino_targets and "dino" in vec:
+        vec = dict(vec) | {k: _standardised(vec[k], vec["ids"], train_ids) for k in DINO_SPACES if k in vec}
+        kinds.append("dino")
     y_train = {k: decoding.rows_of(vec["ids"], vec[k], train_ids) for k in kinds}
     y_test = {k: decoding.rows_of(vec["ids"], vec[k], test_ids) for k in kinds}
     return Inputs(data, vec, x_train, train_ids, x_test, test_ids, y_train, y_test, train_on, test_on)
+
+
+#: 01's DINO features 02 reads: the image vector (an encoder target) and the 2 x 2 grid (the spatial pathway's)
+DINO_SPACES = ("dino", "dino_grid")
+
+
+def _standardised(values: np.ndarray, ids: np.ndarray, train_ids: np.ndarray) -> np.ndarray:
+    """Every row of ``values`` z-scored per column with the mean and standard deviation of the training images'."""
+    fit = decoding.rows_of(ids, values, np.unique(train_ids))
+    return ((values - fit.mean(0)) / np.maximum(fit.std(0), 1e-6)).astype(np.float32)
 
 
 # --- the encoders -------------------------------------------------------------------------------------------------
@@ -142,9 +163,10 @@ def _fit(st, inputs: Inputs, enc: Encoders, x_train, x_test, x_val, mlp: MLPConf
 
 
 def fit_encoders(st, *, inputs: Inputs, mlp: MLPConfig, alphas, ridge_cv: int = 0, val_images: int = 200,
-                 mlp_text: bool = False) -> Encoders:  # fmt: skip
+                 mlp_text: bool = False, mlp_dino: bool = True) -> Encoders:  # fmt: skip
     """Ridge into every target kind (alpha from ``alphas`` by leave-one-image-out, or ``ridge_cv`` folds grouped by
-    image) and the residual MLP (``mlp``) into the image embedding (and the caption's with ``mlp_text``). The MLP
+    image) and the residual MLP (``mlp``) into the image embedding (and the caption's with ``mlp_text``, DINO's
+    image vector with ``mlp_dino`` where it is a target). The MLP
     trains on the training rows of all but ``val_images`` images drawn by ``st.rng`` and stops early on those."""
     held_out = prep.draw_ids(np.unique(inputs.train_ids), val_images, st.rng, "encoder.val_images",
                              "training images held out for early stopping", keep=1)  # fmt: skip
@@ -153,7 +175,8 @@ def fit_encoders(st, *, inputs: Inputs, mlp: MLPConfig, alphas, ridge_cv: int = 
     vec = inputs.vec
     enc = Encoders(
         fitted={}, ridge=dict(alphas=alphas, cv=ridge_cv or None, device=st.device), mlp=mlp,
-        mlp_kinds=inputs.kinds if mlp_text else ["image"], val=val, x_val=x_val, val_ids=val_ids,
+        mlp_kinds=[k for k in inputs.kinds if {"image": True, "text": mlp_text, "dino": mlp_dino}[k]],
+        val=val, x_val=x_val, val_ids=val_ids,
         val_targets={k: decoding.rows_of(vec["ids"], vec[k], val_ids) for k in inputs.kinds},
     )  # fmt: skip
     enc.fitted = _fit(st, inputs, enc, inputs.x_train, inputs.x_test, x_val, mlp, "measured")
@@ -261,8 +284,12 @@ def roi_groups(
     columns = prep.group_columns(ds, st.subject, data.voxel_ijk, groups or list(STANDARD_GROUPS))
     xa, ida, _ = prep.average_repeats(data.x_train, data.train_ids)
     e_pair, cat, lay, chance = decoding.roi_targets(ds, ida, inputs.test_ids, inputs.vec, layout_grid)
+    # DINO's image vector decoded in the same fits: which areas carry what DINO encodes
+    spaces = {k: (decoding.rows_of(inputs.vec["ids"], inputs.vec[k], ida), inputs.y_test[k])
+              for k in inputs.kinds if k == "dino"}  # fmt: skip
+    chance |= {f"{k}_retrieval_top1": chance["img_retrieval_top1"] for k in spaces}
     res, per_image = decoding.roi_comparison(
-        xa, inputs.x_test, columns, e_pair, cat, lay, alphas, st.device, seed, per_image=True
+        xa, inputs.x_test, columns, e_pair, cat, lay, alphas, st.device, seed, per_image=True, spaces=spaces
     )
     pairs = [(g, st.roi) for g in res if g != st.roi]
     uncertainty = decoding.uncertainty(per_image, pairs, resamples, seed)
@@ -270,7 +297,9 @@ def roi_groups(
     if ds.is_simulated:
         clean = simulate.noise_free_for(ds, st.subject, data.voxel_ijk, ida)
         ca, cte = prep.standardise(clean, ceiling.raw_test)
-        roi_ceiling = decoding.roi_comparison(ca, cte, columns, e_pair, cat, lay, alphas, st.device, seed)
+        roi_ceiling = decoding.roi_comparison(
+            ca, cte, columns, e_pair, cat, lay, alphas, st.device, seed, spaces=spaces
+        )
     return RoiGroups(columns, xa, ida, e_pair, res, uncertainty, roi_ceiling, chance)
 
 
@@ -319,6 +348,48 @@ def spatial_pathway(st, *, inputs: Inputs, encoders: Encoders, roi: str = "early
                                   val=encoders.val, device=st.device)  # fmt: skip
     blurry = dec.blurry(inputs.x_test, img_test.shape[1])
     return Lowlevel(dec, choice, int(len(cols)), roi, size, model, img_test, blurry)
+
+
+@dataclasses.dataclass
+class SpatialTargets:
+    """The spatial pathway's candidate targets compared on its voxels: the pixels it decodes, and DINO's patch
+    tokens on a 2 x 2 grid and its image vector (:func:`lib.analysis.decoding.spatial_targets`)."""
+
+    scores: dict  # {target: {img_retrieval_top1, two_way, position_accuracy, position_true, dims}}
+    chance: dict  # retrieval 1/n, 2-way 0.5, position the majority cell
+    roi: str
+
+    def describe(self) -> str:
+        return "\n".join(
+            f"{name:>12}: retrieval {r['img_retrieval_top1']:.3f}, 2-way {r['two_way']:.3f}, position "
+            f"{r['position_accuracy']:.3f} (true targets {r['position_true']:.3f}), {r['dims']} dims"
+            for name, r in self.scores.items()
+        )
+
+
+def spatial_targets(st, *, inputs: Inputs, lowlevel: Lowlevel, alphas) -> SpatialTargets | None:
+    """DINO's features as candidate targets of the spatial pathway, beside its pixels, from the same ``lowlevel.roi``
+    voxels: each scored by retrieval and 2-way identification in its own space and by where the main object is,
+    read by a probe fitted on the true targets (the simulator's 3 x 3 position; None without DINO or on real
+    data). The pixels are the pathway's own decoder's prediction."""
+    if not (st.ds.is_simulated and "dino_grid" in inputs.vec):
+        return None
+    ds, ids = st.ds, inputs.train_ids
+    cols = prep.group_columns(ds, st.subject, inputs.prepared.voxel_ijk, [lowlevel.roi])[lowlevel.roi]
+    pixels = tuple(lowlevel_models.downsample(ds.images(i), lowlevel.size) for i in (ids, inputs.test_ids))
+    targets = {f"pixels {lowlevel.size} px": pixels,
+               "DINO grid": tuple(decoding.rows_of(inputs.vec["ids"], inputs.vec["dino_grid"], i)
+                                  for i in (ids, inputs.test_ids)),
+               "DINO image": (inputs.y_train["dino"], inputs.y_test["dino"])}  # fmt: skip
+    position = tuple(
+        scenes.attribute_table(ds.scenes(i))["position"].to_numpy() for i in (ids, inputs.test_ids)
+    )
+    decoded = {f"pixels {lowlevel.size} px": lowlevel.decoder.predict(inputs.x_test)}
+    scores = decoding.spatial_targets(inputs.x_train, inputs.x_test, cols, targets, position, ids, alphas,
+                                      st.device, st.seed, decoded)  # fmt: skip
+    majority = float(np.unique(position[1], return_counts=True)[1].max() / len(position[1]))
+    chance = {"img_retrieval_top1": 1 / min(300, len(inputs.test_ids)), "two_way": 0.5, "position": majority}
+    return SpatialTargets(scores, chance, lowlevel.roi)
 
 
 # --- learning curves, voxel accuracy, predictions -------------------------------------------------------------------
@@ -399,8 +470,15 @@ def seed_spread(st, *, inputs: Inputs, encoders: Encoders, scores: Scores, seeds
     return stats.across_seeds(range(st.seed, st.seed + seeds), table_of, first=scores.table)
 
 
+def dino_ratio(scores: Scores) -> float | None:
+    """The better DINO encoder's test image retrieval over the better CLIP-image encoder's (None without DINO)."""
+    dino = [r["img_retrieval_top1"] for n, r in scores.table.items() if n.endswith("_dino")]
+    return max(dino) / max(scores.table[scores.best]["img_retrieval_top1"], 1e-9) if dino else None
+
+
 def results(st, *, inputs: Inputs, encoders: Encoders, scores: Scores, uncertainty: dict, roi: RoiGroups,
-            lowlevel: Lowlevel, curve: dict, voxels: VoxelAccuracy, spread: dict) -> FmriEncoder:  # fmt: skip
+            lowlevel: Lowlevel, curve: dict, voxels: VoxelAccuracy, spread: dict,
+            spatial: SpatialTargets | None = None) -> FmriEncoder:  # fmt: skip
     """02's results (:class:`lib.report.results.FmriEncoder`) from the steps' outputs."""
     fitted, table = encoders.fitted, scores.table
     return FmriEncoder(
@@ -413,4 +491,7 @@ def results(st, *, inputs: Inputs, encoders: Encoders, scores: Scores, uncertain
         voxel_r_median=voxels.medians(), ridge_learning_curve=curve, uncertainty=uncertainty,
         roi_uncertainty=roi.uncertainty, seed_spread=spread, lowlevel=lowlevel.record(),
         best_fraction_of_ceiling=table[scores.best]["fraction_of_ceiling"] if scores.has_ceiling else None,
+        dino_retrieval_ratio=dino_ratio(scores),
+        spatial_targets=None if spatial is None else {"roi": spatial.roi, "chance": spatial.chance,
+                                                      "scores": spatial.scores},
     )  # fmt: skip

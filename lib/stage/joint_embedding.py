@@ -315,31 +315,49 @@ def dino_teacher(st, *, src: Sources, embedded: Embedded, cfg: dino.DinoConfig) 
         return Dino(
             backbone,
             dino.normalise(images, mean=mean, std=std),
-            dino.DinoConfig(width=backbone.width, seed=st.seed),
+            dino.DinoConfig(width=backbone.width, stride=backbone.stride, seed=st.seed),
         )
     x = dino.normalise(images, ids_fit=np.flatnonzero(~embedded.test))
     _, teacher, history = dino.train_dino(
         x[~embedded.test], cfg, st.store.work_dir(st.name), device=st.device
     )
     history["log_k"] = float(np.log(cfg.out_dim))
-    return Dino(teacher[0], x, cfg, history)
+    return Dino(teacher.backbone, x, cfg, history)
 
 
-def probe_dino(st, *, teacher: Dino, embedded: Embedded, knn_k: int) -> dict | None:
+#: the DINO feature sets 01 probes: {name: (network, pooling of :func:`lib.models.dino.features`)}
+DINO_FEATURES = {
+    "DINO image vector": ("teacher", "cls"),
+    "DINO patch grid": ("teacher", "grid"),
+    "random init, image vector": ("random", "cls"),
+    "random init, patch grid": ("random", "grid"),
+}
+#: each DINO feature set against the same network at random initialisation, on the same test images
+DINO_PAIRS = (
+    ("DINO image vector", "random init, image vector"),
+    ("DINO patch grid", "random init, patch grid"),
+)
+
+
+def probe_dino(st, *, teacher: Dino, embedded: Embedded, knn_k: int, resamples: int) -> dict | None:
     """k-NN (``knn_k`` neighbours) and linear probes of the scene attributes from the frozen features of the DINO
-    teacher, the same network at random initialisation and the CLIP image embedding (a reference), fitted on the
-    training images and scored on the test images (:func:`lib.analysis.probes.probe_table`): {"knn", "linear",
-    "majority", "features" (the teacher's features of every stimulus)}; None without DINO."""
+    teacher, its image vector (the mean of the patch tokens) and its patch tokens pooled on a 2 x 2 grid, and the
+    same from the network at random initialisation, with the CLIP image embedding as a reference; fitted on the
+    training images and scored on the test images (:func:`lib.analysis.probes.probe_table`), and each DINO set
+    against random init on the same images (paired 95% intervals, ``resamples``): {"knn", "linear", "majority",
+    "versus_random" ({probe: {pair: {attribute: paired}}}), "features" (the teacher's image vector of every
+    stimulus), "grid" (its patch grid)}; None without DINO."""
     if teacher.backbone is None:
         return None
-    feats = dino.features(teacher.backbone, teacher.x)
-    random_init = dino.build(teacher.cfg)[0][0].to(st.device)
+    nets = {"teacher": teacher.backbone, "random": dino.build(teacher.cfg)[0].backbone.to(st.device)}
     table = {
-        "DINO teacher": feats,
-        "random init": dino.features(random_init, teacher.x),
-        "CLIP image (reference)": embedded.vectors["image"],
+        name: dino.features(nets[net], teacher.x, pooling=pool) for name, (net, pool) in DINO_FEATURES.items()
     }
+    table["CLIP image (reference)"] = embedded.vectors["image"]
     out = probes.probe_table(table, embedded.test, scenes.attribute_table(st.ds.scenes(embedded.ids)), knn_k)
+    hits = out.pop("hits")
+    out["versus_random"] = {probe: stats.comparisons(hits[probe], DINO_PAIRS, resamples, seed=st.seed)
+                            for probe in ("knn", "linear")}  # fmt: skip
     print(
         "k-NN",
         probes.knn_table(out["knn"], out["majority"]),
@@ -347,7 +365,14 @@ def probe_dino(st, *, teacher: Dino, embedded: Embedded, knn_k: int) -> dict | N
         probes.knn_table(out["linear"], out["majority"]),
         sep="\n",
     )
-    return out | {"features": feats}
+    return out | {"features": table["DINO image vector"], "grid": table["DINO patch grid"]}
+
+
+def describe_versus(dino_probes: dict) -> str:
+    """Each DINO vector against random init (paired 95% intervals), per probe, as printed under 01's DINO figure."""
+    return "\n".join(
+        f"{probe}:\n{stats.describe_comparisons(c)}" for probe, c in dino_probes["versus_random"].items()
+    )
 
 
 def projection(st, data: Split, *, embedded: Embedded) -> dict | None:
@@ -366,7 +391,9 @@ def save_and_check(
     """Save the embeddings of every stimulus (and DINO's features) for later notebooks, then check them: finite,
     no test image among the training images, retrieval clearly above chance, and no DINO collapse."""
     vec = embedded.vectors
-    extra = {"dino": dino_probes["features"]} if dino_probes is not None else {}
+    extra = (
+        {"dino": dino_probes["features"], "dino_grid": dino_probes["grid"]} if dino_probes is not None else {}
+    )
     st.store.save_embeddings(embedded.ids, vec["image"], vec["text"], emb.key, vec["text_each"], **extra)
     assert vec["image"].shape == (len(embedded.ids), emb.dim) and np.isfinite(vec["image"]).all()
     assert not prep.is_test_image(st.ds, data.train_ids).any(), (
@@ -376,6 +403,9 @@ def save_and_check(
     assert embedded.img2txt > 5 * chance and embedded.txt2img > 5 * chance, (
         "retrieval is not clearly above chance"
     )
+    if dino_probes is not None and teacher.history is None:  # the shipped teacher learned at least the scene
+        bg = dino_probes["versus_random"]["knn"][" − ".join(DINO_PAIRS[0])]["background"]
+        assert bg["low"] > 0, "the shipped DINO does not tell backgrounds apart better than random init"
     if (
         teacher.history is not None
     ):  # no collapse: the batch-mean output spreads over prototypes, samples stay sharp
@@ -409,13 +439,16 @@ def results(
             probe_uncertainty=probed.uncertainty,
         )
     if dino_probes is not None:
-        knn, knn_random, knn_clip = dino_probes["knn"].values()
+        knn = dino_probes["knn"]
         optional |= dict(
-            dino_knn=knn,
-            dino_knn_random_init=knn_random,
-            dino_knn_clip_image=knn_clip,
+            dino_knn=knn["DINO image vector"],
+            dino_knn_random_init=knn["random init, image vector"],
+            dino_knn_clip_image=knn["CLIP image (reference)"],
+            dino_grid_knn=knn["DINO patch grid"],
+            dino_grid_knn_random_init=knn["random init, patch grid"],
             knn_majority=dino_probes["majority"],
             linear_probe=dino_probes["linear"],
+            dino_versus_random=dino_probes["versus_random"],
         )
     if teacher.history is not None:  # DINO trained here
         optional |= dict(

@@ -139,3 +139,48 @@ def test_roi_targets_on_the_tiny_dataset(tiny):
     shapes = pd.Series(cat[1]).value_counts(normalize=True)
     assert chance["category_accuracy"] == pytest.approx(shapes.iloc[0]) and chance["layout_r"] == 0.0
     assert chance["img_retrieval_top1"] == 1 / min(300, len(test))
+
+
+def test_roi_comparison_decodes_further_spaces_in_the_same_fit_without_changing_the_rest():
+    rng = np.random.default_rng(1)
+    n_tr, n_te, d = 300, 60, 8
+    emb, other = rng.normal(size=(n_tr + n_te, d)), rng.normal(size=(n_tr + n_te, 5))
+    labels = np.array(["p", "q"])[rng.integers(0, 2, n_tr + n_te)]
+    layout = rng.normal(size=(n_tr + n_te, 4))
+    # group "a" carries the embedding, group "b" the other space
+    x = np.hstack([emb @ rng.normal(size=(d, 30)), other @ rng.normal(size=(5, 30))]) + 0.3 * rng.normal(
+        size=(n_tr + n_te, 60)
+    )
+    cols = {"a": np.arange(30), "b": np.arange(30, 60)}
+    args = (x[:n_tr], x[n_tr:], cols, (emb[:n_tr], emb[n_tr:]), (labels[:n_tr], labels[n_tr:]),
+            (layout[:n_tr], layout[n_tr:]))  # fmt: skip
+    plain = decoding.roi_comparison(*args, device="cpu")
+    more = decoding.roi_comparison(*args, device="cpu", spaces={"other": (other[:n_tr], other[n_tr:])})
+    for g in cols:  # alphas per target column: the other numbers are unchanged
+        assert {k: v for k, v in more[g].items() if k != "other_retrieval_top1"} == pytest.approx(plain[g])
+    assert more["b"]["other_retrieval_top1"] > 0.8 and more["a"]["other_retrieval_top1"] < 0.1
+
+
+def test_spatial_targets_reads_position_from_the_space_that_holds_it():
+    """Voxels carry a one-hot position code through noise; a target space that holds the position (its code, with
+    a random projection) gives the probe the position back, a space of pure noise does not."""
+    rng = np.random.default_rng(2)
+    n_img, reps, n_te = 240, 2, 60
+    pos = rng.integers(0, 9, n_img + n_te)
+    onehot = np.eye(9)[pos]
+    holds = onehot @ rng.normal(size=(9, 12)) + 0.1 * rng.normal(size=(n_img + n_te, 12))
+    noise = rng.normal(size=(n_img + n_te, 12))
+    x_all = onehot @ rng.normal(size=(9, 50)) + 0.5 * rng.normal(size=(n_img + n_te, 50))
+    ids = np.repeat(np.arange(n_img), reps)
+    x_train = x_all[ids] + 0.3 * rng.normal(size=(len(ids), 50))
+    x_test = x_all[n_img:]
+    targets = {"holds": (holds[ids], holds[n_img:]), "noise": (noise[ids], noise[n_img:])}
+    out = decoding.spatial_targets(x_train, x_test, np.arange(50), targets, (pos[ids], pos[n_img:]), ids,
+                                   device="cpu")  # fmt: skip
+    assert out["holds"]["position_true"] > 0.9 and out["holds"]["position_accuracy"] > 0.7
+    assert out["noise"]["position_true"] < 0.35 and out["holds"]["two_way"] > out["noise"]["two_way"]
+    assert out["holds"]["dims"] == 12
+    given = decoding.spatial_targets(x_train, x_test, np.arange(50), {"holds": targets["holds"]},
+                                     (pos[ids], pos[n_img:]), ids, device="cpu",
+                                     decoded={"holds": holds[n_img:]})  # fmt: skip
+    assert given["holds"]["two_way"] == 1.0  # a prediction equal to its target identifies every image

@@ -43,3 +43,15 @@ def test_scratch_seed_spread_retrains_per_seed_and_keeps_the_store_untouched(tmp
                                table.iloc[20:].reset_index(drop=True), caps[20:])  # fmt: skip
     assert row["img2txt_top1"]["values"][0] == probes["scratch"]["img2txt_top1"]
     assert row["shape"]["values"][0] == probes["scratch"]["linear_probe"]["shape"]
+
+
+def test_probe_table_hits_are_the_scores_behind_each_accuracy():
+    rng = np.random.default_rng(3)
+    attrs = pd.DataFrame({"colour": rng.choice(["red", "blue", "green"], 90)})
+    feats = {"half": np.eye(3)[pd.factorize(attrs["colour"])[0]] + rng.normal(0, 0.8, (90, 3))}
+    test = np.arange(90) % 3 == 0
+    out = probes.probe_table(feats, test, attrs, k=5)
+    for probe in ("knn", "linear"):
+        hits = out["hits"][probe]["half"]["colour"]
+        assert hits.shape == (30,) and set(np.unique(hits)) <= {0.0, 1.0}
+        assert hits.mean() == out[probe]["half"]["colour"]

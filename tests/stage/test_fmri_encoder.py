@@ -19,6 +19,7 @@ METRICS_KEYS = {
     "subject", "roi", "train_on", "test_on", "n_train", "n_test", "chance", "encoders", "roi_groups",
     "roi_groups_ceiling", "roi_chance", "ridge_alpha", "mlp_epochs", "mlp_train_seconds", "voxel_r_median",
     "ridge_learning_curve", "uncertainty", "roi_uncertainty", "seed_spread", "lowlevel", "best_fraction_of_ceiling",
+    "dino_retrieval_ratio", "spatial_targets",  # with DINO's features as targets
 }  # fmt: skip
 
 
@@ -61,6 +62,7 @@ def test_results_hold_exactly_the_metrics_keys_and_read_back():
     assert record["lowlevel"] == {"roi": "early", "size": 16, "model": "ridge", "n_voxels": 5,
                                   "target_choice": {16: {"PixCorr": 0.7}}}  # fmt: skip
     assert (record["n_train"], record["n_test"], record["chance"]) == (6, 3, 1 / 3)
+    assert record["dino_retrieval_ratio"] is None and record["spatial_targets"] is None  # no DINO target here
     header = {"profile": "quick", "seed": 0, "device": "cpu"}
     assert report_results.from_record("02_fmri_encoder", header | record) == res
 
@@ -167,3 +169,21 @@ def test_encoder_section_refuses_an_empty_alpha_grid_naming_it():
     cfg = profiles.load("quick")
     with pytest.raises(profiles.ProfileError, match=r"hyperparameters\.encoder.*ridge_alphas=\[\]"):
         profiles.resolve_config(cfg, "encoder", {"encoder.ridge_alphas": []})
+
+
+def test_dino_ratio_is_the_better_dino_encoder_over_the_better_image_encoder():
+    table = {"ridge_image": {"img_retrieval_top1": 0.2}, "mlp_image": {"img_retrieval_top1": 0.4},
+             "ridge_dino": {"img_retrieval_top1": 0.3}, "mlp_dino": {"img_retrieval_top1": 0.1}}  # fmt: skip
+    assert fe.dino_ratio(fe.Scores(table, 1 / 300, False)) == pytest.approx(0.3 / 0.4)
+    no_dino = {k: v for k, v in table.items() if "dino" not in k}
+    assert fe.dino_ratio(fe.Scores(no_dino, 1 / 300, False)) is None
+
+
+def test_dino_targets_are_standardised_with_the_training_images():
+    rng = np.random.default_rng(0)
+    ids = np.arange(10, 30)
+    values = rng.gamma(2.0, 1.0, (20, 4))  # non-negative, as DINO's features
+    train_ids = np.repeat(ids[:12], 2)  # repeated rows: each training image counts once
+    z = fe._standardised(values, ids, train_ids)
+    assert np.allclose(z[:12].mean(0), 0, atol=1e-6) and np.allclose(z[:12].std(0), 1, atol=1e-5)
+    assert np.allclose(z[12:], (values[12:] - values[:12].mean(0)) / values[:12].std(0), atol=1e-5)

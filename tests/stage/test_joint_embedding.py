@@ -21,6 +21,9 @@ METRICS_KEYS = {
     "dino_knn",
     "dino_knn_clip_image",
     "dino_knn_random_init",
+    "dino_grid_knn",
+    "dino_grid_knn_random_init",
+    "dino_versus_random",
     "dino_source",
     "dino_steps",
     "dino_teacher_entropy_final",
@@ -184,11 +187,15 @@ def _outputs(dino_trained: bool, simulated: bool = True):
     history = {"seconds": 2.0, "teacher_entropy": [4.0, 3.0], "batch_entropy": [5.0, 4.5]}
     teacher = je.Dino(cfg=dino.DinoConfig(steps=40), history=history if dino_trained else None)
     knn = {
-        "DINO teacher": {"shape": 0.9},
-        "random init": {"shape": 0.3},
+        "DINO image vector": {"shape": 0.9},
+        "DINO patch grid": {"shape": 0.7},
+        "random init, image vector": {"shape": 0.3},
+        "random init, patch grid": {"shape": 0.2},
         "CLIP image (reference)": {"shape": 0.8},
     }
-    dino_probes = {"knn": knn, "linear": {"DINO teacher": {"shape": 1.0}}, "majority": {"shape": 0.25}}
+    versus = {"knn": {"DINO image vector − random init, image vector": {"shape": {"diff": 0.6}}}}
+    dino_probes = {"knn": knn, "linear": {"DINO image vector": {"shape": 1.0}}, "majority": {"shape": 0.25},
+                   "versus_random": versus}  # fmt: skip
     return dict(
         st=st,
         data=data,
@@ -213,8 +220,13 @@ def test_results_hold_exactly_the_metrics_keys_and_their_values():
     assert set(record) == METRICS_KEYS
     assert record["dino_knn"] == {"shape": 0.9} and record["dino_knn_random_init"] == {"shape": 0.3}
     assert record["dino_knn_clip_image"] == {"shape": 0.8} and record["linear_probe"] == {
-        "DINO teacher": {"shape": 1.0}
+        "DINO image vector": {"shape": 1.0}
     }
+    assert record["dino_grid_knn"] == {"shape": 0.7} and record["dino_grid_knn_random_init"] == {"shape": 0.2}
+    assert (
+        record["dino_versus_random"]["knn"]["DINO image vector − random init, image vector"]["shape"]["diff"]
+        == 0.6
+    )
     assert (record["clip_steps"], record["train_seconds"], record["dino_steps"]) == (60, 3.0, 40)
     assert (record["dino_teacher_entropy_final"], record["dino_batch_entropy_final"]) == (3.0, 4.5)
     assert record["model"] == {
@@ -260,12 +272,22 @@ def test_save_and_check_stops_a_collapsed_dino():
     collapsed = je.Dino(
         cfg=dino.DinoConfig(out_dim=64), history={"batch_entropy": [0.1], "teacher_entropy": [0.1]}
     )
-    feats = {"features": np.zeros((30, 3))}
+    feats = {"features": np.zeros((30, 3)), "grid": np.zeros((30, 12))}
     with pytest.raises(AssertionError, match="collapsed onto a few prototypes"):
         je.save_and_check(
             st, data, emb=FakeEmbedder(30), embedded=embedded, teacher=collapsed, dino_probes=feats
         )
     assert saved["args"][3] == "k0" and saved["extra"]["dino"].shape == (30, 3)  # saved before the checks
+    assert saved["extra"]["dino_grid"].shape == (30, 12)
+    # the shipped teacher (no history) must tell backgrounds apart better than random init
+    pair = " − ".join(je.DINO_PAIRS[0])
+    no_better = feats | {
+        "versus_random": {"knn": {pair: {"background": {"diff": 0.01, "low": -0.02, "high": 0.04}}}}
+    }
+    with pytest.raises(AssertionError, match="does not tell backgrounds apart better than random init"):
+        je.save_and_check(
+            st, data, emb=FakeEmbedder(30), embedded=embedded, teacher=je.Dino(), dino_probes=no_better
+        )
     je.save_and_check(st, data, emb=FakeEmbedder(30), embedded=embedded, teacher=je.Dino(), dino_probes=None)
     assert "dino" not in saved["extra"]
 

@@ -174,12 +174,13 @@ def test_dino_on_two_processes_keeps_one_centre_and_resumes_exactly(tmp_path):
 
     imgs, _ = _captioned(16)
     x = dino.normalise(imgs)
+    # with the masked-patch term: the patch outputs are gathered with the image vectors' (lib.models.dino._views)
     cfg = dino.DinoConfig(steps=3, batch_size=4, out_dim=16, n_local=2, global_size=32, local_size=32,
-                          checkpoint_every=1, width=8)  # fmt: skip
+                          checkpoint_every=1, width=8, stride=16, patch_weight=1.0)  # fmt: skip
     _, t_full, h_full = dino.train_dino(
         x, cfg, state_dir=tmp_path / "full", device="cpu", nproc=2, accumulate=2
     )
-    assert h_full["done"] and np.isfinite(h_full["loss"]).all()
+    assert h_full["done"] and np.isfinite(h_full["loss"]).all() and min(h_full["patch_loss"]) > 0
     state = torch.load(next((tmp_path / "full").glob("dino-state-*.pt")), weights_only=True)
     c0, c1 = (s["center"] for s in state["loss"])  # each process's centre, updated from the gathered batch
     assert torch.equal(c0, c1) and float(c0.abs().sum()) > 0

@@ -84,7 +84,7 @@ class PretrainConfig:
     attr_weight: float = 0.5  # cross-entropy of each attribute head, image and text
     pixel_weight: float = 10.0  # squared error of the 32 px read-back from the image embedding
     # DINO
-    dino_steps: int = 800
+    dino_steps: int = 4000
     dino_batch: int = 64
     dino_images: int = 24000  # corpus images DINO trains on
     dino_width: int = 16
@@ -461,21 +461,36 @@ def train_generator(cfg: PretrainConfig, corp: cp.Corpus, emb: embedding.Embedde
 
 
 def dino_config(cfg: PretrainConfig) -> dino.DinoConfig:
+    """The shipped DINO recipe (chosen by :mod:`lib.stage.dino_recipes`): milder crops than natural-image DINO and
+    no flips, so that size and position survive the augmentations; a stride-16 trunk whose 4 x 4 patch tokens
+    carry iBOT's masked-patch term; colour jitter, local crops centred on rare-colour pixels (objects, found
+    without labels), and KoLeo on batches that keep one-attribute pairs together."""
     return dino.DinoConfig(
         steps=cfg.dino_steps, batch_size=cfg.dino_batch, lr=1e-3, out_dim=1024, n_global=2, n_local=4,
         global_size=cfg.image_size, local_size=max(32, cfg.image_size // 2), global_scale=(0.6, 1.0),
-        local_scale=(0.2, 0.5), flip=False, width=cfg.dino_width, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every,
+        local_scale=(0.05, 0.3), flip=False, width=cfg.dino_width, stride=16, object_crops=0.75, patch_weight=1.0,
+        koleo_weight=0.1, pair_share=0.5, colour_jitter=0.8, grey=0.2, seed=cfg.seed,
+        checkpoint_every=cfg.checkpoint_every,
     )  # fmt: skip
+
+
+def dino_data(cfg: PretrainConfig, corp: cp.Corpus | None = None):
+    """DINO's ``dino_images`` corpus images, normalised; their channel (mean, std); the row of each one's
+    one-attribute partner (-1 for none), for batches that keep pairs together."""
+    corp = corp or cp.Corpus(cfg.seed, cfg.image_size, hard_negatives=cfg.hard_negatives)
+    b = corp.take(cfg.dino_images, start=OFFSETS["dino"])
+    mean, std = dino.channel_stats(b.images)
+    return dino.normalise(b.images, mean=mean, std=std), (mean, std), b.partner
 
 
 def train_dino_teacher(cfg: PretrainConfig, corp: cp.Corpus, state_dir: Path | None, device: str = "auto"):
     """DINO on ``dino_images`` corpus images; returns (teacher backbone, (mean, std) of the normalisation, history)."""
-    images = corp.take(cfg.dino_images, start=OFFSETS["dino"]).images
-    x = dino.normalise(images)
-    mean, std = dino.channel_stats(images)
-    _, teacher, history = dino.train_dino(x, dino_config(cfg), state_dir=state_dir, device=device)
+    x, stats, partners = dino_data(cfg, corp)
+    _, teacher, history = dino.train_dino(
+        x, dino_config(cfg), state_dir=state_dir, device=device, partners=partners
+    )
     history["scenes"] = cfg.dino_images
-    return teacher[0].eval(), (mean, std), history
+    return teacher.backbone.eval(), stats, history
 
 
 # ================================================================================================================
@@ -566,14 +581,18 @@ def score_embedding(emb: embedding.Embedder, tr: cp.Batch, te: cp.Batch) -> dict
 
 
 def score_dino(backbone: nn.Module, stats, tr: cp.Batch, te: cp.Batch, cfg: PretrainConfig) -> dict:
+    """k-NN and linear probes of the held-out scenes' attributes from the teacher's image vector and patch grid,
+    and k-NN from the same network at random initialisation."""
     mean, std = stats
-    fa = dino.features(backbone, dino.normalise(tr.images, mean=mean, std=std))
-    fb = dino.features(backbone, dino.normalise(te.images, mean=mean, std=std))
-    rand, _ = dino.build(dino_config(cfg))
-    ra = dino.features(rand[0], dino.normalise(tr.images, mean=mean, std=std))
-    rb = dino.features(rand[0], dino.normalise(te.images, mean=mean, std=std))
-    return {"knn": metrics.knn_accuracy(fa, fb, _table(tr), _table(te)),
-            "knn_random_init": metrics.knn_accuracy(ra, rb, _table(tr), _table(te))}  # fmt: skip
+    rand = dino.build(dino_config(cfg))[0].backbone
+    out = {}
+    for pool, suffix in (("cls", ""), ("grid", "_grid")):
+        fa, fb, ra, rb = (dino.features(net, dino.normalise(b.images, mean=mean, std=std), pooling=pool)
+                          for net in (backbone, rand) for b in (tr, te))  # fmt: skip
+        out |= {f"knn{suffix}": metrics.knn_accuracy(fa, fb, _table(tr), _table(te)),
+                f"linear_probe{suffix}": metrics.linear_probe_accuracy(fa, fb, _table(tr), _table(te)),
+                f"knn_random_init{suffix}": metrics.knn_accuracy(ra, rb, _table(tr), _table(te))}  # fmt: skip
+    return out
 
 
 def score_generator(G: sg.Generator, emb: embedding.Embedder, te: cp.Batch) -> dict:
