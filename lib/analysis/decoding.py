@@ -298,6 +298,8 @@ def spatial_targets(x_train: np.ndarray, x_test: np.ndarray, columns: np.ndarray
     probe on the true test targets (what the space itself holds). Returns {name: those numbers, ``dims``}."""
     decoded = decoded or {}
     first = np.unique(train_ids, return_index=True)[1]  # one row per training image
+    lab_tr = pd.DataFrame({"position": np.asarray(position[0])[first]})
+    lab_te = pd.DataFrame({"position": np.asarray(position[1])})
     out = {}
     for name, (y_tr, y_te) in targets.items():
         y_tr, y_te = np.reshape(y_tr, (len(y_tr), -1)), np.reshape(y_te, (len(y_te), -1))
@@ -306,8 +308,6 @@ def spatial_targets(x_train: np.ndarray, x_test: np.ndarray, columns: np.ndarray
         else:
             enc = RidgeEncoder(alphas=alphas, device=device).fit(x_train[:, columns], y_tr, groups=train_ids)
             pred = enc.predict(x_test[:, columns])
-        lab_tr = pd.DataFrame({"position": np.asarray(position[0])[first]})
-        lab_te = pd.DataFrame({"position": np.asarray(position[1])})
         ret = metrics.retrieval(pred, y_te, seed=seed)
         out[name] = {
             "img_retrieval_top1": ret["image"],

@@ -30,21 +30,35 @@ from lib.stage import joint_embedding as je
 PROG = "python -m lib.stage.dino_recipes"
 NAME = "01_dino_recipes.json"
 FORMAT = "lib.dino.recipes/1"
-_PREVIOUS = {"stride": 32, "local_scale": (0.2, 0.5), "object_crops": 0.0, "patch_weight": 0.0, "colour_jitter": 0.0,
-             "grey": 0.0, "koleo_weight": 0.0, "pair_share": 0.0}  # fmt: skip
+#: the recipe changes in the order they were tried: (name, what changed, DinoConfig fields it sets); the first
+#: row turns every change of the shipped recipe off
+CHANGES = (
+    ("previous recipe", "the earlier shipped DINO: stride 32, local crops of 20-50% anywhere",
+     {"stride": 32, "local_scale": (0.2, 0.5), "object_crops": 0.0, "patch_weight": 0.0, "colour_jitter": 0.0,
+      "grey": 0.0, "koleo_weight": 0.0, "pair_share": 0.0}),
+    ("+ stride 16", "the last stage keeps 4 x 4 patch tokens at 64 px", {"stride": 16}),
+    ("+ masked patches", "iBOT's masked-patch term on the patch tokens", {"patch_weight": 1.0}),
+    ("+ object crops", "3/4 of the local crops (5-30%) centred on rare-colour pixels",
+     {"object_crops": 0.75, "local_scale": (0.05, 0.3)}),
+    ("+ colour jitter", "hue, saturation, contrast and brightness jitter (0.8), grey (0.2)",
+     {"colour_jitter": 0.8, "grey": 0.2}),
+    ("+ KoLeo, pairs (shipped)", "KoLeo on batches that keep one-attribute pairs together: the shipped recipe",
+     {"koleo_weight": 0.1, "pair_share": 0.5}),
+)  # fmt: skip
+
+
+def _cumulative(changes) -> dict:
+    fields: dict = {}
+    out = {}
+    for name, what, change in changes:
+        fields = fields | change
+        out[name] = (what, fields)
+    return out
+
+
 #: the recipes, each the one before with one change: (what changed, DinoConfig fields over the shipped recipe's);
-#: the last is the shipped recipe (no fields over it)
-RECIPES = {
-    "previous recipe": ("the earlier shipped DINO: stride 32, local crops of 20-50% anywhere", _PREVIOUS),
-    "+ stride 16": ("the last stage keeps 4 x 4 patch tokens at 64 px", _PREVIOUS | {"stride": 16}),
-    "+ masked patches": ("iBOT's masked-patch term on the patch tokens",
-                         _PREVIOUS | {"stride": 16, "patch_weight": 1.0}),
-    "+ object crops": ("3/4 of the local crops (5-30%) centred on rare-colour pixels",
-                       _PREVIOUS | {"stride": 16, "patch_weight": 1.0, "object_crops": 0.75, "local_scale": (0.05, 0.3)}),
-    "+ colour jitter": ("hue, saturation, contrast and brightness jitter (0.8), grey (0.2)",
-                        {"koleo_weight": 0.0, "pair_share": 0.0}),
-    "+ KoLeo, pairs (shipped)": ("KoLeo on batches that keep one-attribute pairs together: the shipped recipe", {}),
-}  # fmt: skip
+#: the last is the shipped recipe
+RECIPES = _cumulative(CHANGES)
 POOLINGS = {"image vector": "cls", "patch grid": "grid"}
 
 
@@ -145,6 +159,11 @@ def load(path) -> dict:
     return rec
 
 
+def _hits(record: dict, recipe: str, probe: str, features: str) -> dict[str, np.ndarray]:
+    """{attribute: 0/1 per test stimulus} of one feature set of ``recipe`` under ``probe``."""
+    return {a: _unpacked(b) for a, b in record["recipes"][recipe]["hits"][probe][features].items()}
+
+
 def comparison(record: dict, resamples: int, seed: int = 0) -> dict:
     """From a recipe file: {probe: {pooling: {recipe: {attribute: {"accuracy", "vs_random", "vs_previous"}}}}},
     the accuracy on the test stimuli and paired 95% intervals (:func:`lib.analysis.stats.paired`) against the
@@ -155,13 +174,9 @@ def comparison(record: dict, resamples: int, seed: int = 0) -> dict:
         for pool in POOLINGS:
             rows = out.setdefault(probe, {}).setdefault(pool, {})
             for i, name in enumerate(names):
-                hits = record["recipes"][name]["hits"][probe]
-                mine = {a: _unpacked(b) for a, b in hits[f"{name} · {pool}"].items()}
-                rand = {a: _unpacked(b) for a, b in hits[f"random init ({name}) · {pool}"].items()}
-                prev = None
-                if i:
-                    before = record["recipes"][names[i - 1]]["hits"][probe][f"{names[i - 1]} · {pool}"]
-                    prev = {a: _unpacked(b) for a, b in before.items()}
+                mine = _hits(record, name, probe, f"{name} · {pool}")
+                rand = _hits(record, name, probe, f"random init ({name}) · {pool}")
+                prev = _hits(record, names[i - 1], probe, f"{names[i - 1]} · {pool}") if i else None
                 rows[name] = {
                     a: {"accuracy": float(mine[a].mean()),
                         "vs_random": stats.paired(mine[a], rand[a], resamples, seed=seed),

@@ -372,7 +372,9 @@ def spatial_targets(st, *, inputs: Inputs, lowlevel: Lowlevel, alphas) -> Spatia
     voxels: each scored by retrieval and 2-way identification in its own space and by where the main object is,
     read by a probe fitted on the true targets (the simulator's 3 x 3 position; None without DINO or on real
     data). The pixels are the pathway's own decoder's prediction."""
-    if not (st.ds.is_simulated and "dino" in inputs.y_train and "dino_grid" in inputs.vec):  # dino_targets off
+    if not (
+        st.ds.is_simulated and "dino" in inputs.y_train and "dino_grid" in inputs.vec
+    ):  # dino_targets off
         return None
     ds, ids = st.ds, inputs.train_ids
     cols = prep.group_columns(ds, st.subject, inputs.prepared.voxel_ijk, [lowlevel.roi])[lowlevel.roi]
