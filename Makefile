@@ -25,7 +25,7 @@ venv: $(STAMP)  ## create .venv and install the project (editable) with its test
 pretrain: $(STAMP)  ## retrain the shipped mini-world models into models/ (about four hours on 2 cores); PRETRAIN=quick: seconds, under build/
 	$(BIN)/python -m lib.models.pretrained --profile $(PRETRAIN)
 
-dino-recipes: $(STAMP)  ## the DINO recipe ablation behind 01's table, probed on PROFILE's stimuli (6 recipes x 300 steps, about 20 min)
+dino-recipes: $(STAMP)  ## the DINO recipe ablation behind 01's table, probed on PROFILE's stimuli (8 recipes x 300 steps, about 25 min)
 	$(BIN)/python -m lib.stage.dino_recipes --profile $(PROFILE)
 
 figures: $(STAMP)  ## regenerate every report figure of the embedded default (mini-NSD) into figures/, and the report

@@ -67,6 +67,25 @@ def bimixco_loss(
     return (forward + backward) / 2
 
 
+CENTERINGS = ("mean", "sinkhorn")
+
+
+@torch.no_grad()
+def sinkhorn_knopp(logits: torch.Tensor, temperature: float, iterations: int = 3) -> torch.Tensor:
+    """DINOv2's centring of the teacher: from ``logits`` (B, K), the matrix of probabilities closest to
+    softmax(logits / temperature) whose every row sums to 1 and whose every prototype (column) gets the same total
+    mass B / K over the batch, by ``iterations`` alternating normalisations (Sinkhorn-Knopp). The batch is then
+    spread over all prototypes, so that a few (one per background) can no longer take every scene."""
+    b, k = logits.shape
+    z = logits.float() / temperature
+    q = torch.exp(z - z.max())
+    q = q / q.sum()
+    for _ in range(iterations):
+        q = q / q.sum(0, keepdim=True) / k  # each prototype's mass 1 / K
+        q = q / q.sum(1, keepdim=True) / b  # each sample's mass 1 / B
+    return q * b
+
+
 class DINOLoss(torch.nn.Module):
     """DINO's self-distillation loss with a centred, sharpened teacher.
 
@@ -77,10 +96,14 @@ class DINOLoss(torch.nn.Module):
     """
 
     def __init__(self, out_dim: int, n_global: int = 2, student_temp: float = 0.1, teacher_temp: float = 0.04,
-                 warmup_teacher_temp: float = 0.04, warmup_steps: int = 0, center_momentum: float = 0.9) -> None:  # fmt: skip
+                 warmup_teacher_temp: float = 0.04, warmup_steps: int = 0, center_momentum: float = 0.9,
+                 centering: str = "mean") -> None:  # fmt: skip
         super().__init__()
         if n_global < 1:
             raise ValueError(f"n_global={n_global}: expected at least 1 global view")
+        if centering not in CENTERINGS:
+            raise ValueError(f"centering={centering!r}: expected one of {CENTERINGS}")
+        self.centering = centering
         self.n_global = n_global
         self.student_temp = student_temp
         self.teacher_temp = teacher_temp
@@ -96,7 +119,12 @@ class DINOLoss(torch.nn.Module):
         return self.warmup_teacher_temp + t * (self.teacher_temp - self.warmup_teacher_temp)
 
     def teacher_probs(self, teacher_out: torch.Tensor, step: int) -> torch.Tensor:
-        return F.softmax((teacher_out.float() - self.center) / self.teacher_temperature(step), dim=-1)
+        """The teacher's targets: centred by the running mean and sharpened, or with ``centering="sinkhorn"``
+        DINOv2's :func:`sinkhorn_knopp` over each global view's batch."""
+        temp = self.teacher_temperature(step)
+        if self.centering == "sinkhorn":
+            return torch.cat([sinkhorn_knopp(v, temp) for v in teacher_out.chunk(self.n_global)])
+        return F.softmax((teacher_out.float() - self.center) / temp, dim=-1)
 
     def forward(self, student_out: torch.Tensor, teacher_out: torch.Tensor, step: int) -> torch.Tensor:
         """``student_out`` (V * B, K) for V views, the first ``n_global`` being the global ones;
@@ -123,17 +151,24 @@ class DINOLoss(torch.nn.Module):
 class MaskedPatchLoss(torch.nn.Module):
     """iBOT's masked-patch self-distillation: at every hidden patch of a student's view, the cross-entropy from
     the teacher's centred, sharpened output for that patch of the unmasked view to the student's output; the mean
-    over an image's hidden patches, then over images. The patch outputs have their own running centre."""
+    over an image's hidden patches, then over images. The patch outputs have their own running centre (or, with
+    ``centering="sinkhorn"``, :func:`sinkhorn_knopp` over the batch's patches)."""
 
-    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
+                 centering: str = "mean") -> None:  # fmt: skip
         super().__init__()
-        self.student_temp, self.center_momentum = student_temp, center_momentum
+        if centering not in CENTERINGS:
+            raise ValueError(f"centering={centering!r}: expected one of {CENTERINGS}")
+        self.student_temp, self.center_momentum, self.centering = student_temp, center_momentum, centering
         self.register_buffer("center", torch.zeros(1, 1, out_dim))
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, masks: torch.Tensor,
                 teacher_temp: float) -> torch.Tensor:  # fmt: skip
         """``student`` and ``teacher`` (N, P, K) patch outputs, ``masks`` (N, P) boolean, True where hidden."""
-        q = F.softmax((teacher.float() - self.center) / teacher_temp, dim=-1).detach()
+        if self.centering == "sinkhorn":  # over all the batch's patches, as DINOv2
+            q = sinkhorn_knopp(teacher.reshape(-1, teacher.shape[-1]), teacher_temp).view(teacher.shape)
+        else:
+            q = F.softmax((teacher.float() - self.center) / teacher_temp, dim=-1).detach()
         ce = -(q * F.log_softmax(student.float() / self.student_temp, dim=-1)).sum(-1)  # (N, P)
         m = masks.to(ce.device, ce.dtype)
         loss = ((ce * m).sum(1) / m.sum(1).clamp_min(1)).mean()

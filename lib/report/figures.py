@@ -12,6 +12,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.patches import Patch
 from scipy import stats
 
+from lib.analysis.stats import differs
 from lib.data.nsd import NSD, noise_ceiling, volume_affine
 from lib.fileio import atomic_path
 from lib.metrics import cosine_per_sample
@@ -782,8 +783,9 @@ def readback_table(
 def recipe_table(table: dict[str, dict[str, dict]], title: str = "") -> plt.Figure:
     """The DINO recipe ablation (:func:`lib.stage.dino_recipes.comparison` of one probe and pooling per panel,
     {panel: {recipe: {attribute: {"accuracy", "vs_random", "vs_previous"}}}}): each cell the recipe's accuracy,
-    coloured by its difference from the same network at random initialisation; a star where the paired 95%
-    interval of that difference excludes 0, and the difference from the recipe above it (the row's change) below."""
+    coloured by its difference from the same network at random initialisation; a star where that paired difference
+    is one the report may call a difference (:func:`lib.analysis.stats.differs`: the 95% interval excludes 0 and
+    p < 0.05), and the difference from the recipe above it (the row's change) below, starred alike."""
     panels = list(table)
     recipes = list(next(iter(table.values())))
     attrs = list(next(iter(next(iter(table.values())).values())))
@@ -796,13 +798,9 @@ def recipe_table(table: dict[str, dict[str, dict]], title: str = "") -> plt.Figu
         for i, r in enumerate(recipes):
             for j, a in enumerate(attrs):
                 c = rows[r][a]
-                star = "*" if c["vs_random"]["low"] > 0 or c["vs_random"]["high"] < 0 else ""
+                star = "*" if differs(c["vs_random"]) else ""
                 prev = c["vs_previous"]
-                step = (
-                    ""
-                    if prev is None
-                    else f"\n{prev['diff']:+.2f}{'*' if prev['low'] > 0 or prev['high'] < 0 else ''}"
-                )
+                step = "" if prev is None else f"\n{prev['diff']:+.2f}{'*' if differs(prev) else ''}"
                 ax.text(j, i, f"{c['accuracy']:.2f}{star}{step}", ha="center", va="center", fontsize=7)
         ax.set_xticks(range(len(attrs)), attrs)
         ax.set_yticks(range(len(recipes)), recipes, fontsize=8)
@@ -810,5 +808,7 @@ def recipe_table(table: dict[str, dict[str, dict]], title: str = "") -> plt.Figu
         fig.colorbar(im, ax=ax, fraction=0.025, pad=0.01, label="− random init")
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(
+        rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()) if title else None
+    )  # the title above the panels
     return fig

@@ -6,6 +6,9 @@ scored on the test stimuli, for the image vector and the patch grid). The per-im
 initialisation and against the previous recipe without retraining anything.
 
     python -m lib.stage.dino_recipes [--profile mini] [--steps 300] [--only name,...]
+
+Runs of another length (``--steps 1500 --only ...``: a longer look at a few recipes) go to a file of their own,
+``01_dino_recipes_<steps>steps.json``, beside the 300-step comparison that 01 draws.
 """
 
 from __future__ import annotations
@@ -29,22 +32,29 @@ from lib.stage import joint_embedding as je
 
 PROG = "python -m lib.stage.dino_recipes"
 NAME = "01_dino_recipes.json"
+DEFAULT_STEPS = 300  # the ablation's length, drawn by 01 from NAME
 FORMAT = "lib.dino.recipes/1"
 #: the recipe changes in the order they were tried: (name, what changed, DinoConfig fields it sets); the first
 #: row turns every change of the shipped recipe off
 CHANGES = (
     ("previous recipe", "the earlier shipped DINO: stride 32, local crops of 20-50% anywhere",
      {"stride": 32, "local_scale": (0.2, 0.5), "object_crops": 0.0, "patch_weight": 0.0, "colour_jitter": 0.0,
-      "grey": 0.0, "koleo_weight": 0.0, "pair_share": 0.0}),
+      "grey": 0.0, "koleo_weight": 0.0, "pair_share": 0.0, "background_swap": 0.0, "centering": "mean"}),
     ("+ stride 16", "the last stage keeps 4 x 4 patch tokens at 64 px", {"stride": 16}),
     ("+ masked patches", "iBOT's masked-patch term on the patch tokens", {"patch_weight": 1.0}),
     ("+ object crops", "3/4 of the local crops (5-30%) centred on rare-colour pixels",
      {"object_crops": 0.75, "local_scale": (0.05, 0.3)}),
     ("+ colour jitter", "hue, saturation, contrast and brightness jitter (0.8), grey (0.2)",
      {"colour_jitter": 0.8, "grey": 0.2}),
-    ("+ KoLeo, pairs (shipped)", "KoLeo on batches that keep one-attribute pairs together: the shipped recipe",
+    ("+ KoLeo, pairs", "KoLeo on batches that keep one-attribute pairs together: the recipe shipped before",
      {"koleo_weight": 0.1, "pair_share": 0.5}),
+    ("+ background swap", "half the views pasted onto another scene's background (object_masks: rare colours)",
+     {"background_swap": 0.5}),
+    ("+ Sinkhorn-Knopp (shipped)", "DINOv2's Sinkhorn-Knopp centring of the teacher instead of the running mean",
+     {"centering": "sinkhorn"}),
 )  # fmt: skip
+#: the recipe of the shipped DINO (lib.models.pretrained.train.dino_config)
+SHIPPED = "+ Sinkhorn-Knopp (shipped)"
 
 
 def _cumulative(changes) -> dict:
@@ -56,8 +66,7 @@ def _cumulative(changes) -> dict:
     return out
 
 
-#: the recipes, each the one before with one change: (what changed, DinoConfig fields over the shipped recipe's);
-#: the last is the shipped recipe
+#: the recipes, each the one before with one change: (what changed, DinoConfig fields over the shipped recipe's)
 RECIPES = _cumulative(CHANGES)
 POOLINGS = {"image vector": "cls", "patch grid": "grid"}
 
@@ -77,11 +86,16 @@ def _unpacked(bits: str) -> np.ndarray:
     return np.frombuffer(bits.encode(), np.uint8).astype(np.float64) - ord("0")
 
 
-def run(profile: str = paths.EMBEDDED_PROFILE, steps: int = 300, only: tuple[str, ...] = (), knn_k: int = 20,
+def file_name(steps: int) -> str:
+    """The recipe file of runs of ``steps`` steps: :data:`NAME` for the ablation's length, else its own."""
+    return NAME if int(steps) == DEFAULT_STEPS else f"01_dino_recipes_{int(steps)}steps.json"
+
+
+def run(profile: str = paths.EMBEDDED_PROFILE, steps: int = DEFAULT_STEPS, only: tuple[str, ...] = (), knn_k: int = 20,
         corpus: str = "full", overrides: dict | None = None) -> dict:  # fmt: skip
     """Train and probe each recipe (``only``: those; default all) on the DINO images of pretraining profile
     ``corpus`` (:func:`lib.models.pretrained.train.dino_data`), add them to ``profile``'s recipe file and return
-    it (``overrides``: of ``profile``'s common parameters, as a notebook's). Each recipe's training state is kept
+    it (``overrides``: of ``profile``'s common parameters, as a notebook's; the file: :func:`file_name`). Each recipe's training state is kept
     under build/pretrain/recipes/<corpus>-<steps>/, so a rerun resumes."""
     bad = set(only) - set(RECIPES)
     if bad:
@@ -93,7 +107,7 @@ def run(profile: str = paths.EMBEDDED_PROFILE, steps: int = 300, only: tuple[str
     images, attrs = st.ds.images(ids), scenes.attribute_table(st.ds.scenes(ids))
     x_corpus, (mean, std), partners = pretrain.dino_data(pretrain.PROFILES[corpus])
     x = dino.normalise(images, mean=mean, std=std, size=pretrain.PROFILES[corpus].image_size)  # as trained
-    out_path = paths.metrics_dir(profile) / NAME
+    out_path = paths.metrics_dir(profile) / file_name(steps)
     record = load(out_path) if out_path.exists() else {"format": FORMAT, "recipes": {}}
     record |= {
         "steps": int(steps),
@@ -191,12 +205,14 @@ PANELS = {("knn", "image vector"): "k-NN (k = 20), image vector", ("linear", "im
           ("knn", "patch grid"): "k-NN (k = 20), patch grid", ("linear", "patch grid"): "linear probe, patch grid"}  # fmt: skip
 
 
-def saved(profile: str = paths.EMBEDDED_PROFILE) -> dict | None:
-    """The recipe file of ``profile`` (default mini, whose stimuli the recipes were probed on); None, saying which
-    command makes it, when there is none."""
-    path = paths.metrics_dir(profile) / NAME
+def saved(profile: str = paths.EMBEDDED_PROFILE, steps: int = DEFAULT_STEPS) -> dict | None:
+    """The recipe file of ``profile`` (default mini, whose stimuli the recipes were probed on) and ``steps``; None,
+    saying which command makes it, when there is none."""
+    path = paths.metrics_dir(profile) / file_name(steps)
     if not path.exists():
-        print(f"no recipe ablation at {paths.display(path)}: {PROG} --profile {profile} makes it")
+        print(
+            f"no recipe ablation at {paths.display(path)}: {PROG} --profile {profile} --steps {steps} makes it"
+        )
         return None
     return load(path)
 
@@ -211,7 +227,7 @@ def panels(record: dict, resamples: int, seed: int = 0) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default=paths.EMBEDDED_PROFILE)
-    ap.add_argument("--steps", type=int, default=300, help="training steps of every recipe")
+    ap.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="training steps of every recipe")
     ap.add_argument("--only", default="", help=f"comma-separated recipes: {', '.join(RECIPES)}")
     a = ap.parse_args(argv)
     run(a.profile, a.steps, tuple(s for s in a.only.split(",") if s))

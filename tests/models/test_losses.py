@@ -130,3 +130,26 @@ def test_schedules():
     assert losses.warmup_cosine(100, 100, 10, 1.0) == pytest.approx(0.0, abs=1e-12)
     p = torch.tensor([[0.5, 0.5, 0.0, 0.0]])
     assert float(losses.entropy(p)) == pytest.approx(math.log(2))
+
+
+def test_sinkhorn_knopp_marginals_and_a_fixed_point():
+    rng = np.random.default_rng(0)
+    logits = torch.tensor(rng.normal(size=(6, 4)) * 2)
+    q = losses.sinkhorn_knopp(logits, 0.5, iterations=200).double()
+    assert torch.allclose(q.sum(1), torch.ones(6, dtype=q.dtype), atol=1e-5)  # each sample a distribution
+    assert torch.allclose(
+        q.sum(0), torch.full((4,), 6 / 4, dtype=q.dtype), atol=1e-4
+    )  # prototypes equal mass
+    # a softmax whose prototypes already get equal mass (a circulant) is its own balanced form
+    circ = torch.stack([torch.roll(torch.tensor([3.0, 1.0, 0.0, -1.0]), i) for i in range(4)])
+    assert torch.allclose(losses.sinkhorn_knopp(circ, 0.7), torch.softmax(circ / 0.7, -1), atol=1e-6)
+    # the loss uses it per global view; an unknown centring is refused by name
+    crit = losses.DINOLoss(4, n_global=2, centering="sinkhorn")
+    t = torch.tensor(rng.normal(size=(12, 4)))
+    got = crit.teacher_probs(t, step=0)
+    assert torch.allclose(got[:6], losses.sinkhorn_knopp(t[:6], 0.04)) and torch.allclose(
+        got[6:], losses.sinkhorn_knopp(t[6:], 0.04)
+    )
+    for cls in (losses.DINOLoss, losses.MaskedPatchLoss):
+        with pytest.raises(ValueError, match="centering='median'"):
+            cls(4, centering="median")

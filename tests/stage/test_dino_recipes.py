@@ -11,10 +11,10 @@ from lib.models.pretrained import train as pretrain
 from lib.stage import dino_recipes as dr
 
 
-def test_the_last_recipe_is_the_shipped_one_and_each_changes_the_one_before():
+def test_the_shipped_recipe_is_in_the_ablation_and_each_changes_the_one_before():
     shipped = pretrain.dino_config(pretrain.PROFILES["full"])
     names = list(dr.RECIPES)
-    assert dr.recipe_config(names[-1], shipped.steps) == shipped
+    assert dr.recipe_config(dr.SHIPPED, shipped.steps) == shipped
     assert dr.recipe_config(names[0], 10).stride == 32 and dr.recipe_config(names[0], 10).patch_weight == 0
     for a, b in zip(names, names[1:], strict=False):
         assert dr.recipe_config(a, 10) != dr.recipe_config(b, 10), f"{b} changes nothing over {a}"
@@ -84,6 +84,8 @@ def test_run_trains_probes_and_writes_every_recipe(tmp_path, monkeypatch, tiny_r
             assert set(sets) == {f"{n} · {p}" for n in (name, f"random init ({name})") for p in dr.POOLINGS}
             assert all(len(bits) == rec["n_test"] for by_attr in sets.values() for bits in by_attr.values())
         assert all(0 <= v <= 1 for v in r["prototype_nmi"].values()) and r["prototypes_used"] >= 1
-    assert json.loads((tmp_path / dr.NAME).read_text())["steps"] == 2
+    # a run of another length than the ablation's keeps its own file
+    assert not (tmp_path / dr.NAME).exists() and dr.file_name(2) == "01_dino_recipes_2steps.json"
+    assert json.loads((tmp_path / dr.file_name(2)).read_text())["steps"] == 2
     assert "prototypes; NMI with" in dr.describe_prototypes(rec)
-    assert set(dr.panels(dr.saved("tinyprofile"), 100)) == set(dr.PANELS.values())
+    assert set(dr.panels(dr.saved("tinyprofile", steps=2), 100)) == set(dr.PANELS.values())

@@ -84,7 +84,7 @@ class PretrainConfig:
     attr_weight: float = 0.5  # cross-entropy of each attribute head, image and text
     pixel_weight: float = 10.0  # squared error of the 32 px read-back from the image embedding
     # DINO
-    dino_steps: int = 4000
+    dino_steps: int = 1500  # lib.stage.dino_recipes --steps 1500: 750 s on 2 cores
     dino_batch: int = 64
     dino_images: int = 24000  # corpus images DINO trains on
     dino_width: int = 16
@@ -464,12 +464,14 @@ def dino_config(cfg: PretrainConfig) -> dino.DinoConfig:
     """The shipped DINO recipe (chosen by :mod:`lib.stage.dino_recipes`): milder crops than natural-image DINO and
     no flips, so that size and position survive the augmentations; a stride-16 trunk whose 4 x 4 patch tokens
     carry iBOT's masked-patch term; colour jitter, local crops centred on rare-colour pixels (objects, found
-    without labels), and KoLeo on batches that keep one-attribute pairs together."""
+    without labels), and KoLeo on batches that keep one-attribute pairs together; half the views pasted onto
+    another scene's background (objects found the same way), and DINOv2's Sinkhorn-Knopp centring."""
     return dino.DinoConfig(
         steps=cfg.dino_steps, batch_size=cfg.dino_batch, lr=1e-3, out_dim=1024, n_global=2, n_local=4,
         global_size=cfg.image_size, local_size=max(32, cfg.image_size // 2), global_scale=(0.6, 1.0),
         local_scale=(0.05, 0.3), flip=False, width=cfg.dino_width, stride=16, object_crops=0.75, patch_weight=1.0,
-        koleo_weight=0.1, pair_share=0.5, colour_jitter=0.8, grey=0.2, seed=cfg.seed,
+        koleo_weight=0.1, pair_share=0.5, colour_jitter=0.8, grey=0.2, background_swap=0.5, centering="sinkhorn",
+        seed=cfg.seed,
         checkpoint_every=cfg.checkpoint_every,
     )  # fmt: skip
 
