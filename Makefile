@@ -77,12 +77,14 @@ bench: $(STAMP)  ## benchmarks: NSD-size session read, NSD-scale ridge (vs sciki
 
 SUBJECT ?= 1
 WHAT ?= design,stiminfo,betas,ncsnr,rois,prf,anat,behaviour
-fetch: $(STAMP)  ## download a subject of real NSD: make fetch SUBJECT=1 NSD_ROOT=/path [WHAT=] [SESSIONS=1-37] [JOBS=4] [ENDPOINT=] [DRY=1]
-	$(BIN)/python -m lib.data.fetch --subject $(SUBJECT) --root "$(NSD_ROOT)" --what $(WHAT) $(if $(DRY),--dry-run) \
-		$(if $(SESSIONS),--sessions $(SESSIONS)) $(if $(JOBS),--jobs $(JOBS)) $(if $(ENDPOINT),--endpoint $(ENDPOINT))
+fetch: $(STAMP)  ## download subjects of real NSD: make fetch SUBJECTS="1 2 5 7" (or SUBJECT=1) NSD_ROOT=/path [WHAT=] [SESSIONS=1-37] [JOBS=4] [ENDPOINT=] [DRY=1]
+	set -e; for s in $(or $(SUBJECTS),$(SUBJECT)); do \
+		$(BIN)/python -m lib.data.fetch --subject $$s --root "$(NSD_ROOT)" --what $(WHAT) $(if $(DRY),--dry-run) \
+		$(if $(SESSIONS),--sessions $(SESSIONS)) $(if $(JOBS),--jobs $(JOBS)) $(if $(ENDPOINT),--endpoint $(ENDPOINT)); \
+	done
 
-data: $(STAMP)  ## generate mini-NSD for PROFILE under data/PROFILE (the pipeline also does this on first use)
-	$(BIN)/python -m lib.data.simulate --out data/$(PROFILE) --profile $(PROFILE)
+data: $(STAMP)  ## generate mini-NSD for PROFILE under data/PROFILE, its subjects (mini 4, quick 3; the pipeline also does this on first use)
+	$(BIN)/python -m lib.data.simulate --out data/$(PROFILE) --profile $(PROFILE) --subjects $(if $(filter quick,$(PROFILE)),3,4)
 
 clean:  ## remove build outputs (keeps data/ and .venv/)
 	rm -rf build .pytest_cache

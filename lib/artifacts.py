@@ -27,6 +27,7 @@ STAGES = (
     "03_stylegan2",
     "04_leave_one_out",
     "05_evaluation",
+    "06_few_sessions",
 )
 
 PREDICTIONS_FORMAT = "lib.encoders.predictions/1"  # the tag of files written before lib.artifacts, still read

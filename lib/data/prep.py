@@ -196,6 +196,20 @@ def prepare_cached(ds: NSD, subject, roi="nsdgeneral", sessions=None, *, cache_d
     return data, path, False
 
 
+def training_sessions(ds: NSD, subject: int | str, data: Prepared) -> np.ndarray:
+    """The session of each training row of ``data`` (single trials, as :func:`prepare` leaves them), so that a
+    model can train on a subject's first sessions only; an averaged split, whose rows mix sessions, is refused."""
+    s = parse_subject(subject)
+    sessions = ds.check_sessions(s, data.meta.get("sessions"))
+    ids = ds.trial_images(s, sessions)
+    sess = np.repeat(sessions, ds.trials_per_session)
+    train = ~is_test_image(ds, ids)
+    if data.meta.get("average_train") or not np.array_equal(ids[train], data.train_ids):
+        raise PrepError(f"subject {s}: the prepared training rows are not the single trials of sessions "
+                        f"{sessions[0]}-{sessions[-1]} (averaged, or another split): no session per row")  # fmt: skip
+    return sess[train]
+
+
 def standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
     """Z-score each column with the training rows' mean and standard deviation; the same transform applied to
     ``others`` (constant columns become 0). Returns [train, *others] as float32."""

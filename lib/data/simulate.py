@@ -503,11 +503,15 @@ class Design:
 
 
 def make_design(cfg: SimConfig, n_subjects: int, rng: np.random.Generator) -> Design:
-    """NSD's scheme, smaller: shared images 3x, each subject's own images 1-3x, one trial order for all subjects."""
-    n_images = cfg.n_shared + n_subjects * cfg.n_unique
-    ids = rng.permutation(n_images) + 1
+    """NSD's scheme, smaller: shared images 3x, each subject's own images 1-3x, one trial order for all subjects.
+    The shared images and subject 1's own are the first ``n_shared + n_unique`` ids, shuffled, whatever the number
+    of subjects; each further subject's own images follow in a block, so that adding subjects changes nothing of
+    subject 1's."""
+    first = cfg.n_shared + cfg.n_unique
+    ids = rng.permutation(first) + 1
     shared = np.sort(ids[: cfg.n_shared])
-    own = ids[cfg.n_shared :].reshape(n_subjects, cfg.n_unique)
+    later = first + 1 + np.arange((n_subjects - 1) * cfg.n_unique).reshape(n_subjects - 1, cfg.n_unique)
+    own = np.concatenate([ids[cfg.n_shared :][None], later])
     subjectim = np.concatenate([np.tile(shared, (n_subjects, 1)), own], axis=1)
     reps = np.ones(cfg.n_shared + cfg.n_unique, int)
     reps[: cfg.n_shared] = 3
@@ -648,9 +652,16 @@ def _scene_draws(cfg: SimConfig, n_images: int, rng: np.random.Generator):
         yield s, sc.captions(s, rng, cfg.n_captions)
 
 
+#: the spawn key of the stream that draws the COCO stand-in ids of the images of subjects 2 and later (past the
+#: keys of the stimulus, design and 8 subject streams)
+LATER_IDS = 99
+
+
 def stimulus_scenes(profile: str, seed: int = 0, n_subjects: int = 1,
                     config: SimConfig | None = None) -> list[tuple[sc.Scene, list[str]]]:  # fmt: skip
-    """The (scene, captions) of every stimulus :func:`simulate` draws for these settings, without rendering."""
+    """The (scene, captions) of every stimulus :func:`simulate` draws for these settings, without rendering: one
+    stream, so that the first ``n_shared + n_unique`` (the shared images and subject 1's) are the same for any
+    number of subjects."""
     cfg = config or PROFILES[profile]
     s_stim = np.random.SeedSequence(seed).spawn(2 + n_subjects)[0]
     return list(_scene_draws(cfg, cfg.n_shared + n_subjects * cfg.n_unique, np.random.default_rng(s_stim)))
@@ -661,7 +672,8 @@ def _simulate_into(root: Path, cfg: SimConfig, profile: str, n_subjects: int, se
     s_stim, s_design, *s_subjects = ss.spawn(2 + n_subjects)
     rng_stim = np.random.default_rng(s_stim)
     design = make_design(cfg, n_subjects, np.random.default_rng(s_design))
-    n_images = cfg.n_shared + n_subjects * cfg.n_unique
+    n_first = cfg.n_shared + cfg.n_unique  # the shared images and subject 1's: the same for any n_subjects
+    n_images = n_first + (n_subjects - 1) * cfg.n_unique
 
     # ---- stimuli, captions, attributes
     images = np.zeros((n_images, cfg.image_size, cfg.image_size, 3), np.uint8)
@@ -675,6 +687,11 @@ def _simulate_into(root: Path, cfg: SimConfig, profile: str, n_subjects: int, se
         caps.append(c)
         feats.append(sc.global_features(s, cov))
         objects.append([(sc.SHAPES.index(o.shape), list(sc.COLOURS).index(o.colour)) for o in s.objects])
+        if (
+            i == n_first - 1
+        ):  # the stream as it stands after the first block: its COCO ids are drawn from here
+            rng_first = np.random.default_rng()
+            rng_first.bit_generator.state = rng_stim.bit_generator.state
     feats = np.stack(feats)
     stim_dir = root / "nsddata_stimuli/stimuli/nsd"
     stim_dir.mkdir(parents=True)
@@ -682,8 +699,14 @@ def _simulate_into(root: Path, cfg: SimConfig, profile: str, n_subjects: int, se
         f.create_dataset(
             "imgBrick", data=images, chunks=(1, cfg.image_size, cfg.image_size, 3), track_times=False
         )
-    coco_ids = 100000 + rng_stim.permutation(n_images)  # stand-ins for COCO ids, unique
-    split = np.where(rng_stim.random(n_images) < 0.1, "val2017", "train2017")
+    # stand-ins for COCO ids, unique: the first block's from the stimulus stream as it stood after its images (the
+    # same ids for any number of subjects), the later subjects' after them, from a stream of their own
+    rng_later = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(LATER_IDS,)))
+    coco_ids = (
+        100000 + np.r_[rng_first.permutation(n_first), n_first + rng_later.permutation(n_images - n_first)]
+    )
+    split = np.where(np.r_[rng_first.random(n_first), rng_later.random(n_images - n_first)] < 0.1, "val2017",
+                     "train2017")  # fmt: skip
     for which in ("train2017", "val2017"):
         sel = np.flatnonzero(split == which)
         coco = {
@@ -793,7 +816,13 @@ def _simulate_subject(root: Path, s: int, cfg: SimConfig, design: Design, low, c
         _write(func / name, _nifti_gz(vol, brain.affine))
 
     # responses of every image, noise, session drifts; only brain-mask voxels are stored
-    signal = noise_free_responses(tuning, low, cov, feats, objects, cfg)  # (n_images, V)
+    # (n_images, V): responses to the images this subject sees, z-scored over them (NaN for the others): subject 1
+    # sees the whole first block, read as a slice, so its responses are those of a dataset of that block alone
+    seen = np.sort(design.subjectim[s - 1] - 1)
+    rows = slice(0, len(seen)) if np.array_equal(seen, np.arange(len(seen))) else seen
+    signal = np.full((len(low), len(tuning.ijk)), np.nan, np.float32)
+    picked = objects[rows] if isinstance(rows, slice) else [objects[i] for i in rows]
+    signal[rows] = noise_free_responses(tuning, low[rows], cov[rows], feats[rows], picked, cfg)
     in_brain = np.argwhere(brain.brainmask)
     # nsdgeneral lies inside the brain mask and both are listed in NIfTI order, so the brain-mask columns
     # `has` are the nsdgeneral voxels in their own order
@@ -864,13 +893,17 @@ def ensure(root: str | Path, profile: str, seed: int = 0, n_subjects: int = 1) -
 
     Returns (root, seconds spent simulating, or None when the dataset was already there). A mini-NSD already there
     that lacks the pRF files (written before the simulator wrote them) gets them from its ground truth
-    (:func:`add_prf_files`): the same bytes a fresh simulation writes, every other file untouched.
+    (:func:`add_prf_files`): the same bytes a fresh simulation writes, every other file untouched. A mini-NSD of
+    fewer than ``n_subjects`` subjects is simulated again with them (atomically); the subjects it had keep their
+    files byte for byte (:func:`make_design`), so caches keyed by them stay valid.
     """
     root = Path(root)
     if (root / DESIGN).is_file():
         marker = root / MARKER
         if not marker.is_file():
             return root, None
+        if profile in PROFILES and int(json.loads(marker.read_text()).get("subjects", 1)) < n_subjects:
+            return _more_subjects(root, profile, seed, n_subjects)
         if profile in PROFILES:
             have = json.loads(marker.read_text())
             want = {
@@ -906,6 +939,24 @@ def ensure(root: str | Path, profile: str, seed: int = 0, n_subjects: int = 1) -
         if (root / MARKER).is_file():  # another run wrote it while this one waited
             return root, None
         summary = _simulate_locked(root.resolve(), PROFILES[profile], profile, n_subjects, seed, False,
+                                   time.perf_counter())  # fmt: skip
+    return root, summary["seconds"]
+
+
+def _more_subjects(root: Path, profile: str, seed: int, n_subjects: int) -> tuple[Path, float]:
+    """:func:`ensure` of a mini-NSD with fewer subjects than asked: the whole dataset again with ``n_subjects``
+    (under the dataset's lock; a run that finds it done while waiting returns)."""
+    with exclusive(_lock(root.resolve()), f"{root} (a mini-NSD being written)", wait=ENSURE_WAIT):
+        have = json.loads((root / MARKER).read_text())
+        if int(have.get("subjects", 1)) >= n_subjects:
+            return root, 0.0
+        if have.get("profile") != profile or have.get("seed") != seed:
+            raise ValueError(f"{root / MARKER}: holds mini-NSD profile {have.get('profile')!r} seed "
+                             f"{have.get('seed')}, not {profile!r} seed {seed}; delete {root} or choose another "
+                             "data root")  # fmt: skip
+        print(f"{root}: {have.get('subjects', 1)} subject(s), {n_subjects} wanted: simulating again with "
+              f"{n_subjects} (the earlier subjects' files stay the same bytes)")  # fmt: skip
+        summary = _simulate_locked(root.resolve(), PROFILES[profile], profile, n_subjects, seed, True,
                                    time.perf_counter())  # fmt: skip
     return root, summary["seconds"]
 

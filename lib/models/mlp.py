@@ -221,6 +221,30 @@ def mlp_loss(model: ResidualMLP, x: torch.Tensor, y: torch.Tensor, cfg: MLPConfi
     return total, {k: float(v.detach()) for k, v in terms.items()}
 
 
+def one_cycle(opt: torch.optim.Optimizer, cfg: MLPConfig, total_steps: int):
+    """The one-cycle learning rate over ``total_steps`` (peak ``cfg.lr``, warm-up ``cfg.pct_start``)."""
+    # a warm-up of exactly one step divides by zero in OneCycleLR: one and a half instead
+    pct = cfg.pct_start if abs(cfg.pct_start * total_steps - 1) > 1e-9 else 1.5 / total_steps
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=pct)
+
+
+def new_history() -> dict:
+    """An encoder trainer's empty history: per-epoch loss and terms, validation scores, seconds."""
+    return {"loss": [], "terms": [], "val_epoch": [], "val_img_retrieval_top1": [], "seconds": 0.0}
+
+
+def validated(history: dict, epoch: int, score: float, model: torch.nn.Module, best: float, best_state,
+              stale: int, val_every: int) -> tuple[float, dict | None, int]:  # fmt: skip
+    """Record a validation ``score`` after ``epoch`` in ``history``; a better one than ``best`` keeps a copy of the
+    weights and resets the patience count, another adds ``val_every`` to it. Returns (best, best_state, stale)."""
+    history["val_epoch"].append(epoch)
+    history["val_img_retrieval_top1"].append(score)
+    if score > best:
+        history["best_epoch"] = epoch
+        return score, {k: t.detach().cpu().clone() for k, t in model.state_dict().items()}, 0
+    return best, best_state, stale + val_every
+
+
 def train_mlp(x_train: np.ndarray, y_train: np.ndarray, cfg: MLPConfig, x_val: np.ndarray | None = None,
               y_val: np.ndarray | None = None, device: str = "auto", state_dir: str | Path | None = None,
               stop_after: int | None = None, accumulate: int = 1,
@@ -297,12 +321,9 @@ def train_mlp(x_train: np.ndarray, y_train: np.ndarray, cfg: MLPConfig, x_val: n
     if w.active:  # the same initial weights everywhere; each process its own dropout masks
         torch.manual_seed(cfg.seed * 1000 + w.rank + 1)
     opt = runtime.adamw_for(model, cfg.lr, cfg.weight_decay)
-    total_steps = cfg.epochs * steps_per_epoch
-    # a warm-up of exactly one step divides by zero in OneCycleLR: one and a half instead
-    pct = cfg.pct_start if abs(cfg.pct_start * total_steps - 1) > 1e-9 else 1.5 / total_steps
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps, pct_start=pct)
+    sched = one_cycle(opt, cfg, cfg.epochs * steps_per_epoch)
     rng = np.random.default_rng(cfg.seed)
-    history: dict = {"loss": [], "terms": [], "val_epoch": [], "val_img_retrieval_top1": [], "seconds": 0.0}
+    history = new_history()
     # dropout draws from torch's generator (on a GPU, from the device's own)
     objects = {"model": model, "optimizer": opt, "scheduler": sched, "rng": rng, "torch_rng": TorchRNG(),
                "cuda_rng": CudaRNG(dev)}  # fmt: skip
@@ -346,14 +367,9 @@ def train_mlp(x_train: np.ndarray, y_train: np.ndarray, cfg: MLPConfig, x_val: n
         if has_val and (epoch % cfg.val_every == 0 or epoch == cfg.epochs):
             enc = MLPEncoder(model, cfg, v, d, dev)
             score = metrics.retrieval(enc.retrieval_space(x_val), y_val, draws=5, seed=cfg.seed)["image"]
-            history["val_epoch"].append(epoch)
-            history["val_img_retrieval_top1"].append(score)
-            if score > best:
-                best, stale = score, 0
-                best_state = {k: t.detach().cpu().clone() for k, t in model.state_dict().items()}
-                history["best_epoch"] = epoch
-            else:
-                stale += cfg.val_every
+            best, best_state, stale = validated(
+                history, epoch, score, model, best, best_state, stale, cfg.val_every
+            )
         run.done = distributed.agree(
             epoch >= cfg.epochs or (cfg.patience > 0 and stale >= cfg.patience and has_val)
         )

@@ -45,6 +45,9 @@ SECTIONS = {
     "05": ("Evaluation", "The field's metrics for every reconstruction variant and for the baselines (nearest "
            "training image, mean image), judged also by networks no model was trained on (EffNet-Lite0, the "
            "attribute read-back), with the published NSD results beside them (a different dataset: not comparable)."),
+    "06": ("Few sessions, several subjects", "A new subject decoded from its first sessions: alone (ridge, the "
+           "residual MLP) and through an encoder shared with the other subjects (MindEye2's design: a linear map "
+           "per subject into one space, one backbone), pretrained on them and fine-tuned on the new subject."),
 }  # fmt: skip
 
 #: one paragraph per figure; tests/report/test_document.py checks that every figure a notebook writes has one
@@ -109,6 +112,10 @@ FIGURES = {
     "05_readback.png": "Attribute read-back: what a CNN trained on the stimuli (never on reconstructions) reads "
     "from each reconstruction and baseline, and the shape judge pretrained on the scene corpus, beside their "
     "accuracy on the stimuli themselves and chance.",
+    "06_few_sessions.png": "A subject decoded from its first k sessions: image and brain retrieval of the "
+    "single-subject ridge and MLP, the shared ridge baseline, and the shared encoder (only the new subject's map "
+    "fitted, then everything fine-tuned) pretrained on the other subjects, with 95% intervals over the test "
+    "images; right, each subject as the target (dots) and their mean (bars), at one session.",
 }
 
 CAVEATS = (
@@ -256,6 +263,20 @@ def _tables(nb: str, m: dict[str, object], goals: dict | None = None) -> list[st
         if loc:
             out.append(_table({"early − higher": loc}, "localisation of the combined reconstruction's effects "
                                                        "(share of a mean effect map's energy near its centre)"))  # fmt: skip
+    if nb == "06" and m.get("06_few_sessions"):
+        r = m["06_few_sessions"]
+        first = r.targets[0]
+        out.append(_table(r.table[first], f"{first} from its first k sessions [95% interval over test images]",
+                          r.intervals[first]))  # fmt: skip
+        out.append(
+            _comparisons(r.comparisons[first], f"{first}: the fine-tuned shared encoder against the others")
+        )
+        rows = {row: {m_: f"{v['mean']:.3f} [{v['min']:.3f}, {v['max']:.3f}]" for m_, v in by.items()}
+                for row, by in r.across_targets.items()}  # fmt: skip
+        out.append(_table(rows, f"every subject as the target ({', '.join(r.targets)}): mean [min, max]"))
+        cost = {t: {"new subject (s)": r.new_subject_seconds[t], "its parameters": r.per_subject_parameters[t],
+                    "pretraining on the others (s)": r.pretrain_seconds[t]} for t in r.targets}  # fmt: skip
+        out.append(_table(cost, f"adding a subject (peak memory of the run {r.peak_memory_mb:.0f} MB)"))
     if nb == "05" and m.get("05_evaluation"):
         r = m["05_evaluation"]
         rows = r.table | ({"chance": r.chance} if r.chance else {})

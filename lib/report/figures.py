@@ -812,3 +812,55 @@ def recipe_table(table: dict[str, dict[str, dict]], title: str = "") -> plt.Figu
         rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()) if title else None
     )  # the title above the panels
     return fig
+
+
+def few_sessions_curves(table: dict[str, dict], intervals: dict[str, dict], across: dict[str, dict], ks: list[int],
+                        models: list[str], chance: float, target: str, n_sessions: int | None = None) -> plt.Figure:  # fmt: skip
+    """06's learning curves: image and brain retrieval (top-1) of each model against the target's sessions, with
+    95% intervals over the test images (``table`` and ``intervals``: {"<model> @ k": {metric: ...}}), and every
+    target subject's image retrieval at the session counts all targets have, the mean as a bar (``across``:
+    {"<model> @ k": {metric: spread over targets}})."""
+    labels = [str(k) if k else f"all ({n_sessions})" if n_sessions else "all" for k in ks]
+    x = np.arange(len(ks))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), sharey=True)
+    panels = ((axes[0], "img_retrieval_top1", f"{target}: image retrieval"),
+              (axes[1], "brain_retrieval_top1", f"{target}: brain retrieval"))  # fmt: skip
+    colours = dict(zip(models, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
+    for ax, metric, title in panels:
+        for i, m in enumerate(models):
+            rows = [f"{m} @ {k or 'all'}" for k in ks]
+            if not all(r in table for r in rows):
+                continue
+            y = np.array([table[r][metric] for r in rows])
+            lo = np.array([intervals[r][metric][0] for r in rows])
+            hi = np.array([intervals[r][metric][1] for r in rows])
+            off = (i - (len(models) - 1) / 2) * 0.06
+            ax.errorbar(x + off, y, yerr=[y - lo, hi - y], marker="o", capsize=3, label=m, color=colours[m])
+        ax.axhline(chance, color="grey", ls=":", label="chance")
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks(x, labels)
+        ax.set_xlabel("sessions of the target subject")
+    axes[0].set_ylabel("top-1 among the test images")
+    ax = axes[
+        2
+    ]  # every target: one dot per target subject, the mean as a bar, at the session counts all have
+    shared_ks = [k for k in ks if all(f"{m} @ {k or 'all'}" in across for m in models)]
+    width = 0.8 / max(len(shared_ks), 1)
+    n = 0
+    for j, k in enumerate(shared_ks):
+        for i, m in enumerate(models):
+            v = across[f"{m} @ {k or 'all'}"]["img_retrieval_top1"]
+            xi = i + (j - (len(shared_ks) - 1) / 2) * width
+            ax.bar(xi, v["mean"], width * 0.9, color=colours[m], alpha=0.35)
+            ax.plot(np.full(len(v["values"]), xi), v["values"], "o", color=colours[m], ms=4)
+            n = len(v["values"])
+    ax.axhline(chance, color="grey", ls=":")
+    which = ", ".join(str(k) if k else "all" for k in shared_ks)
+    ax.set_title(
+        f"image retrieval of each of {n} target subjects, {which} session(s) (bar: mean)", fontsize=10
+    )
+    ax.set_xticks(range(len(models)), models, rotation=20, fontsize=8)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    return fig

@@ -34,6 +34,9 @@ class DataPrep:
     subject: int
     voxels_per_roi: dict
     ncsnr_vs_truth_r: float | None = None  # mini-NSD: r of the estimated ncsnr with each voxel's true one
+    # every subject of the common parameter ``subjects``, each prepared on its own (voxels, ROI, z-scoring):
+    # {subjNN: sizes, median ncsnr and noise ceiling}
+    subjects: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -200,6 +203,33 @@ class Evaluation:
     uncertainty: dict
 
 
+@dataclasses.dataclass
+class FewSessions:
+    """06: each target subject decoded from its first k sessions, alone (ridge, MLP) and through the encoder shared
+    with the other subjects (:mod:`lib.stage.few_sessions`), on its shared test images."""
+
+    ks: list  # session counts (0: all)
+    models: list
+    subjects: list
+    targets: list
+    table: dict  # {subjNN: {"<model> @ k": {metric: value}}}
+    intervals: dict  # {subjNN: {"<model> @ k": {metric: [low, high]}}}
+    comparisons: dict  # {subjNN: {"a − b": {metric: paired}}}
+    across_targets: dict  # {"<model> @ k": {metric: spread over targets}}
+    seed_spread: dict  # {"<model> @ k": {metric: spread over seeds}} of the first target
+    goals: dict  # the issue's ratios at 1 session, for the first target
+    new_subject_seconds: dict  # {subjNN: seconds to add it at the first k: maps, then fine-tuning}
+    per_subject_parameters: dict  # {subjNN: its map's parameters}
+    pretrain_seconds: dict  # {subjNN: seconds to pretrain on the others}
+    seconds: dict  # {subjNN: {model: {k: seconds}}}
+    peak_memory_mb: float
+    roi: str
+    shared_config: dict
+    reconstructions: dict = dataclasses.field(
+        default_factory=dict
+    )  # judged 1-session reconstructions, when made
+
+
 #: the results type of each notebook
 TYPES: dict[str, type] = {
     "00_data_prep": DataPrep,
@@ -208,6 +238,7 @@ TYPES: dict[str, type] = {
     "03_stylegan2": Generator,
     "04_leave_one_out": LeaveOneOut,
     "05_evaluation": Evaluation,
+    "06_few_sessions": FewSessions,
 }
 
 

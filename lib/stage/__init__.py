@@ -109,9 +109,8 @@ def setup(name: str, profile: str = paths.EMBEDDED_PROFILE, overrides: dict | No
     common = profiles.resolve_common(settings, overrides)
     rng = runtime.seed_everything(common.seed)
     dev = runtime.pick_device(common.device)
-    root, seconds = simulate.ensure(
-        paths.data_root(profile, common.data_root or None), profile, seed=common.seed
-    )
+    root, seconds = simulate.ensure(paths.data_root(profile, common.data_root or None), profile, seed=common.seed,
+                                    n_subjects=max(common.subject_list + [common.subject]))  # fmt: skip
     ds = NSD(root)
     st = Stage(name, profile, common.seed, dev, rng, ds, paths.output_dir(profile),
                paths.metrics_dir(profile) / f"{name}.json", artifacts.Store(profile), seconds, common, settings,

@@ -5,7 +5,7 @@ changes one field; a section or field not listed here is an error naming it."""
 from __future__ import annotations
 
 from lib.analysis import loo, readback, stats
-from lib.models import contrastive, dino, gan, mlp
+from lib.models import contrastive, dino, gan, mlp, shared
 from lib.stage import fmri_encoder
 
 #: section name -> configuration dataclass (its defaults are the values of a profile that names none)
@@ -15,6 +15,7 @@ SECTIONS: dict[str, type] = {
     "clip": contrastive.ClipTrainConfig,
     "dino": dino.DinoConfig,
     "mlp": mlp.MLPConfig,
+    "shared": shared.SharedConfig,  # 06's shared-subject encoder
     "encoder": fmri_encoder.EncoderConfig,
     "gan": gan.GANConfig,
     "align": gan.AlignConfig,

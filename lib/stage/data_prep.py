@@ -35,6 +35,27 @@ def prepare(st: Stage, *, average_train: bool = False) -> prep.Prepared:
     return data
 
 
+def prepare_subjects(st: Stage) -> dict[str, dict]:
+    """Every subject of the common parameter ``subjects`` (default the stage's subject), each prepared on its own
+    (its voxels of the ROI, z-scored per session, split on the shared images; cached as :func:`prepare`):
+    {subjNN: sizes (:func:`lib.data.prep.describe`), sessions, median ncsnr and test noise ceiling}, printed as a
+    table."""
+    out = {}
+    for s in st.common.subject_list:
+        data, _, _ = prep.prepare_cached(st.ds, s, st.roi, st.sessions, nonfinite=st.nonfinite)
+        prep.check_prepared(st.ds, s, data, st.sessions)
+        ncsnr = st.ds.ncsnr(s, st.roi)
+        out[f"subj{s:02d}"] = prep.describe(data) | {
+            "sessions": len(st.ds.check_sessions(s, st.sessions)), "ncsnr_median": float(np.median(ncsnr)),
+            "noise_ceiling_test_median_pct": float(np.median(noise_ceiling(ncsnr, data.test_reps)))}  # fmt: skip
+    print(f"{'subject':8s} {'voxels':>7s} {'sessions':>8s} {'train trials':>12s} {'test images':>11s} "
+          f"{'ncsnr':>6s} {'ceiling %':>9s}")  # fmt: skip
+    for k, r in out.items():
+        print(f"{k:8s} {r['n_voxels']:7d} {r['sessions']:8d} {r['n_train_trials']:12d} {r['n_test_images']:11d} "
+              f"{r['ncsnr_median']:6.3f} {r['noise_ceiling_test_median_pct']:9.1f}")  # fmt: skip
+    return out
+
+
 @dataclasses.dataclass
 class Quality:
     """The ROI's ncsnr, the noise ceiling (%) of each test image's repeat average, and their medians."""
@@ -77,7 +98,8 @@ def zscore_effect(st: Stage) -> tuple[dict, dict[str, float]]:
     return effect, {k: float(np.median(v)) for k, v in effect["reliability"].items()}
 
 
-def results(st: Stage, *, data: prep.Prepared, counts: dict, q: Quality, reliability: dict) -> DataPrep:
+def results(st: Stage, *, data: prep.Prepared, counts: dict, q: Quality, reliability: dict,
+            subjects: dict | None = None) -> DataPrep:  # fmt: skip
     """The checks every prepared split passes (:func:`lib.data.prep.check_prepared`), then 00's results; on
     mini-NSD with the ncsnr recovered from the simulated betas against each voxel's true one."""
     prep.check_prepared(st.ds, st.subject, data, st.sessions)
@@ -85,4 +107,4 @@ def results(st: Stage, *, data: prep.Prepared, counts: dict, q: Quality, reliabi
     return DataPrep(subject=st.subject, roi=st.roi, **prep.describe(data), voxels_per_roi=counts,
                     simulate_seconds=simulation_seconds(st), ncsnr_median=q.ncsnr_median,
                     noise_ceiling_test_median_pct=q.ceiling_median, split_half_reliability_median=reliability,
-                    ncsnr_vs_truth_r=truth_r)  # fmt: skip
+                    ncsnr_vs_truth_r=truth_r, subjects=subjects or {})  # fmt: skip

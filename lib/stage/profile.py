@@ -37,6 +37,9 @@ class Common:
         ""  # empty: data/<profile>, simulated on first use (or $NSD_ROOT for nsd); a path must exist
     )
     subject: int = 1  # NSD subject, 1..8; its shared images are the test set
+    # the subjects 00 prepares and 06's shared-subject experiment uses (empty: [subject]); a simulated profile
+    # simulates as many as the largest needs
+    subjects: list = dataclasses.field(default_factory=list)
     sessions: list = dataclasses.field(
         default_factory=list
     )  # 1-based sessions read; empty: every one on disk
@@ -48,6 +51,14 @@ class Common:
     def __post_init__(self) -> None:
         if self.nonfinite not in ("error", "drop"):
             raise ProfileError(f"nonfinite={self.nonfinite!r}: expected 'error' or 'drop'")
+
+    @property
+    def subject_list(self) -> list[int]:
+        """The subjects of :attr:`subjects` (default: the one subject), each 1..8, in order, once."""
+        out = [int(s) for s in (self.subjects or [self.subject])]
+        if any(isinstance(s, bool) or not 1 <= s <= 8 for s in out) or len(set(out)) != len(out):
+            raise ProfileError(f"subjects={self.subjects!r}: expected distinct NSD subjects 1..8")
+        return out
 
     @property
     def session_list(self) -> list[int] | None:

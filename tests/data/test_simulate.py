@@ -17,6 +17,7 @@ from lib import paths
 from lib.data import prep, simulate
 from lib.data import scenes as sc
 from lib.data import simulate as sim
+from lib.data.nsd import NSD
 from tests.conftest import TINY
 
 
@@ -298,3 +299,23 @@ def test_voxel_truth_joins_the_ground_truth_to_prepared_voxels(tiny):
         assert truth["area"][k] == gt["area"][col] and truth["ncsnr"][k] == gt["ncsnr"][col]
         assert tuple(truth["prf_xy"][k]) == (gt["prf_x"][col], gt["prf_y"][col])
         np.testing.assert_array_equal(truth["signal"][:, k], gt["signal"][:, col])
+
+
+def test_adding_subjects_leaves_the_first_subjects_data_unchanged(tmp_path, tiny_root):
+    """Subject 1's files are the same bytes with 1 subject as with 2 (the fixture); its images, captions and
+    noise-free responses are the first rows of the larger dataset's; the later subject sees the shared images
+    and images of its own, drawn past subject 1's."""
+    one = tmp_path / "one"
+    sim.simulate(one, profile="tiny", n_subjects=1, seed=3, config=TINY)
+    a, b = sim.manifest(one), sim.manifest(tiny_root)
+    mine = [k for k in a if "subj01" in k and "groundtruth" not in k]
+    assert mine and all(a[k] == b[k] for k in mine)
+    small, large = NSD(one), NSD(tiny_root)
+    n = TINY.n_shared + TINY.n_unique
+    ids = np.arange(n)
+    assert np.array_equal(small.images(ids), large.images(ids)) and small.captions(ids) == large.captions(ids)
+    g1 = sim.load_ground_truth(one / "mininsd/groundtruth_subj01.hdf5")
+    g2 = sim.load_ground_truth(tiny_root / "mininsd/groundtruth_subj01.hdf5")
+    assert np.array_equal(g1["signal"], g2["signal"][:n]) and np.array_equal(g1["ncsnr"], g2["ncsnr"])
+    train2, test2 = prep.stimulus_split(large, 2)
+    assert train2.min() >= n and np.array_equal(test2, prep.stimulus_split(large, 1)[1])

@@ -1,0 +1,353 @@
+"""Notebook 06's steps: how well a new subject is decoded from its first few sessions, alone or with a model shared
+across subjects (MindEye2's design, :mod:`lib.models.shared`), pretrained on the other subjects' full data.
+
+For each target subject and each session count k, four decoders into 01's image embedding, trained on the target's
+training trials of its first k sessions and tested on its shared test images (repeats of every session averaged):
+
+- ``ridge``: today's single-subject ridge (02's alpha grid, leave-one-image-out);
+- ``mlp``: today's single-subject residual MLP (the profile's ``mlp`` section, fixed epochs);
+- ``shared ridge``: ridge into the embedding's subspace that the other subjects' brains encode (the top
+  ``rank`` principal directions of their ridge predictions), mapped back: the strong simple shared baseline;
+- ``shared maps``: the shared encoder pretrained on the other subjects, only the new subject's map fitted;
+- ``shared fine-tuned``: the same, then everything fine-tuned (MindEye2's recipe).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import resource
+import time
+
+import numpy as np
+
+from lib import metrics
+from lib.analysis import stats
+from lib.data import prep
+from lib.models.mlp import MLPConfig, train_mlp
+from lib.models.ridge import RidgeEncoder
+from lib.models.shared import SharedConfig, SharedEncoder, train_shared
+from lib.report.results import FewSessions
+from lib.stage import Stage
+
+MODELS = ("ridge", "mlp", "shared ridge", "shared maps", "shared fine-tuned")
+SINGLE = ("ridge", "mlp")
+METRICS = ("img_retrieval_top1", "brain_retrieval_top1", "two_way", "cosine")
+
+
+class FewSessionsError(ValueError):
+    """A setting of the experiment that cannot run; the message names it."""
+
+
+@dataclasses.dataclass
+class Subject:
+    """One subject's prepared responses (00's cache) with the session of each training row."""
+
+    number: int
+    x_train: np.ndarray
+    train_ids: np.ndarray
+    train_sessions: np.ndarray
+    x_test: np.ndarray
+    test_ids: np.ndarray
+
+    @property
+    def key(self) -> str:
+        return f"subj{self.number:02d}"
+
+    @property
+    def sessions(self) -> list[int]:
+        return sorted({int(s) for s in self.train_sessions})
+
+    def first(self, k: int) -> np.ndarray:
+        """Boolean mask of the training rows of the subject's first ``k`` sessions (0: every session)."""
+        keep = self.sessions if not k else self.sessions[:k]
+        return np.isin(self.train_sessions, keep)
+
+
+def load_subjects(st: Stage) -> dict[int, Subject]:
+    """00's prepared data of every subject of the common parameter ``subjects`` (an error naming 00 when missing)."""
+    out = {}
+    for s in st.common.subject_list:
+        data, _, _ = prep.prepare_cached(st.ds, s, st.roi, st.sessions, compute=False, nonfinite=st.nonfinite)
+        out[s] = Subject(s, data.x_train, data.train_ids, prep.training_sessions(st.ds, s, data), data.x_test,
+                         data.test_ids)  # fmt: skip
+    return out
+
+
+def embed(st: Stage, subjects: dict[int, Subject]) -> dict[int, np.ndarray]:
+    """{nsdId: 01's image embedding} of every image the subjects saw (01's embedder, saved by 01)."""
+    ids = np.unique(np.concatenate([np.r_[s.train_ids, s.test_ids] for s in subjects.values()]))
+    emb = st.store.load_embedder(device=st.device)
+    vectors = np.concatenate(
+        [emb.embed_images(st.ds.images(ids[i : i + 512])) for i in range(0, len(ids), 512)]
+    )
+    return dict(zip(ids.tolist(), vectors, strict=True))
+
+
+def _rows(vec: dict[int, np.ndarray], ids: np.ndarray) -> np.ndarray:
+    return np.stack([vec[int(i)] for i in ids])
+
+
+@dataclasses.dataclass
+class Fitted:
+    """The test predictions of every model at every k for one target: {model: {k: (prediction in its
+    retrieval space, regression output)}} and the seconds each took."""
+
+    target: int
+    pred: dict
+    seconds: dict
+    pretrain_seconds: float
+    per_subject_parameters: int
+    new_subject_seconds: float
+
+
+def _subspace(others: list[Subject], vec, alphas, device: str, rank: int) -> np.ndarray:
+    """(D, rank): the top principal directions of the other subjects' ridge predictions of their training
+    images' embeddings, the part of the embedding their brains encode."""
+    preds = []
+    for s in others:
+        y = _rows(vec, s.train_ids)
+        preds.append(
+            RidgeEncoder(alphas=alphas, device=device)
+            .fit(s.x_train, y, groups=s.train_ids)
+            .predict(s.x_train)
+        )
+    p = np.concatenate(preds)
+    _, _, vt = np.linalg.svd(p - p.mean(0), full_matrices=False)
+    return vt[:rank].T.astype(np.float32)
+
+
+def fit_target(st: Stage, subjects: dict[int, Subject], vec: dict[int, np.ndarray], target: int, ks: list[int], *,
+               shared: SharedConfig, mlp: MLPConfig, alphas, rank: int, seed: int) -> Fitted:  # fmt: skip
+    """Every model of :data:`MODELS` for ``target`` at every k of ``ks`` (0: all sessions): the shared encoder
+    pretrained once on the other subjects' full data (resumable under 06's work folder), then each k's fits."""
+    if target not in subjects or len(subjects) < 2:
+        raise FewSessionsError(
+            f"target {target}: expected one of the subjects {sorted(subjects)}, with others"
+        )
+    tgt, others = subjects[target], [s for n, s in subjects.items() if n != target]
+    work = st.store.work_dir(st.name, f"target{target}")
+    shared = dataclasses.replace(shared, seed=seed)
+    t0 = time.perf_counter()
+    base, _ = train_shared({s.key: (s.x_train, _rows(vec, s.train_ids)) for s in others}, shared, device=st.device,
+                           state_dir=work)  # fmt: skip
+    pretrain_seconds = time.perf_counter() - t0
+    basis = _subspace(others, vec, alphas, st.device, rank) if rank else None
+    pred: dict = {m: {} for m in MODELS}
+    seconds: dict = {m: {} for m in MODELS}
+    new_subject, own = 0.0, 0
+    for k in ks:
+        keep = tgt.first(k)
+        if not keep.any():
+            raise FewSessionsError(
+                f"k={k}: subject {target} has no training trials in its first {k} sessions"
+            )
+        fits, took, own = _fit_k(st, tgt, tgt.x_train[keep], tgt.train_ids[keep], vec, base, basis, shared,
+                                 dataclasses.replace(mlp, seed=seed), alphas, work)  # fmt: skip
+        for m in fits:
+            pred[m][k], seconds[m][k] = fits[m], took[m]
+        if k == ks[0]:
+            new_subject = took["shared maps"] + took["shared fine-tuned"]
+    return Fitted(target, {m: v for m, v in pred.items() if v}, seconds, pretrain_seconds, own, new_subject)
+
+
+def matched(mlp: MLPConfig, shared: SharedConfig, rows: int) -> MLPConfig:
+    """The single-subject MLP with the update budget of a new subject's two shared stages (``2 * tune_steps``
+    updates of ``tune_batch_size``), so that at one session it is not undertrained beside them."""
+    per_epoch = max(1, rows // shared.tune_batch_size)
+    return dataclasses.replace(mlp, batch_size=shared.tune_batch_size,
+                               epochs=max(1, -(-2 * shared.tune_steps // per_epoch)))  # fmt: skip
+
+
+def _fit_k(st: Stage, tgt: Subject, x: np.ndarray, ids: np.ndarray, vec, base: SharedEncoder,
+           basis: np.ndarray | None, shared: SharedConfig, mlp: MLPConfig, alphas, work) -> tuple[dict, dict, int]:  # fmt: skip
+    """Every model on one training set of the target: ({model: (prediction in its retrieval space, regression
+    output)}, {model: seconds}, the new subject's own parameters)."""
+    y = _rows(vec, ids)
+    fits, took = {}, {}
+    clock = time.perf_counter()
+
+    def done(model: str, space: np.ndarray, regression: np.ndarray) -> None:
+        nonlocal clock
+        fits[model] = (space, regression)
+        took[model], clock = time.perf_counter() - clock, time.perf_counter()
+
+    out = RidgeEncoder(alphas=alphas, device=st.device).fit(x, y, groups=ids).predict(tgt.x_test)
+    done("ridge", out, out)
+    m, _ = train_mlp(x, y, matched(mlp, shared, len(x)), device=st.device, state_dir=work)
+    done("mlp", m.retrieval_space(tgt.x_test), m.predict(tgt.x_test))
+    if basis is not None:
+        out = RidgeEncoder(alphas=alphas, device=st.device).fit(x, y @ basis, groups=ids).predict(tgt.x_test)
+        done("shared ridge", out @ basis.T, out @ basis.T)
+    tune = shared.tuning(len(x))  # the new subject's stages: a fixed number of updates in small batches
+    maps, _ = train_shared(
+        {tgt.key: (x, y)}, tune, start=base, train="maps", device=st.device, state_dir=work
+    )
+    done("shared maps", maps.retrieval_space(tgt.x_test, tgt.key), maps.predict(tgt.x_test, tgt.key))
+    enc, _ = train_shared({tgt.key: (x, y)}, shared.tuning(len(x), everything=True), start=maps, train="all",
+                          device=st.device, state_dir=work)  # fmt: skip
+    done("shared fine-tuned", enc.retrieval_space(tgt.x_test, tgt.key), enc.predict(tgt.x_test, tgt.key))
+    return fits, took, maps.parameters_of(tgt.key)
+
+
+def per_image(
+    fitted: Fitted, subjects: dict[int, Subject], vec, seed: int
+) -> dict[str, dict[str, np.ndarray]]:
+    """{"<model> @ k": {metric: (300,)}} of one target (:func:`lib.metrics.summary_per_sample`)."""
+    tgt = subjects[fitted.target]
+    true = _rows(vec, tgt.test_ids)
+    out = {}
+    for model, by_k in fitted.pred.items():
+        for k, (space, reg) in by_k.items():
+            scores = metrics.summary_per_sample(space, true, seed=seed, regression=reg)
+            out[row(model, k)] = {m: scores[m] for m in METRICS}
+    return out
+
+
+def row(model: str, k: int) -> str:
+    return f"{model} @ {k or 'all'}"
+
+
+def comparisons(scores: dict, ks: list[int], resamples: int, seed: int) -> dict:
+    """Paired comparisons on the same test images at every k: the fine-tuned shared encoder against each
+    single-subject model and against its maps-only stage."""
+    pairs = [(row("shared fine-tuned", k), row(other, k)) for k in ks for other in (*SINGLE, "shared maps")]
+    return stats.comparisons(scores, pairs, resamples, seed=seed)
+
+
+def peak_memory_mb() -> float:
+    """The process's peak resident memory so far (MB; an upper bound of any step's)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclasses.dataclass
+class Experiment:
+    """Everything 06 measured: per target, the fits and per-image scores; the seed spread of the first target."""
+
+    subjects: dict
+    vec: dict
+    fitted: dict  # {target: Fitted}
+    scores: dict  # {target: {row: {metric: (N,)}}}
+    seed_rows: dict  # {row: {metric: [value per seed]}} of the first target
+    ks: list
+
+
+def run(st: Stage, *, ks: list[int], targets: list[int], shared: SharedConfig, mlp: MLPConfig, alphas, rank: int,
+        seeds: int = 1, seed_ks: list[int] | None = None, other_ks: list[int] | None = None) -> Experiment:  # fmt: skip
+    """The first target of ``targets`` (default all subjects) at every k of ``ks``, the others at ``other_ks``
+    (default ``ks``); with ``seeds`` > 1, the first target again with each further seed at ``seed_ks`` (default
+    the first k) for the seed spread."""
+    for name, given in (("ks", ks), ("other_ks", other_ks), ("seed_ks", seed_ks)):
+        if given is not None and (not given or any(k < 0 for k in given) or len(set(given)) != len(given)):
+            raise FewSessionsError(f"{name}={given}: expected distinct session counts >= 0 (0: all)")
+    subjects = load_subjects(st)
+    targets = list(targets) or list(subjects)
+    bad = [t for t in targets if t not in subjects]
+    if bad:
+        raise FewSessionsError(
+            f"targets {bad}: not among the subjects {sorted(subjects)} (common parameter subjects)"
+        )
+    vec = embed(st, subjects)
+    fitted, scores = {}, {}
+    for i, t in enumerate(targets):
+        fitted[t] = fit_target(st, subjects, vec, t, ks if not i or other_ks is None else other_ks, shared=shared,
+                               mlp=mlp, alphas=alphas, rank=rank, seed=st.seed)  # fmt: skip
+        scores[t] = per_image(fitted[t], subjects, vec, st.seed)
+    seed_rows: dict = {}
+    first = targets[0]
+    for s in range(1, seeds):
+        again = fit_target(st, subjects, vec, first, list(seed_ks or ks[:1]), shared=shared, mlp=mlp, alphas=alphas,
+                           rank=rank, seed=st.seed + s)  # fmt: skip
+        for r, by_metric in per_image(again, subjects, vec, st.seed).items():
+            for m, v in by_metric.items():
+                seed_rows.setdefault(r, {}).setdefault(m, [float(scores[first][r][m].mean())]).append(
+                    float(v.mean())
+                )
+    return Experiment(subjects, vec, fitted, scores, seed_rows, list(ks))
+
+
+def table(scores: dict) -> dict:
+    """{row: {metric: mean over the test images}}."""
+    return {r: {m: float(v.mean()) for m, v in by.items()} for r, by in scores.items()}
+
+
+def goals(exp: Experiment, resamples: int, seed: int) -> dict:
+    """The issue's numbers at the first k (one session) for the first target: the fine-tuned shared encoder's
+    image retrieval against each single-subject model at that k and at all sessions, with the paired intervals."""
+    t = next(iter(exp.fitted))
+    k = exp.ks[0]
+    m = table(exp.scores[t])
+    ft = m[row("shared fine-tuned", k)]["img_retrieval_top1"]
+    out = {"target": f"subj{t:02d}", "k": k, "shared fine-tuned": ft}
+    for single in SINGLE:
+        out[f"{single} @ {k}"] = m[row(single, k)]["img_retrieval_top1"]
+        out[f"ratio to {single} @ {k}"] = ft / max(out[f"{single} @ {k}"], 1e-9)
+        out[f"paired − {single} @ {k}"] = stats.paired(exp.scores[t][row("shared fine-tuned", k)]["img_retrieval_top1"],
+                                                       exp.scores[t][row(single, k)]["img_retrieval_top1"], resamples,
+                                                       seed=seed)  # fmt: skip
+        if 0 in exp.ks:
+            out[f"{single} @ all"] = m[row(single, 0)]["img_retrieval_top1"]
+            out[f"ratio to {single} @ all"] = ft / max(out[f"{single} @ all"], 1e-9)
+        # where the curves meet: the first k without a claimable lead of the shared encoder (None: never)
+        out[f"meets {single} at k"] = meeting_point(exp, t, "shared fine-tuned", single)
+    return out
+
+
+def describe(results: FewSessions) -> str:
+    """The first target's paired comparisons (image retrieval), the seed spread, the issue's numbers and what
+    adding a subject cost, as lines."""
+    first = results.targets[0]
+    lines = []
+    for name, by_metric in results.comparisons[first].items():
+        c = by_metric["img_retrieval_top1"]
+        lines.append(f"{name:48s} {c['diff']:+.3f} [{c['low']:+.3f}, {c['high']:+.3f}]"
+                     f"{' *' if stats.differs(c) else ''}")  # fmt: skip
+    for r, by_metric in results.seed_spread.items():
+        s = by_metric["img_retrieval_top1"]
+        lines.append(f"seeds, {r}: image retrieval {s['mean']:.3f} (sd {s['sd']:.3f}, {s['n']} seeds)")
+    lines.append(f"goals: { ({k: v for k, v in results.goals.items() if not isinstance(v, dict)}) }")
+    lines.append(f"a new subject (its map, then everything), seconds: {results.new_subject_seconds}")
+    lines.append(
+        f"its own parameters: {results.per_subject_parameters}; peak memory {results.peak_memory_mb:.0f} MB"
+    )
+    return "\n".join(lines)
+
+
+def meeting_point(
+    exp: Experiment, target: int, a: str, b: str, metric: str = "img_retrieval_top1"
+) -> int | None:
+    """The first k at which model ``a`` no longer beats model ``b`` by a difference the report may claim
+    (:func:`lib.analysis.stats.differs`), None if it does at every k."""
+    for k in exp.ks:
+        d = stats.paired(exp.scores[target][row(a, k)][metric], exp.scores[target][row(b, k)][metric], 1000)
+        if not (stats.differs(d) and d["diff"] > 0):
+            return k
+    return None
+
+
+def across_targets(exp: Experiment) -> dict:
+    """{row: {metric: spread over the targets}} of the rows every target has."""
+    tables = [table(s) for s in exp.scores.values()]
+    rows = [r for r in tables[0] if all(r in t for t in tables)]
+    return {r: {m: stats.spread([t[r][m] for t in tables]) for m in tables[0][r]} for r in rows}
+
+
+def results(st: Stage, exp: Experiment, *, resamples: int, shared: SharedConfig) -> FewSessions:
+    """06's results: per target the table, intervals and paired comparisons, the spread over targets and seeds,
+    the issue's ratios at one session, and what adding a subject costs."""
+    key = lambda t: f"subj{t:02d}"  # noqa: E731
+    return FewSessions(
+        ks=exp.ks, models=[m for m in MODELS if any(row(m, exp.ks[0]) in s for s in exp.scores.values())],
+        subjects=[key(s) for s in exp.subjects], targets=[key(t) for t in exp.fitted],
+        table={key(t): table(s) for t, s in exp.scores.items()},
+        intervals={key(t): stats.intervals(s, resamples, seed=st.seed) for t, s in exp.scores.items()},
+        comparisons={key(t): comparisons(s, exp.ks, resamples, st.seed) for t, s in exp.scores.items()},
+        across_targets=across_targets(exp),
+        seed_spread={r: {m: stats.spread(v) for m, v in by.items()} for r, by in exp.seed_rows.items()},
+        goals=goals(exp, resamples, st.seed),
+        new_subject_seconds={key(t): f.new_subject_seconds for t, f in exp.fitted.items()},
+        per_subject_parameters={key(t): f.per_subject_parameters for t, f in exp.fitted.items()},
+        pretrain_seconds={key(t): f.pretrain_seconds for t, f in exp.fitted.items()},
+        seconds={key(t): {m: {str(k): v for k, v in by.items()} for m, by in f.seconds.items() if by}
+                 for t, f in exp.fitted.items()},
+        peak_memory_mb=peak_memory_mb(), roi=st.roi, shared_config=dataclasses.asdict(shared),
+    )  # fmt: skip
