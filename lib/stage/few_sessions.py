@@ -48,6 +48,9 @@ class Subject:
     train_sessions: np.ndarray
     x_test: np.ndarray
     test_ids: np.ndarray
+    own_fit: np.ndarray | None = (
+        None  # its ridge predictions of its own training rows (the shared ridge's space)
+    )
 
     @property
     def key(self) -> str:
@@ -103,15 +106,15 @@ class Fitted:
 def _subspace(others: list[Subject], vec, alphas, device: str, rank: int) -> np.ndarray:
     """(D, rank): the top principal directions of the other subjects' ridge predictions of their training
     images' embeddings, the part of the embedding their brains encode."""
-    preds = []
-    for s in others:
-        y = _rows(vec, s.train_ids)
-        preds.append(
-            RidgeEncoder(alphas=alphas, device=device)
-            .fit(s.x_train, y, groups=s.train_ids)
-            .predict(s.x_train)
-        )
-    p = np.concatenate(preds)
+    for s in others:  # each subject's fit once, whichever target it serves
+        if s.own_fit is None:
+            y = _rows(vec, s.train_ids)
+            s.own_fit = (
+                RidgeEncoder(alphas=alphas, device=device)
+                .fit(s.x_train, y, groups=s.train_ids)
+                .predict(s.x_train)
+            )
+    p = np.concatenate([s.own_fit for s in others])
     _, _, vt = np.linalg.svd(p - p.mean(0), full_matrices=False)
     return vt[:rank].T.astype(np.float32)
 
