@@ -44,10 +44,10 @@ def prepare_subjects(st: Stage) -> dict[str, dict]:
     for s in st.common.subject_list:
         data, _, _ = prep.prepare_cached(st.ds, s, st.roi, st.sessions, nonfinite=st.nonfinite)
         prep.check_prepared(st.ds, s, data, st.sessions)
-        ncsnr = st.ds.ncsnr(s, st.roi)
+        q = _quality(st.ds.ncsnr(s, st.roi), data)
         out[f"subj{s:02d}"] = prep.describe(data) | {
-            "sessions": len(st.ds.check_sessions(s, st.sessions)), "ncsnr_median": float(np.median(ncsnr)),
-            "noise_ceiling_test_median_pct": float(np.median(noise_ceiling(ncsnr, data.test_reps)))}  # fmt: skip
+            "sessions": len(st.ds.check_sessions(s, st.sessions)), "ncsnr_median": q.ncsnr_median,
+            "noise_ceiling_test_median_pct": q.ceiling_median}  # fmt: skip
     print(f"{'subject':8s} {'voxels':>7s} {'sessions':>8s} {'train trials':>12s} {'test images':>11s} "
           f"{'ncsnr':>6s} {'ceiling %':>9s}")  # fmt: skip
     for k, r in out.items():
@@ -72,10 +72,13 @@ class Quality:
         return float(np.median(self.ceiling))
 
 
+def _quality(ncsnr: np.ndarray, data: prep.Prepared) -> Quality:
+    return Quality(ncsnr, noise_ceiling(ncsnr, data.test_reps))
+
+
 def quality(st: Stage, data: prep.Prepared) -> Quality:
     """NSD's ncsnr of the ROI's voxels and the noise ceiling of the test set's repeat averages."""
-    ncsnr = st.ds.ncsnr(st.subject, st.roi)
-    q = Quality(ncsnr, noise_ceiling(ncsnr, data.test_reps))
+    q = _quality(st.ds.ncsnr(st.subject, st.roi), data)
     print(
         f"{st.roi}: median ncsnr {q.ncsnr_median:.3f}, median noise ceiling of the test set {q.ceiling_median:.1f}%"
     )

@@ -1,11 +1,12 @@
 """Notebook 06's steps: how well a new subject is decoded from its first few sessions, alone or with a model shared
 across subjects (MindEye2's design, :mod:`lib.models.shared`), pretrained on the other subjects' full data.
 
-For each target subject and each session count k, four decoders into 01's image embedding, trained on the target's
+For each target subject and each session count k, five decoders into 01's image embedding, trained on the target's
 training trials of its first k sessions and tested on its shared test images (repeats of every session averaged):
 
 - ``ridge``: today's single-subject ridge (02's alpha grid, leave-one-image-out);
-- ``mlp``: today's single-subject residual MLP (the profile's ``mlp`` section, fixed epochs);
+- ``mlp``: today's single-subject residual MLP (the profile's ``mlp`` section) with the update budget of the
+  shared encoder's two stages (:func:`matched`);
 - ``shared ridge``: ridge into the embedding's subspace that the other subjects' brains encode (the top
   ``rank`` principal directions of their ridge predictions), mapped back: the strong simple shared baseline;
 - ``shared maps``: the shared encoder pretrained on the other subjects, only the new subject's map fitted;
@@ -21,7 +22,7 @@ import time
 import numpy as np
 
 from lib import metrics
-from lib.analysis import stats
+from lib.analysis import decoding, stats
 from lib.data import prep
 from lib.models.mlp import MLPConfig, train_mlp
 from lib.models.ridge import RidgeEncoder
@@ -48,9 +49,8 @@ class Subject:
     train_sessions: np.ndarray
     x_test: np.ndarray
     test_ids: np.ndarray
-    own_fit: np.ndarray | None = (
-        None  # its ridge predictions of its own training rows (the shared ridge's space)
-    )
+    # its ridge predictions of its own training rows (the shared ridge's space), once computed
+    own_fit: np.ndarray | None = None
 
     @property
     def key(self) -> str:
@@ -76,18 +76,18 @@ def load_subjects(st: Stage) -> dict[int, Subject]:
     return out
 
 
-def embed(st: Stage, subjects: dict[int, Subject]) -> dict[int, np.ndarray]:
-    """{nsdId: 01's image embedding} of every image the subjects saw (01's embedder, saved by 01)."""
+def embed(st: Stage, subjects: dict[int, Subject]) -> tuple[np.ndarray, np.ndarray]:
+    """(nsdIds, 01's image embedding of each) of every image the subjects saw (01's embedder, saved by 01)."""
     ids = np.unique(np.concatenate([np.r_[s.train_ids, s.test_ids] for s in subjects.values()]))
     emb = st.store.load_embedder(device=st.device)
     vectors = np.concatenate(
         [emb.embed_images(st.ds.images(ids[i : i + 512])) for i in range(0, len(ids), 512)]
     )
-    return dict(zip(ids.tolist(), vectors, strict=True))
+    return ids, vectors
 
 
-def _rows(vec: dict[int, np.ndarray], ids: np.ndarray) -> np.ndarray:
-    return np.stack([vec[int(i)] for i in ids])
+def _rows(vec: tuple[np.ndarray, np.ndarray], ids: np.ndarray) -> np.ndarray:
+    return decoding.rows_of(*vec, ids)
 
 
 @dataclasses.dataclass
@@ -119,8 +119,8 @@ def _subspace(others: list[Subject], vec, alphas, device: str, rank: int) -> np.
     return vt[:rank].T.astype(np.float32)
 
 
-def fit_target(st: Stage, subjects: dict[int, Subject], vec: dict[int, np.ndarray], target: int, ks: list[int], *,
-               shared: SharedConfig, mlp: MLPConfig, alphas, rank: int, seed: int) -> Fitted:  # fmt: skip
+def fit_target(st: Stage, subjects: dict[int, Subject], vec: tuple[np.ndarray, np.ndarray], target: int,
+               ks: list[int], *, shared: SharedConfig, mlp: MLPConfig, alphas, rank: int, seed: int) -> Fitted:  # fmt: skip
     """Every model of :data:`MODELS` for ``target`` at every k of ``ks`` (0: all sessions): the shared encoder
     pretrained once on the other subjects' full data (resumable under 06's work folder), then each k's fits."""
     if target not in subjects or len(subjects) < 2:
@@ -227,7 +227,7 @@ class Experiment:
     """Everything 06 measured: per target, the fits and per-image scores; the seed spread of the first target."""
 
     subjects: dict
-    vec: dict
+    vec: tuple  # (nsdIds, image embeddings) of every image the subjects saw
     fitted: dict  # {target: Fitted}
     scores: dict  # {target: {row: {metric: (N,)}}}
     seed_rows: dict  # {row: {metric: [value per seed]}} of the first target
