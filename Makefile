@@ -67,13 +67,14 @@ format: $(STAMP)  ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff check --fix lib tests benchmarks notebooks
 	$(BIN)/ruff format lib tests benchmarks notebooks
 
-bench: $(STAMP)  ## benchmarks: NSD-size session read, NSD-scale ridge (vs scikit-learn, himalaya), MLP memory, LOO sweep, fetch
+bench: $(STAMP)  ## benchmarks: NSD-size session read, NSD-scale ridge (vs scikit-learn, himalaya), MLP memory, LOO sweep, fetch, scoring
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	$(BIN)/python benchmarks/bench_nsd_read.py
 	$(BIN)/python benchmarks/bench_ridge.py
 	$(BIN)/python benchmarks/bench_loo.py
 	$(BIN)/python benchmarks/bench_mlp_memory.py
 	$(BIN)/python benchmarks/bench_fetch.py
+	$(BIN)/python benchmarks/bench_scoring.py
 
 SUBJECT ?= 1
 WHAT ?= design,stiminfo,betas,ncsnr,rois,prf,anat,behaviour

@@ -213,29 +213,95 @@ def resize(x, size: int):
     return F.interpolate(x, (size, size), mode="bilinear", align_corners=False, antialias=shrink)
 
 
-def _resized_pair(recons: np.ndarray, targets: np.ndarray, size: int, chunk: int = 32):
-    """Both batches as float tensors in [0, 1], resized to ``size`` (bilinear, as torchvision's Resize on tensors;
-    antialiased only when shrinking), yielded in chunks of ``chunk`` pairs."""
-    r, t = _images(recons, "recons"), _images(targets, "targets")
-    if len(r) != len(t) or len(r) == 0:
-        raise ValueError(
-            f"recons ({len(r)}) and targets ({len(t)}): expected the same number of images, >= 1"
-        )
+def _checked(recons: dict[str, np.ndarray], targets: np.ndarray) -> np.ndarray:
+    """``targets`` as an array, after checking that every image set of ``recons`` is uint8 (N, H, W, 3) with one
+    image per target (a one-line error naming the set)."""
+    t = np.asarray(targets)
+    _images(t[:1], "targets")
+    for name, r in recons.items():
+        _images(np.asarray(r)[:1], name)
+        if len(r) != len(t) or len(t) == 0:
+            raise ValueError(
+                f"{name} ({len(r)}) and targets ({len(t)}): expected the same number of images, >= 1"
+            )
+    return t
 
-    for i in range(0, len(r), chunk):
-        yield resize(r[i : i + chunk], size), resize(t[i : i + chunk], size)
+
+def _pixcorr(r, t) -> np.ndarray:
+    """Pearson r over all values of each pair of float images (N, C, H, W), (N,)."""
+    r = r.flatten(1) - r.flatten(1).mean(1, keepdim=True)
+    t = t.flatten(1) - t.flatten(1).mean(1, keepdim=True)
+    den = (r.norm(dim=1) * t.norm(dim=1)).clamp_min(1e-12)
+    return ((r * t).sum(1) / den).double().numpy()
+
+
+class _Ssim:
+    """SSIM's parts on float images (N, 3, S, S): the target's grey image, its local mean and variance computed
+    once (:meth:`target`), then any number of images scored against them (:meth:`score`)."""
+
+    C1, C2 = 0.01**2, 0.03**2
+    GREY = (0.2125, 0.7154, 0.0721)
+
+    def __init__(self, sigma: float):
+        self.radius = int(3.5 * sigma + 0.5)
+        g = torch.exp(-0.5 * (torch.arange(-self.radius, self.radius + 1, dtype=torch.float64) / sigma) ** 2)
+        self.g = (g / g.sum()).float()
+        self.grey = torch.tensor(self.GREY).view(1, 3, 1, 1)
+        self._band = None  # (S, S - 2 radius): the blur's matrix for images of side S
+
+    def blur(self, a):
+        """Separable Gaussian over the last two axes, valid region only (= scikit-image's filter cropped by the
+        window radius), as two products with a banded matrix: on CPU faster than the 23-tap convolution."""
+        n = a.shape[-1]
+        if self._band is None or self._band.shape[0] != n or a.shape[-2] != n:
+            if a.shape[-2] != n:
+                raise ValueError(f"SSIM: images {tuple(a.shape[-2:])}: expected square")
+            band = torch.zeros(n, n - 2 * self.radius)
+            for j in range(n - 2 * self.radius):
+                band[j : j + 2 * self.radius + 1, j] = self.g
+            self._band = band
+        return self._band.T @ (a @ self._band)
+
+    def target(self, t):
+        y = (t * self.grey).sum(1, keepdim=True)
+        my, yy = self.blur(torch.cat([y, y * y], 1)).split(1, dim=1)
+        return y, my, yy - my * my
+
+    def score(self, r, target) -> np.ndarray:
+        y, my, vy = target
+        x = (r * self.grey).sum(1, keepdim=True)
+        mx, xx, xy = self.blur(torch.cat([x, x * x, x * y], 1)).split(1, dim=1)
+        vx, cxy = xx - mx * mx, xy - mx * my
+        s = ((2 * mx * my + self.C1) * (2 * cxy + self.C2)) / (
+            (mx * mx + my * my + self.C1) * (vx + vy + self.C2)
+        )
+        return s.double().mean(dim=[1, 2, 3]).numpy()
+
+
+def low_level_per_image(recons: dict[str, np.ndarray], targets: np.ndarray, size: int = METRIC_SIZE,
+                        sigma: float = 1.5, chunk: int = 32, which=("PixCorr", "SSIM")) -> dict[str, dict]:  # fmt: skip
+    """{name: {"PixCorr": (N,), "SSIM": (N,)}} of every image set of ``recons`` (uint8 (N, H, W, 3), row i drawn for
+    targets[i]) against ``targets``, each metric as :func:`pixcorr_per_image` and :func:`ssim_per_image` define it.
+    Each chunk of targets is resized, greyed and blurred once for every set."""
+    t_all = _checked(recons, targets)
+    ssim_ = _Ssim(sigma)
+    out: dict[str, dict[str, list]] = {v: {m: [] for m in which} for v in recons}
+    for i in range(0, len(t_all), chunk):
+        t = resize(_images(t_all[i : i + chunk], "targets"), size)
+        tgt = ssim_.target(t) if "SSIM" in which else None
+        for v, rec in recons.items():
+            r = resize(_images(np.asarray(rec[i : i + chunk]), v), size)
+            if "PixCorr" in which:
+                out[v]["PixCorr"].append(_pixcorr(r, t))
+            if "SSIM" in which:
+                out[v]["SSIM"].append(ssim_.score(r, tgt))
+    return {v: {m: np.concatenate(x) for m, x in by.items()} for v, by in out.items()}
 
 
 def pixcorr_per_image(recons: np.ndarray, targets: np.ndarray, size: int = METRIC_SIZE) -> np.ndarray:
     """Pearson r over all RGB pixel values of each (reconstruction, target) pair after resizing both to
     ``size`` x ``size``, (N,)."""
-    out = []
-    for r, t in _resized_pair(recons, targets, size):
-        r = r.flatten(1) - r.flatten(1).mean(1, keepdim=True)
-        t = t.flatten(1) - t.flatten(1).mean(1, keepdim=True)
-        den = (r.norm(dim=1) * t.norm(dim=1)).clamp_min(1e-12)
-        out.append(((r * t).sum(1) / den).double().numpy())
-    return np.concatenate(out)
+    return low_level_per_image({"recons": recons}, targets, size, which=("PixCorr",))["recons"]["PixCorr"]
 
 
 def pixcorr(recons: np.ndarray, targets: np.ndarray, size: int = METRIC_SIZE) -> float:
@@ -250,26 +316,7 @@ def ssim_per_image(
     Gaussian weights (``sigma``, window truncated at 3.5 sigma), population covariances, data range 1,
     K1 0.01, K2 0.03, averaged over the pixels a full window covers; equal to scikit-image's
     ``structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1)``."""
-
-    grey = torch.tensor([0.2125, 0.7154, 0.0721]).view(1, 3, 1, 1)
-    radius = int(3.5 * sigma + 0.5)
-    g = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float64) / sigma) ** 2)
-    g = (g / g.sum()).float()
-
-    gx, gy = g.view(1, 1, 1, -1).repeat(5, 1, 1, 1), g.view(1, 1, -1, 1).repeat(5, 1, 1, 1)
-
-    def blur(a):  # separable, valid region only (= scikit-image's filter cropped by the window radius)
-        return F.conv2d(F.conv2d(a, gx, groups=5), gy, groups=5)  # 5 maps at once, one channel each
-
-    c1, c2 = 0.01**2, 0.03**2
-    out = []
-    for r, t in _resized_pair(recons, targets, size):
-        x, y = (r * grey).sum(1, keepdim=True), (t * grey).sum(1, keepdim=True)
-        mx, my, xx, yy, xy = blur(torch.cat([x, y, x * x, y * y, x * y], 1)).split(1, dim=1)
-        vx, vy, cxy = xx - mx * mx, yy - my * my, xy - mx * my
-        s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-        out.append(s.double().mean(dim=[1, 2, 3]).numpy())
-    return np.concatenate(out)
+    return low_level_per_image({"recons": recons}, targets, size, sigma, which=("SSIM",))["recons"]["SSIM"]
 
 
 def ssim(recons: np.ndarray, targets: np.ndarray, size: int = METRIC_SIZE) -> float:

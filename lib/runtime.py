@@ -15,6 +15,22 @@ log = logging.getLogger("lib")
 QUIET_ENV = "LIB_QUIET"
 
 
+#: the least seconds between two periodic saves of a trainer that saves every epoch (:meth:`lib.trainer.Run.checkpoint`)
+SAVE_SECONDS_ENV, SAVE_SECONDS = "LIB_SAVE_SECONDS", 15.0
+
+
+def save_seconds() -> float:
+    """``$LIB_SAVE_SECONDS`` (0: save every epoch, as the kill tests need), else :data:`SAVE_SECONDS`."""
+    raw = os.environ.get(SAVE_SECONDS_ENV, "")
+    try:
+        value = float(raw) if raw else SAVE_SECONDS
+    except ValueError:
+        raise ValueError(f"${SAVE_SECONDS_ENV}={raw!r}: expected a number of seconds >= 0") from None
+    if not value >= 0:
+        raise ValueError(f"${SAVE_SECONDS_ENV}={raw!r}: expected a number of seconds >= 0")
+    return value
+
+
 def quiet() -> bool:
     """True when progress bars should stay silent (``$LIB_QUIET=1`` or ``$CI`` set)."""
     return os.environ.get(QUIET_ENV, "") not in ("", "0") or os.environ.get("CI", "") not in (

@@ -6,6 +6,7 @@ A resumed run equals an uninterrupted one: each trainer's tests check it."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,8 @@ class Run:
         self.world, self.saved_by = distributed.world(), None
         self.step, self.done, self.history, self.extra = 0, False, {}, {}
         self.bar = None
+        self._saved_at = time.monotonic()  # the last save (or the start): :meth:`checkpoint` spaces saves
+        self._end = self.total  # where the current :meth:`steps` call stops
 
     @property
     def resumed(self) -> bool:
@@ -141,10 +144,23 @@ class Run:
         state["per_rank"] = per_rank
         return fileio.write_bytes(self.path, fileio.torch_bytes(state))
 
+    def checkpoint(self, **extra: Any) -> Path | None:
+        """:meth:`save` after the last step, and otherwise when :func:`lib.runtime.save_seconds` have passed since
+        the last save (rank 0's clock decides for every process): a trainer that ends each epoch here writes its
+        state once in a while rather than every epoch (a killed run loses at most that much work). ``extra`` is
+        kept either way."""
+        self.extra.update(extra)
+        every, last = runtime.save_seconds(), self.done or self.step >= self._end
+        if not distributed.agree(last or time.monotonic() - self._saved_at >= every):
+            return None
+        self._saved_at = time.monotonic()
+        return self.save()
+
     def steps(self, stop_after: int | None = None) -> Iterator[int]:
         """The remaining steps up to ``total`` (or ``stop_after`` more in this call), with a progress bar; each
         must end with :meth:`advance`. Stops after a step that set :attr:`done`."""
         end = self.total if stop_after is None else min(self.total, self.step + stop_after)
+        self._end = end
         if end > self.step and self.saved_by not in (None, self.world.size):
             raise RuntimeError(f"{self.path}: saved by {self.saved_by} processes; resume it with {self.saved_by} "
                                f"(this is {self.world.size})")  # fmt: skip

@@ -375,7 +375,7 @@ def train_mlp(x_train: np.ndarray, y_train: np.ndarray, cfg: MLPConfig, x_val: n
         )
         history["stopped_early"] = run.done and epoch < cfg.epochs
         run.advance(loss=f"{history['loss'][-1]:.3f}", val=f"{best:.3f}")
-        run.save(best=best, best_state=best_state, stale=stale, done=run.done)
+        run.checkpoint(best=best, best_state=best_state, stale=stale, done=run.done)
     done = run.done
     if best_state is not None:
         model.load_state_dict(best_state)

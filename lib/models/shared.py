@@ -299,7 +299,7 @@ def train_shared(data: Subjects | dict, cfg: SharedConfig, *, start=None, train:
         )
         history["stopped_early"] = run.done and epoch < cfg.epochs
         run.advance(loss=f"{history['loss'][-1]:.3f}", val=f"{best:.3f}")
-        run.save(best=best, best_state=best_state, stale=stale, done=run.done)
+        run.checkpoint(best=best, best_state=best_state, stale=stale, done=run.done)
     if best_state is not None:
         model.load_state_dict(best_state)
     for p in model.parameters():

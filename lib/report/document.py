@@ -23,7 +23,7 @@ from lib.analysis import stats
 from lib.analysis.variants import NEAREST, ORACLE
 from lib.fileio import atomic_path, write_bytes, write_json
 from lib.report import labels, results
-from lib.report.results import JointEmbedding, LeaveOneOut
+from lib.report.results import FewSessions, JointEmbedding, LeaveOneOut
 
 PUBLISHED = paths.PROJ_ROOT / "data_manifests" / "published_results.csv"
 
@@ -116,6 +116,9 @@ FIGURES = {
     "single-subject ridge and MLP, the shared ridge baseline, and the shared encoder (only the new subject's map "
     "fitted, then everything fine-tuned) pretrained on the other subjects, with 95% intervals over the test "
     "images; right, each subject as the target (dots) and their mean (bars), at one session.",
+    "06_reconstructions.png": "The first target's test images drawn by 03's generator (not tuned on fMRI) from the "
+    "true embedding and from each decoder's prediction with one session and with all sessions; under each image "
+    "its PixCorr. The table below judges every test image as 05 does.",
 }
 
 CAVEATS = (
@@ -277,6 +280,14 @@ def _tables(nb: str, m: dict[str, object], goals: dict | None = None) -> list[st
         cost = {t: {"new subject (s)": r.new_subject_seconds[t], "its parameters": r.per_subject_parameters[t],
                     "pretraining on the others (s)": r.pretrain_seconds[t]} for t in r.targets}  # fmt: skip
         out.append(_table(cost, f"adding a subject (peak memory of the run {r.peak_memory_mb:.0f} MB)"))
+        rec = r.reconstructions
+        if rec:
+            out.append(_table(rec["table"], f"{first}'s test images drawn by {rec['source']} from each decoder "
+                                            "and judged as in 05 [95% interval] (mismatched: chance)",
+                              rec["intervals"]))  # fmt: skip
+            out.append(_comparisons(rec["comparisons"], "the shared encoder's 1-session reconstructions against "
+                                                        "the others"))  # fmt: skip
+            out.append(_table(rec["goals"], "1-session reconstructions: the issue's goals"))
     if nb == "05" and m.get("05_evaluation"):
         r = m["05_evaluation"]
         rows = r.table | ({"chance": r.chance} if r.chance else {})
@@ -426,8 +437,34 @@ def goals_of(m: dict[str, object]) -> dict | None:
     if not all(m.get(s) for s in needed) or not m["05_evaluation"].readback:
         return None
     r = m["05_evaluation"]
-    return reconstruction_goals(m["01_joint_embedding"], m["04_leave_one_out"], r.table, r.readback,
-                                _uncertain(r, "uncertainty")[1], _uncertain(r, "readback_uncertainty")[1])  # fmt: skip
+    out = reconstruction_goals(m["01_joint_embedding"], m["04_leave_one_out"], r.table, r.readback,
+                               _uncertain(r, "uncertainty")[1], _uncertain(r, "readback_uncertainty")[1])  # fmt: skip
+    return out | (few_session_goals(m["06_few_sessions"]) if m.get("06_few_sessions") else {})
+
+
+#: 06's goals: the shared encoder at one session against the single-subject MLP then (at least), and against the
+#: best single-subject model with all sessions, ridge (at least)
+FEW_SESSION_GOALS = {"mlp": 1.5, "ridge all": 0.75}
+
+
+def few_session_goals(r: FewSessions) -> dict:
+    """06's goals for its first target at its first k: the shared encoder's image retrieval against the MLP at
+    that k (the ratio, and the paired difference that :func:`lib.analysis.stats.differs` accepts) and against ridge
+    with all sessions, and its reconstructions' goals when made."""
+    g, k = r.goals, r.goals["k"]
+    name = f"06 shared fine-tuned, {k} session(s), image retrieval"
+    paired = g[f"paired − mlp @ {k}"]
+    out = {f"{name} / MLP at {k}": {"value": g[f"ratio to mlp @ {k}"], "threshold": FEW_SESSION_GOALS["mlp"],
+                                    "met": g[f"ratio to mlp @ {k}"] >= FEW_SESSION_GOALS["mlp"]
+                                    and stats.differs(paired) and paired["diff"] > 0,
+                                    "interval": [round(paired["low"], 4), round(paired["high"], 4)]}}  # fmt: skip
+    if "ratio to ridge @ all" in g:
+        v = g["ratio to ridge @ all"]
+        out[f"{name} / ridge with all sessions"] = {"value": v, "threshold": FEW_SESSION_GOALS["ridge all"],
+                                                     "met": v >= FEW_SESSION_GOALS["ridge all"]}  # fmt: skip
+    for metric, v in (r.reconstructions or {}).get("goals", {}).items():
+        out[f"06 shared fine-tuned, {k} session(s), reconstructions: {metric}"] = dict(v)
+    return out
 
 
 def reconstruction_goals(m01: JointEmbedding | None, m04: LeaveOneOut | None, table: dict[str, dict],

@@ -487,9 +487,10 @@ def predicted_vs_true(preds: dict[str, np.ndarray], true: np.ndarray, n_points: 
 
 
 def reconstruction_grid(truth: np.ndarray, variants: dict[str, np.ndarray], n: int = 8,
-                        captions: list[str] | None = None, scores: dict[str, np.ndarray] | None = None) -> plt.Figure:  # fmt: skip
-    """Rows: test images; columns: the seen image, then each reconstruction variant ({name: uint8 images}).
-    ``scores`` ({name: per-image value}) are written under each reconstruction."""
+                        captions: list[str] | None = None, scores: dict[str, np.ndarray] | None = None,
+                        title: str = "") -> plt.Figure:  # fmt: skip
+    """Rows: test images; columns: the seen image, then each reconstruction variant ({name: uint8 images}, long
+    names wrapped). ``scores`` ({name: per-image value}) are written under each reconstruction."""
     cols = ["seen image", *variants]
     n = min(n, len(truth))
     fig, axes = plt.subplots(n, len(cols), figsize=(1.55 * len(cols), 1.6 * n), squeeze=False)
@@ -500,12 +501,16 @@ def reconstruction_grid(truth: np.ndarray, variants: dict[str, np.ndarray], n: i
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
-                ax.set_title(name, fontsize=9)
+                ax.set_title(textwrap.fill(name, 16), fontsize=8)
             if c == 0 and captions is not None:
                 ax.set_ylabel(textwrap.fill(captions[r], 22), fontsize=6, rotation=0, ha="right", va="center")
             if c > 0 and scores is not None and name in scores:
                 ax.set_xlabel(f"{scores[name][r]:.2f}", fontsize=7, labelpad=1)
     fig.subplots_adjust(hspace=0.25, wspace=0.05)
+    if title:  # just above the column titles
+        h = fig.get_figheight()
+        fig.subplots_adjust(top=1 - 0.75 / h)
+        fig.suptitle(title, fontsize=10, y=1 - 0.12 / h)
     return fig
 
 

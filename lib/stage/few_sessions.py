@@ -22,8 +22,10 @@ import time
 import numpy as np
 
 from lib import metrics
-from lib.analysis import decoding, stats
+from lib.analysis import decoding, perceptual, stats
+from lib.analysis.variants import ORACLE
 from lib.data import prep
+from lib.models import gan
 from lib.models.mlp import MLPConfig, train_mlp
 from lib.models.ridge import RidgeEncoder
 from lib.models.shared import SharedConfig, SharedEncoder, train_shared
@@ -33,6 +35,12 @@ from lib.stage import Stage
 MODELS = ("ridge", "mlp", "shared ridge", "shared maps", "shared fine-tuned")
 SINGLE = ("ridge", "mlp")
 METRICS = ("img_retrieval_top1", "brain_retrieval_top1", "two_way", "cosine")
+#: the decoders whose test predictions 03's generator draws (None: at the first k, 0: with all sessions)
+DRAWN = (("shared fine-tuned", None), ("mlp", None), ("ridge", None), ("shared fine-tuned", 0), ("ridge", 0))
+#: 05's judges of the drawn images (beside PixCorr and SSIM): an ImageNet network never trained on the stimuli
+JUDGES = ("EffNet-Lite0 2-way", "EffNet-Lite0 dist")
+#: the issue's thresholds for the 1-session reconstructions of the shared encoder
+RECON_GOALS = {"EffNet-Lite0 2-way": 0.75, "PixCorr": 0.55}
 
 
 class FewSessionsError(ValueError):
@@ -336,7 +344,8 @@ def across_targets(exp: Experiment) -> dict:
 
 def results(st: Stage, exp: Experiment, *, resamples: int, shared: SharedConfig) -> FewSessions:
     """06's results: per target the table, intervals and paired comparisons, the spread over targets and seeds,
-    the issue's ratios at one session, and what adding a subject costs."""
+    the issue's ratios at one session, and what adding a subject costs (the reconstructions:
+    :func:`with_reconstruction`)."""
     key = lambda t: f"subj{t:02d}"  # noqa: E731
     return FewSessions(
         ks=exp.ks, models=[m for m in MODELS if any(row(m, exp.ks[0]) in s for s in exp.scores.values())],
@@ -354,3 +363,95 @@ def results(st: Stage, exp: Experiment, *, resamples: int, shared: SharedConfig)
                  for t, f in exp.fitted.items()},
         peak_memory_mb=peak_memory_mb(), roi=st.roi, shared_config=dataclasses.asdict(shared),
     )  # fmt: skip
+
+
+@dataclasses.dataclass
+class Reconstruction:
+    """The first target's test images drawn by 03's generator from each decoder of :data:`DRAWN` (and from the
+    true embedding), judged as 05 judges reconstructions."""
+
+    test_images: np.ndarray  # uint8 (N, S, S, 3), the seen images
+    images: dict  # {variant: uint8 (N, R, R, 3)}
+    per_image: (
+        dict  # {variant: {metric: (N,)}} (perceptual.evaluate's), "mismatched": chance of PixCorr, SSIM
+    )
+    unavailable: dict  # {metric: why} for a judge whose weights are absent
+    source: str  # the generator drawn with
+    ratio: float
+    seconds: float
+
+    def scores(self, metric: str) -> dict[str, np.ndarray]:
+        """{variant: per-image ``metric``} of every drawn variant that has it (for the figure)."""
+        return {
+            v: by[metric]
+            for v, by in self.per_image.items()
+            if v in self.images and by.get(metric) is not None
+        }
+
+
+def reconstruct(st: Stage, exp: Experiment, *, n_test: int = 0, judges=JUDGES) -> Reconstruction:
+    """03's generator (its recorded perturbation ratio, z = 0: 03's "plain" reconstructions) drawn from the first
+    target's predictions of :data:`DRAWN` (their regression outputs, as 03 draws 02's), first ``n_test`` test
+    images (0: all), and judged with PixCorr, SSIM and ``judges`` of :data:`lib.analysis.perceptual.METRICS`;
+    chance of PixCorr and SSIM from the oracle's images paired with the next test image. The generator not tuned
+    on fMRI is used: 03's tuned one learnt from the target's every session."""
+    t0 = time.perf_counter()
+    t, k = next(iter(exp.fitted)), exp.ks[0]
+    fitted = exp.fitted[t]
+    wanted = [(m, k if kk is None else kk) for m, kk in DRAWN]
+    missing = [row(m, kk) for m, kk in wanted if kk not in fitted.pred.get(m, {})]
+    if missing:
+        raise FewSessionsError(
+            f"reconstruct: {missing} were not fitted (ks={exp.ks}); expected every row of DRAWN"
+        )
+    if isinstance(n_test, bool) or not isinstance(n_test, int) or n_test < 0:
+        raise FewSessionsError(f"n_test={n_test!r}: expected 0 (every test image) or a positive count")
+    tgt = exp.subjects[t]
+    n = n_test or len(tgt.test_ids)
+    emb = st.store.load_embedder(st.device)
+    G = st.store.load_generator("generator", st.device, model_key=emb.key)
+    ratio = float(st.store.generation_settings()["feature_ratio"])
+    conditions = {ORACLE: _rows(exp.vec, tgt.test_ids)} | {
+        row(m, kk): fitted.pred[m][kk][1] for m, kk in wanted
+    }
+    images = {name: gan.generate(G, c[:n], ratio, seed=st.seed) for name, c in conditions.items()}
+    seen = st.ds.images(tgt.test_ids[:n])
+    _, unavailable, per_image = perceptual.evaluate(
+        images, seen, list(judges), device=st.device, per_image=True
+    )
+    wrong = {"mismatched": images[ORACLE][np.roll(np.arange(n), 1)]}
+    per_image |= perceptual.evaluate(wrong, seen, [], device=st.device, per_image=True)[2]
+    return Reconstruction(seen, images, per_image, unavailable, "03's generator (not fMRI-tuned)", ratio,
+                          time.perf_counter() - t0)  # fmt: skip
+
+
+def reconstruction_results(exp: Experiment, rec: Reconstruction, *, resamples: int, seed: int) -> dict:
+    """What :class:`lib.report.results.FewSessions` records of the reconstructions: the table and intervals of
+    every judge, the paired comparisons of the shared encoder's 1-session images with the others, and the
+    issue's goals (value, threshold, met)."""
+    k = exp.ks[0]
+    first = row("shared fine-tuned", k)
+    judged = {v: {m: s for m, s in by.items() if s is not None} for v, by in rec.per_image.items()}
+    pairs = [(first, v) for v in judged if v not in (first, "mismatched")]
+    goals_ = {m: {"value": float(np.mean(judged[first][m])), "threshold": th,
+                  "met": bool(np.mean(judged[first][m]) >= th)}
+              for m, th in RECON_GOALS.items() if m in judged[first]}  # fmt: skip
+    return {
+        "variants": list(rec.images),
+        "n_test": len(rec.test_images),
+        "table": table(judged),
+        "intervals": stats.intervals(judged, resamples, seed=seed),
+        "comparisons": stats.comparisons(judged, pairs, resamples, seed=seed),
+        "goals": goals_,
+        "unavailable": rec.unavailable,
+        "source": rec.source,
+        "feature_ratio": rec.ratio,
+        "seconds": rec.seconds,
+    }
+
+
+def with_reconstruction(results_: FewSessions, exp: Experiment, rec: Reconstruction, *, resamples: int,
+                        seed: int) -> FewSessions:  # fmt: skip
+    """``results_`` with the judged reconstructions (:func:`reconstruction_results`) and the peak memory so far."""
+    return dataclasses.replace(results_, peak_memory_mb=peak_memory_mb(),
+                               reconstructions=reconstruction_results(exp, rec, resamples=resamples, seed=seed))  # fmt: skip

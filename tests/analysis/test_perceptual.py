@@ -30,6 +30,25 @@ def test_efficientnet_lite0_with_the_packaged_weights_recognises_a_cat_and_an_es
     assert coffee in (967, 968)  # espresso, cup
 
 
+def test_folding_batch_norm_into_the_convolutions_keeps_the_features():
+    torch.manual_seed(0)
+    plain = perceptual.EfficientNetLite0().eval()
+    for m in plain.modules():  # inference statistics and affine parameters away from the identity
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-0.2, 0.2)
+    fused = perceptual.EfficientNetLite0().eval()
+    fused.load_state_dict(plain.state_dict())
+    fused.fuse_()
+    x = _photo("chelsea", 96)
+    with torch.no_grad():
+        want, got = plain.pool(x), fused.pool(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    assert fused.fuse_() is fused  # a second call changes nothing
+    torch.testing.assert_close(fused.pool(x), got)
+
+
 @pytest.fixture
 def images():
     rng = np.random.default_rng(0)

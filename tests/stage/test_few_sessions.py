@@ -70,3 +70,25 @@ def test_summaries_against_hand_counts():
     assert fs.meeting_point(exp, 1, "shared fine-tuned", "mlp") is None
     with pytest.raises(fs.FewSessionsError, match=r"ks=\[1, 1\]"):
         fs.run(None, ks=[1, 1], targets=[], shared=SharedConfig(), mlp=MLPConfig(), alphas=[1.0], rank=0)
+
+
+def test_reconstruction_summaries_against_hand_counts():
+    exp = _experiment()
+    exp.fitted = {1: fs.Fitted(1, {"ridge": {1: None}}, {}, 0.0, 0, 0.0)}  # only ridge fitted
+    with pytest.raises(fs.FewSessionsError, match=r"'shared fine-tuned @ 1', 'mlp @ 1'.* were not fitted"):
+        fs.reconstruct(None, exp)
+    n = 20
+    first, other = fs.row("shared fine-tuned", 1), fs.row("mlp", 1)
+    per_image = {first: {"EffNet-Lite0 2-way": np.full(n, 0.8), "PixCorr": np.r_[np.full(10, 0.7), np.full(10, 0.3)]},
+                 other: {"EffNet-Lite0 2-way": np.full(n, 0.6), "PixCorr": np.full(n, 0.1)},
+                 "mismatched": {"EffNet-Lite0 2-way": None, "PixCorr": np.zeros(n)}}  # fmt: skip
+    images = {v: np.zeros((n, 4, 4, 3), np.uint8) for v in (first, other)}
+    rec = fs.Reconstruction(np.zeros((n, 4, 4, 3), np.uint8), images, per_image, {}, "G", 1.0, 0.0)
+    assert set(rec.scores("PixCorr")) == {first, other}  # the chance row is not drawn
+    out = fs.reconstruction_results(exp, rec, resamples=200, seed=0)
+    assert out["table"][first] == {"EffNet-Lite0 2-way": pytest.approx(0.8), "PixCorr": pytest.approx(0.5)}
+    assert out["goals"]["EffNet-Lite0 2-way"]["met"] and out["goals"]["PixCorr"] == {
+        "value": pytest.approx(0.5), "threshold": 0.55, "met": False}  # fmt: skip
+    assert list(out["comparisons"]) == [f"{first} − {other}"]
+    assert out["comparisons"][f"{first} − {other}"]["PixCorr"]["diff"] == pytest.approx(0.4)
+    assert "EffNet-Lite0 2-way" not in out["table"]["mismatched"]

@@ -17,7 +17,13 @@ import pytest
 from lib import paths
 from lib.data import simulate
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "LIB_QUIET": "1"}
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "LIB_QUIET": "1",
+    "LIB_SAVE_SECONDS": "0",
+}
 
 SIMULATE = """
 import sys

@@ -69,6 +69,12 @@ def test_pixcorr_equals_numpy_correlation_and_ssim_equals_scikit_image():
     np.testing.assert_allclose(metrics.ssim_per_image(a, b, size=40), ref, rtol=1e-5)
     assert metrics.ssim(a, a, size=40) == pytest.approx(1.0)
     assert metrics.ssim(a[:2], b[:2]) < 1  # resized to 425 by default
+    both = metrics.low_level_per_image({"b": b, "a": a}, a, size=40, chunk=2)  # chunks of 2, the last of 1
+    np.testing.assert_allclose(both["b"]["SSIM"], ref, rtol=1e-5)
+    np.testing.assert_allclose(both["b"]["PixCorr"], want, rtol=1e-6)
+    np.testing.assert_allclose(both["a"]["SSIM"], 1, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"b \(2\) and targets \(3\): expected the same number"):
+        metrics.low_level_per_image({"a": a, "b": b[:2]}, a)
     with pytest.raises(ValueError, match="uint8"):
         metrics.pixcorr(a.astype(float), b)
 

@@ -11,7 +11,7 @@ import torch
 from lib import trainer
 
 
-def toy(state_dir=None, stop_after=None, total=12, patience_at=None):
+def toy(state_dir=None, stop_after=None, total=12, patience_at=None, checkpoint=False):
     """A linear model fitted by SGD on batches drawn by a NumPy generator, with dropout drawing from torch's."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Dropout(0.2), torch.nn.Linear(4, 1))
@@ -33,7 +33,8 @@ def toy(state_dir=None, stop_after=None, total=12, patience_at=None):
         run.history["loss"].append(float(loss.detach()))
         run.advance(loss=f"{float(loss.detach()):.3f}")
         run.done = patience_at is not None and run.step >= patience_at
-        run.save(best=min(run.extra["best"], float(loss.detach())), done=run.done)
+        save = run.checkpoint if checkpoint else run.save
+        save(best=min(run.extra["best"], float(loss.detach())), done=run.done)
     return model, run
 
 
@@ -46,6 +47,28 @@ def test_resume_equals_uninterrupted(tmp_path):
     for a, b in zip(whole.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert len(list(tmp_path.iterdir())) == 1  # the state file only, no temporary left behind
+
+
+def test_checkpoints_are_spaced_in_time_but_the_last_step_always_saves(tmp_path, monkeypatch):
+    saves = []
+    write = trainer.Run.save
+    monkeypatch.setattr(trainer.Run, "save", lambda self, **kw: saves.append(self.step) or write(self, **kw))
+    monkeypatch.setenv("LIB_SAVE_SECONDS", "1000")
+    whole, r1 = toy()
+    saves.clear()
+    toy(tmp_path, stop_after=5, checkpoint=True)
+    assert saves == [5]  # the end of the call, not every step
+    resumed, r2 = toy(tmp_path, checkpoint=True)
+    assert saves == [5, 12] and r2.resumed and r2.history["loss"] == r1.history["loss"]
+    for a, b in zip(whole.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    monkeypatch.setenv("LIB_SAVE_SECONDS", "0")
+    saves.clear()
+    toy(tmp_path / "every", stop_after=3, checkpoint=True)
+    assert saves == [1, 2, 3]
+    monkeypatch.setenv("LIB_SAVE_SECONDS", "soon")
+    with pytest.raises(ValueError, match=r"\$LIB_SAVE_SECONDS='soon': expected a number of seconds >= 0"):
+        toy(tmp_path / "bad", stop_after=1, checkpoint=True)
 
 
 def test_a_finished_or_stopped_run_does_not_train_again(tmp_path):
