@@ -134,7 +134,7 @@ def train(images: np.ndarray, table, epochs: int = 30, batch: int = 64, lr: floa
     net = _Net({a: len(c) for a, c in classes.items()}).to(dev)
     x_all = _as_input(images, dev)
     y_all = {a: torch.as_tensor(c, device=dev) for a, c in codes.items()}
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4, fused=True)
     steps_per = max(1, len(images) // batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * steps_per)
     gen = torch.Generator().manual_seed(seed)

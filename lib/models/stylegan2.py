@@ -135,13 +135,14 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
                      up: int = 1, padding: int = 0, resample_filter: torch.Tensor | None = None,
                      demodulate: bool = True) -> torch.Tensor:  # fmt: skip
     """StyleGAN2's modulated convolution, unfused: x * styles, one convolution with the shared weight, then the
-    demodulation coefficients rsqrt(sum((weight * styles)^2) + 1e-8) per sample and output channel, then noise."""
+    demodulation coefficients rsqrt(sum((weight * styles)^2) + 1e-8) per sample and output channel, then noise.
+    The coefficients come from one product, styles^2 @ sum_k(weight^2)^T, never the (N, out, in, k, k) tensor of
+    per-sample weights: the same sum, several times cheaper on CPU (forward and backward)."""
     n = x.shape[0]
     x = x * styles.to(x.dtype).reshape(n, -1, 1, 1)
     x = conv2d_resample(x, weight.to(x.dtype), resample_filter, up=up, padding=padding)
     if demodulate:
-        w = weight.unsqueeze(0) * styles.reshape(n, 1, -1, 1, 1)
-        d = (w.square().sum(dim=[2, 3, 4]) + 1e-8).rsqrt()
+        d = (styles.square() @ weight.square().sum(dim=[2, 3]).T + 1e-8).rsqrt()
         x = x * d.to(x.dtype).reshape(n, -1, 1, 1)
     if noise is not None:
         x = x + noise.to(x.dtype)
