@@ -278,9 +278,9 @@ def lowlevel_choice(x_train: np.ndarray, images_train: np.ndarray, x_test: np.nd
     for size in sizes:
         dec = lowlevel.fit(x_train, images_train, columns, size=int(size), group=group, alphas=alphas,
                            groups=groups, device=device)  # fmt: skip
-        blurry = dec.blurry(x_test, images_test.shape[1])
-        scores[int(size)] = {"PixCorr": metrics.pixcorr(blurry, images_test),
-                             "SSIM": metrics.ssim(blurry, images_test), "alpha": float(dec.encoder.alpha_)}  # fmt: skip
+        low = metrics.low_level_per_image({"blurry": dec.blurry(x_test, images_test.shape[1])}, images_test)
+        scores[int(size)] = {"PixCorr": float(np.mean(low["blurry"]["PixCorr"])),
+                             "SSIM": float(np.mean(low["blurry"]["SSIM"])), "alpha": float(dec.encoder.alpha_)}  # fmt: skip
         decoders[int(size)] = dec
     return scores, decoders
 

@@ -287,7 +287,8 @@ def _tables(nb: str, m: dict[str, object], goals: dict | None = None) -> list[st
                               rec["intervals"]))  # fmt: skip
             out.append(_comparisons(rec["comparisons"], "the shared encoder's 1-session reconstructions against "
                                                         "the others"))  # fmt: skip
-            out.append(_table(rec["goals"], "1-session reconstructions: the issue's goals"))
+            rows = {f"{v}: {m}": g for v, by in rec["goals"].items() for m, g in by.items()}
+            out.append(_table(rows, "1-session reconstructions: the issue's goals"))
     if nb == "05" and m.get("05_evaluation"):
         r = m["05_evaluation"]
         rows = r.table | ({"chance": r.chance} if r.chance else {})
@@ -462,8 +463,9 @@ def few_session_goals(r: FewSessions) -> dict:
         v = g["ratio to ridge @ all"]
         out[f"{name} / ridge with all sessions"] = {"value": v, "threshold": FEW_SESSION_GOALS["ridge all"],
                                                      "met": v >= FEW_SESSION_GOALS["ridge all"]}  # fmt: skip
-    for metric, v in (r.reconstructions or {}).get("goals", {}).items():
-        out[f"06 shared fine-tuned, {k} session(s), reconstructions: {metric}"] = dict(v)
+    for variant, by_metric in (r.reconstructions or {}).get("goals", {}).items():
+        for metric, v in by_metric.items():
+            out[f"06 reconstructions from {variant}: {metric}"] = dict(v)
     return out
 
 

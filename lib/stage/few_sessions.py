@@ -25,7 +25,7 @@ from lib import metrics
 from lib.analysis import decoding, perceptual, stats
 from lib.analysis.variants import ORACLE
 from lib.data import prep
-from lib.models import gan
+from lib.models import gan, lowlevel
 from lib.models.mlp import MLPConfig, train_mlp
 from lib.models.ridge import RidgeEncoder
 from lib.models.shared import SharedConfig, SharedEncoder, train_shared
@@ -41,6 +41,9 @@ DRAWN = (("shared fine-tuned", None), ("mlp", None), ("ridge", None), ("shared f
 JUDGES = ("EffNet-Lite0 2-way", "EffNet-Lite0 dist")
 #: the issue's thresholds for the 1-session reconstructions of the shared encoder
 RECON_GOALS = {"EffNet-Lite0 2-way": 0.75, "PixCorr": 0.55}
+#: the spatial pathway beside the semantic one, as 02 fits it: ridge from the early visual voxels to a 16 px image
+SPATIAL_ROI, SPATIAL_SIZE = "early", 16
+SPATIAL = " + spatial"  # the suffix of the two pathways combined (03's recipe) from the same k sessions
 
 
 class FewSessionsError(ValueError):
@@ -57,6 +60,7 @@ class Subject:
     train_sessions: np.ndarray
     x_test: np.ndarray
     test_ids: np.ndarray
+    voxel_ijk: np.ndarray | None = None  # (V, 3) of its prepared voxels (the spatial pathway's early columns)
     # its ridge predictions of its own training rows (the shared ridge's space), once computed
     own_fit: np.ndarray | None = None
 
@@ -80,7 +84,7 @@ def load_subjects(st: Stage) -> dict[int, Subject]:
     for s in st.common.subject_list:
         data, _, _ = prep.prepare_cached(st.ds, s, st.roi, st.sessions, compute=False, nonfinite=st.nonfinite)
         out[s] = Subject(s, data.x_train, data.train_ids, prep.training_sessions(st.ds, s, data), data.x_test,
-                         data.test_ids)  # fmt: skip
+                         data.test_ids, data.voxel_ijk)  # fmt: skip
     return out
 
 
@@ -389,12 +393,15 @@ class Reconstruction:
         }
 
 
-def reconstruct(st: Stage, exp: Experiment, *, n_test: int = 0, judges=JUDGES) -> Reconstruction:
+def reconstruct(st: Stage, exp: Experiment, *, n_test: int = 0, judges=JUDGES, spatial: bool = True,
+                alphas=None) -> Reconstruction:  # fmt: skip
     """03's generator (its recorded perturbation ratio, z = 0: 03's "plain" reconstructions) drawn from the first
     target's predictions of :data:`DRAWN` (their regression outputs, as 03 draws 02's), first ``n_test`` test
     images (0: all), and judged with PixCorr, SSIM and ``judges`` of :data:`lib.analysis.perceptual.METRICS`;
     chance of PixCorr and SSIM from the oracle's images paired with the next test image. The generator not tuned
-    on fMRI is used: 03's tuned one learnt from the target's every session."""
+    on fMRI is used: 03's tuned one learnt from the target's every session. With ``spatial``, also the shared
+    encoder's first-k prediction combined with the spatial pathway fitted on the same k sessions
+    (:func:`spatial_pathway`, ridge ``alphas``) by 03's recorded recipe (:func:`lib.models.gan.combiner`)."""
     t0 = time.perf_counter()
     t, k = next(iter(exp.fitted)), exp.ks[0]
     fitted = exp.fitted[t]
@@ -415,6 +422,13 @@ def reconstruct(st: Stage, exp: Experiment, *, n_test: int = 0, judges=JUDGES) -
         row(m, kk): fitted.pred[m][kk][1] for m, kk in wanted
     }
     images = {name: gan.generate(G, c[:n], ratio, seed=st.seed) for name, c in conditions.items()}
+    if spatial:
+        low = spatial_pathway(st, tgt, k, alphas)[:n]
+        first = row("shared fine-tuned", k)
+        settings = st.store.generation_settings()
+        images[first + SPATIAL] = gan.combiner(G, emb, settings, seed=st.seed, exact=False)(
+            conditions[first][:n], low
+        )
     seen = st.ds.images(tgt.test_ids[:n])
     _, unavailable, per_image = perceptual.evaluate(
         images, seen, list(judges), device=st.device, per_image=True
@@ -425,6 +439,19 @@ def reconstruct(st: Stage, exp: Experiment, *, n_test: int = 0, judges=JUDGES) -
                           time.perf_counter() - t0)  # fmt: skip
 
 
+def spatial_pathway(st: Stage, tgt: Subject, k: int, alphas=None) -> np.ndarray:
+    """The target's low-resolution test images (N, 16, 16, 3) decoded by ridge from its early visual voxels
+    (:data:`SPATIAL_ROI`), fitted on its first ``k`` sessions as 02 fits its spatial pathway on all of them."""
+    cols = prep.group_columns(st.ds, tgt.number, tgt.voxel_ijk, [SPATIAL_ROI]).get(SPATIAL_ROI)
+    if cols is None or not len(cols):
+        raise FewSessionsError(f"subject {tgt.number}: no {SPATIAL_ROI} voxels in its prepared ROI for the spatial "
+                               "pathway; expected some (spatial=False leaves it out)")  # fmt: skip
+    keep = tgt.first(k)
+    dec = lowlevel.fit(tgt.x_train[keep], st.ds.images(tgt.train_ids[keep]), cols, size=SPATIAL_SIZE,
+                       group=SPATIAL_ROI, alphas=alphas, groups=tgt.train_ids[keep], device=st.device)  # fmt: skip
+    return dec.predict(tgt.x_test)
+
+
 def reconstruction_results(exp: Experiment, rec: Reconstruction, *, resamples: int, seed: int) -> dict:
     """What :class:`lib.report.results.FewSessions` records of the reconstructions: the table and intervals of
     every judge, the paired comparisons of the shared encoder's 1-session images with the others, and the
@@ -433,9 +460,9 @@ def reconstruction_results(exp: Experiment, rec: Reconstruction, *, resamples: i
     first = row("shared fine-tuned", k)
     judged = {v: {m: s for m, s in by.items() if s is not None} for v, by in rec.per_image.items()}
     pairs = [(first, v) for v in judged if v not in (first, "mismatched")]
-    goals_ = {m: {"value": float(np.mean(judged[first][m])), "threshold": th,
-                  "met": bool(np.mean(judged[first][m]) >= th)}
-              for m, th in RECON_GOALS.items() if m in judged[first]}  # fmt: skip
+    goals_ = {v: {m: {"value": float(np.mean(judged[v][m])), "threshold": th,
+                      "met": bool(np.mean(judged[v][m]) >= th)} for m, th in RECON_GOALS.items() if m in judged[v]}
+              for v in (first, first + SPATIAL) if v in judged}  # fmt: skip
     return {
         "variants": list(rec.images),
         "n_test": len(rec.test_images),
