@@ -127,9 +127,8 @@ def variant_scores(recon: dict[str, np.ndarray], view: EmbeddingView, true: np.n
     and each image's cosine to its true embedding (for the grid). Not a judge: the generator was aligned to this
     embedding (05 scores with independent judges)."""
     table, per_image = {}, {}
-    low = metrics.low_level_per_image(
-        recon, images
-    )  # the seen images resized and blurred once for all variants
+    # the seen images resized and blurred once for all variants
+    low = metrics.low_level_per_image(recon, images)
     for name, rec in recon.items():
         e = embed_generated(view, rec)
         table[name] = {"two_way": metrics.two_way_identification(e, true),

@@ -417,7 +417,10 @@ def reconstruct(st: Stage, exp: Experiment, *, n_test: int = 0, judges=JUDGES, s
     n = n_test or len(tgt.test_ids)
     emb = st.store.load_embedder(st.device)
     G = st.store.load_generator("generator", st.device, model_key=emb.key)
-    ratio = float(st.store.generation_settings()["feature_ratio"])
+    settings = (
+        st.store.generation_settings()
+    )  # 03's recorded recipe: its ratio, and how it combines the pathways
+    ratio = float(settings["feature_ratio"])
     conditions = {ORACLE: _rows(exp.vec, tgt.test_ids)} | {
         row(m, kk): fitted.pred[m][kk][1] for m, kk in wanted
     }
@@ -425,7 +428,6 @@ def reconstruct(st: Stage, exp: Experiment, *, n_test: int = 0, judges=JUDGES, s
     if spatial:
         low = spatial_pathway(st, tgt, k, alphas)[:n]
         first = row("shared fine-tuned", k)
-        settings = st.store.generation_settings()
         images[first + SPATIAL] = gan.combiner(G, emb, settings, seed=st.seed, exact=False)(
             conditions[first][:n], low
         )
