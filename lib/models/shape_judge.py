@@ -126,7 +126,7 @@ class ShapeNet(nn.Module):
         self.head = nn.Linear(8 * w, len(SHAPES))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.body(x * 2 - 1)
+        h = self.body((x * 2 - 1).contiguous(memory_format=torch.channels_last))  # NHWC: faster on CPU
         return self.head(torch.cat([h.mean((2, 3)), h.amax((2, 3))], 1))
 
 
