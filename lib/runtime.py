@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import sys
 
 import numpy as np
 from tqdm import tqdm
@@ -46,6 +47,11 @@ def progress(iterable=None, **kwargs):
     kwargs.setdefault("disable", quiet())
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, **kwargs)
+
+
+def progress_write(line: str) -> None:
+    """One line to stderr that does not break the progress bars (printed even when they are quiet)."""
+    tqdm.write(line, file=sys.stderr)
 
 
 def pick_device(device: str = "auto") -> str:

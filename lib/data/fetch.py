@@ -7,6 +7,13 @@ verified (size, and the MD5 behind the S3 ETag: of the whole object, or of each 
 (the final name appears only once verified; a mismatch deletes the partial copy and names the file and what
 differed) and recorded (``<root>/fetch_record.json``: key, size, ETag, MD5, time); a second run transfers nothing.
 
+On a faulty network: every reply that is not streamed (listings, errors) is checked to be whole and well-formed
+before botocore reads it, so a reply cut after its headers is never taken for an empty listing, nor a damaged one
+for a server error; a dropped stream continues where it stopped. Both retry with exponential backoff and full
+jitter, bounded in tries without a new byte (the count starts again whenever bytes arrive) and in time. A fetch
+ends with every planned file present and verified, or fails naming each file that is not, what went wrong and
+what was kept.
+
 boto3/botocore is the client: the S3 API's own implementation (ranged and conditional GETs, retries with backoff,
 connection pooling, unsigned requests), maintained by AWS, with no filesystem layer between us and the checks."""
 
@@ -20,12 +27,14 @@ import hashlib
 import json
 import os
 import queue
+import random
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
+from xml.etree import ElementTree
 
 from lib import fileio, paths, runtime
 from lib.data.rois import ROI_FILES
@@ -42,7 +51,14 @@ OPTIONAL = ("anat",)  # planned when the bucket holds it, else left out with a n
 COCO_CAPTIONS = "http://images.cocodataset.org/annotations/annotations_trainval2017.zip"
 CHUNK = 1 << 20
 BESIDE = 8 << 20  # objects above this size are hashed in a second thread as they arrive
-RETRIES = 3  # new ranged GETs after a dropped stream, per file
+#: retries of a listing or a dropped stream: exponential backoff with full jitter (a wait drawn from 0 .. BACKOFF *
+#: 2^(try - 1), at most BACKOFF_MAX), given up after TRIES tries in a row that brought no new byte or PATIENCE seconds
+#: without one; a read silent for READ_TIMEOUT seconds counts as a drop
+TRIES = 6
+BACKOFF = 0.5
+BACKOFF_MAX = 20.0
+PATIENCE = 600.0
+READ_TIMEOUT = 60.0
 
 
 class FetchError(RuntimeError):
@@ -63,16 +79,63 @@ def manifest(path: Path = MANIFEST) -> list[tuple[str, str]]:
         return [(row["what"], row["key"]) for row in csv.DictReader(f)]
 
 
-def client(endpoint: str | None = None, region: str = REGION):
-    """An anonymous (unsigned) S3 client with retries, pooled connections for parallel downloads."""
+def client(endpoint: str | None = None, region: str = REGION, read_timeout: float | None = None):
+    """An anonymous (unsigned) S3 client with retries, pooled connections for parallel downloads, whose replies
+    that are not streamed are checked whole and well-formed before they are parsed (:func:`_check_reply`).
+    ``read_timeout``: seconds a connection may stay silent (default :data:`READ_TIMEOUT`)."""
     import boto3  # lazy: boto3: make fetch only
     from botocore import UNSIGNED  # lazy: boto3: make fetch only
     from botocore.config import Config  # lazy: boto3: make fetch only
 
-    cfg = Config(
-        signature_version=UNSIGNED, retries={"max_attempts": 8, "mode": "standard"}, max_pool_connections=32
-    )
-    return boto3.client("s3", endpoint_url=endpoint, region_name=region, config=cfg)
+    cfg = Config(signature_version=UNSIGNED, retries={"max_attempts": 8, "mode": "standard"},
+                 max_pool_connections=32, read_timeout=read_timeout or READ_TIMEOUT)  # fmt: skip
+    cl = boto3.client("s3", endpoint_url=endpoint, region_name=region, config=cfg)
+    cl.meta.events.register("before-parse.s3.*", _check_reply)
+    return cl
+
+
+class CutReply(Exception):
+    """A reply that arrived incomplete or damaged: a connection dropped mid-reply, or bytes changed on the way."""
+
+
+def _check_reply(operation_model=None, response_dict=None, **_) -> None:
+    """botocore's before-parse hook: a reply body (not streamed, not a HEAD) must have the length its headers give
+    and, when not empty, be well-formed XML. botocore itself parses an empty body as an empty listing and turns a
+    body it cannot parse into "500 Internal Server Error", which a server never sent."""
+    body = (response_dict or {}).get("body")
+    head = operation_model is not None and operation_model.http["method"] == "HEAD"
+    if head or not isinstance(body, bytes | bytearray):
+        return
+    want = (response_dict.get("headers") or {}).get("content-length")
+    if want is not None and len(body) != int(want):
+        raise CutReply(f"a reply cut short ({len(body)} of its {want} bytes arrived)")
+    if body.strip():
+        try:
+            ElementTree.fromstring(body)
+        except ElementTree.ParseError as e:
+            raise CutReply(f"a damaged reply (not well-formed XML: {e})") from None
+
+
+class _Retry:
+    """When to try again: :meth:`failed` waits (exponential backoff, full jitter) and says whether to go on;
+    :meth:`progress` (bytes arrived) starts the count and the clock again."""
+
+    def __init__(self) -> None:
+        self.fails, self.since = 0, time.monotonic()
+
+    def progress(self) -> None:
+        self.fails, self.since = 0, time.monotonic()
+
+    def failed(self) -> bool:
+        self.fails += 1
+        if self.fails >= TRIES or time.monotonic() - self.since > PATIENCE:
+            return False
+        time.sleep(random.uniform(0, min(BACKOFF_MAX, BACKOFF * 2 ** (self.fails - 1))))
+        return True
+
+    def why(self) -> str:
+        waited = time.monotonic() - self.since
+        return f"{self.fails} failed tries since the last new byte ({waited:.0f} s)"
 
 
 def _error(e: Exception, bucket: str, key: str | None = None) -> FetchError:
@@ -88,18 +151,28 @@ def _error(e: Exception, bucket: str, key: str | None = None) -> FetchError:
 
 
 def _listing(cl, bucket: str, prefix: str, limit: int | None = None) -> list[str]:
-    keys, token = [], None
-    try:
-        while True:
-            kw = {"Bucket": bucket, "Prefix": prefix} | ({"ContinuationToken": token} if token else {})
-            kw |= {"MaxKeys": limit} if limit else {}
+    """Every key under ``prefix`` (the first ``limit``); a reply that arrives cut or damaged, or without the fields
+    every listing has, is asked for again (:class:`_Retry`), then fails naming the prefix."""
+    keys, token, retry = [], None, _Retry()
+    while True:
+        kw = {"Bucket": bucket, "Prefix": prefix} | ({"ContinuationToken": token} if token else {})
+        kw |= {"MaxKeys": limit} if limit else {}
+        try:
             page = cl.list_objects_v2(**kw)
-            keys += [o["Key"] for o in page.get("Contents", [])]
-            if limit or not page.get("IsTruncated"):
-                return keys
-            token = page["NextContinuationToken"]
-    except Exception as e:  # noqa: BLE001 - every client error becomes one line
-        raise _error(e, bucket) from None
+            if "IsTruncated" not in page or len(page.get("Contents", [])) != page.get("KeyCount", -1):
+                raise CutReply("a listing reply without its fields (cut after its headers?)")
+        except CutReply as e:
+            if retry.failed():
+                continue
+            raise FetchError(f"s3://{bucket}/{prefix}: the listing failed, {retry.why()}; last: {e}. The connection "
+                             "drops mid-reply (a flaky network or proxy?): rerun, or check --endpoint") from None  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - every client error becomes one line
+            raise _error(e, bucket) from None
+        retry.progress()
+        keys += [o["Key"] for o in page.get("Contents", [])]
+        if limit or not page.get("IsTruncated"):
+            return keys
+        token = page["NextContinuationToken"]
 
 
 def plan(subject: int, what=DEFAULT_WHAT, sessions=None, bucket: str = BUCKET, endpoint: str | None = None,
@@ -153,6 +226,7 @@ def plan(subject: int, what=DEFAULT_WHAT, sessions=None, bucket: str = BUCKET, e
             keys += [(w, pattern.format(split=s)) for s in ("train", "val")]
         else:
             keys.append((w, pattern.format(**fields)))
+    _check_pairs(keys, bucket)
     items = []
     for w, key in keys:
         try:
@@ -168,6 +242,19 @@ def plan(subject: int, what=DEFAULT_WHAT, sessions=None, bucket: str = BUCKET, e
             raise err from None
         items.append(Item(key, int(head["ContentLength"]), head["ETag"].strip('"'), w))
     return items
+
+
+def _check_pairs(keys: list[tuple[str, str]], bucket: str) -> None:
+    """The manifest's two ``rois`` rows pair each ROI volume with its label table: a plan with one and not the other
+    came from a listing that went wrong (or a bucket that lacks a file), never from a complete one."""
+    names = {
+        end: {k.rsplit("/", 1)[1].removesuffix(end) for w, k in keys if w == "rois" and k.endswith(end)}
+        for end in (".nii.gz", ".mgz.ctab")
+    }
+    odd = sorted(names[".nii.gz"] ^ names[".mgz.ctab"])
+    if odd:
+        raise FetchError(f"s3://{bucket}: ROI {odd} listed with only one of its volume (.nii.gz) and label table "
+                         "(.mgz.ctab), which the manifest pairs: rerun; if it stays, the bucket lacks the other")  # fmt: skip
 
 
 def _part_size(cl, bucket: str, item: Item) -> int | None:
@@ -326,7 +413,8 @@ def _checked(item: Item, part_size: int | None) -> str:
 
 def _download(cl, bucket: str, item: Item, dest: Path, count, position: int) -> str:
     """One object into ``dest`` through its partial copy (resumed when present, its bytes hashed again, not
-    fetched again), checked while it streams; returns how it was checked."""
+    fetched again), checked while it streams; a dropped stream continues where it stopped (:class:`_Retry`).
+    Returns how it was checked; a :class:`FetchError` says what went wrong and what is kept."""
     part = _partial(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     have = part.stat().st_size if part.exists() else 0
@@ -346,11 +434,9 @@ def _download(cl, bucket: str, item: Item, dest: Path, count, position: int) -> 
         # MD5 in another thread beside the network for a large object (hashlib frees the GIL); inline for a small one
         large = item.size - have > BESIDE
         beside = _Background(hasher.update) if large else contextlib.nullcontext(hasher.update)
+        retry = _Retry()
         with open(part, "ab") as f, beside as hash_later:
-            for attempt in range(RETRIES + 1):  # a dropped stream continues where it stopped
-                have = part.stat().st_size
-                if have >= item.size:
-                    break
+            while (have := part.stat().st_size) < item.size:
                 try:
                     resp = cl.get_object(Bucket=bucket, Key=item.key, Range=f"bytes={have}-",
                                          IfMatch=f'"{item.etag}"')  # fmt: skip
@@ -359,33 +445,57 @@ def _download(cl, bucket: str, item: Item, dest: Path, count, position: int) -> 
                         hash_later(block)
                         bar.update(len(block))
                         count(len(block))
+                        retry.progress()
                     f.flush()
+                    if part.stat().st_size < item.size:  # the stream ended early without an error
+                        raise CutReply(f"the reply ended at byte {part.stat().st_size} of {item.size}")
                 except OSError as e:
+                    f.flush()
                     if e.errno == errno.ENOSPC:
-                        f.flush()
                         raise FetchError(f"{dest}: disk full ({part.stat().st_size} of {item.size} bytes kept in "
                                          f"{part.name}; free space and rerun to resume)") from None  # fmt: skip
-                    if attempt == RETRIES:
-                        raise FetchError(f"{dest}: {e.strerror or e}") from None
+                    if not retry.failed():
+                        raise _gave_up(dest, part, item, retry, e.strerror or str(e)) from None
                 except Exception as e:  # noqa: BLE001 - botocore's stream and HTTP errors
+                    f.flush()
                     err = _error(e, bucket, item.key)
                     if "changed on the server" in str(err):  # another version: its partial copy is useless
                         f.close()
                         part.unlink(missing_ok=True)
                         raise FetchError(f"{err} (its partial copy was removed)") from None
-                    if "no such" in str(err) or attempt == RETRIES:
+                    if "no such" in str(err):
                         raise err from None
-                f.flush()
+                    if not retry.failed():
+                        raise _gave_up(dest, part, item, retry, _cause(e)) from None
         try:  # without the server's part size, verify reads the file again for each usual part size
             verify(part, item, part_size, streamed=hasher.etag())
-        except FetchError:
+        except FetchError as e:
             part.unlink(missing_ok=True)  # nothing unverified is kept
-            raise
+            raise FetchError(f"{e}: bytes changed on the way; the copy was deleted and a rerun fetches the "
+                             "file again") from None  # fmt: skip
         os.chmod(part, 0o666 & ~fileio.UMASK)
         os.replace(part, dest)
         return _checked(item, part_size)
     finally:
         bar.close()
+
+
+def _cause(e: Exception) -> str:
+    """What cut a stream, in words, with the stream error's own first line."""
+    text = (str(e).splitlines() or [""])[0].rstrip(".")
+    if type(e).__name__ == "IncompleteReadError" or any(
+        m in text for m in ("IncompleteRead(", "Connection broken", "Connection reset")
+    ):
+        return f"the connection dropped mid-reply ({text[:120]})"
+    if "timeout" in text.lower() or "timed out" in text.lower():
+        return f"the server went silent ({text[:120]})"
+    return f"{type(e).__name__}: {text[:160]}"
+
+
+def _gave_up(dest: Path, part: Path, item: Item, retry: _Retry, cause: str) -> FetchError:
+    kept = part.stat().st_size if part.exists() else 0
+    return FetchError(f"{paths.display(dest)}: {retry.why()}; last: {cause}. {kept} of {item.size} bytes kept in "
+                      f"{part.name}: a rerun resumes from there")  # fmt: skip
 
 
 def fetch(root: str | os.PathLike, items: list[Item], bucket: str = BUCKET, endpoint: str | None = None,
@@ -433,19 +543,38 @@ def _fetch(root: Path, items: list[Item], bucket: str, cl, jobs: int) -> Result:
             moved[0] += n
             overall.update(n)
 
-    fetched = []
+    fetched, failed = [], {}
     try:
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             futures = {pool.submit(_download, cl, bucket, it, root / it.key, count, 1 + k % max(1, jobs)): it
                        for k, it in enumerate(todo)}  # fmt: skip
             for fut in as_completed(futures):
                 item = futures[fut]
-                record.add(item, fut.result())
-                fetched.append(item.key)
+                try:
+                    record.add(item, fut.result())
+                    fetched.append(item.key)
+                except FetchError as e:  # said at once; the others go on
+                    failed[item.key] = str(e)
+                    runtime.progress_write(f"error: {e}")
     finally:
         record.flush()
         overall.close()
+    for item in items:  # the promise: every planned file is here and verified, or named below
+        if item.key not in failed and not record.done(item, root / item.key):
+            failed[item.key] = f"{item.key}: not here after the fetch (expected a verified copy); rerun"
+    if failed:
+        raise FetchIncomplete(failed, len(items))
     return Result(fetched, skipped, moved[0], time.perf_counter() - t0)
+
+
+class FetchIncomplete(FetchError):
+    """Some planned files are not here and verified: ``failed`` maps each key to its one-line reason."""
+
+    def __init__(self, failed: dict[str, str], n_planned: int):
+        self.failed = dict(failed)
+        lines = list(self.failed.values())
+        head = [] if len(lines) == 1 else [f"{len(lines)} of {n_planned} files not fetched:"]
+        super().__init__("\n".join(head + lines))
 
 
 def _sizes(n: float) -> str:
@@ -498,7 +627,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         res = fetch(a.root, items, a.bucket, jobs=a.jobs, cl=cl)
     except FetchError as e:
-        print(f"error: {e}", file=sys.stderr)
+        for line in str(e).splitlines():
+            print(f"error: {line}", file=sys.stderr)
         return 1
     if not res.fetched:
         print(

@@ -27,6 +27,7 @@ from boto3.s3.transfer import TransferConfig  # noqa: E402
 
 from lib.data import fetch  # noqa: E402
 from lib.data.nsd import NSD  # noqa: E402
+from tests.data.faulty_proxy import Fault, FaultyProxy  # noqa: E402
 
 BUCKET = "nsd-mirror"
 MULTIPART = 5 << 20  # S3's smallest part: objects above it are uploaded in parts
@@ -320,3 +321,133 @@ def test_a_killed_fetch_resumes_and_a_second_fetch_into_its_folder_is_refused(se
     res = fetch.fetch(tmp_path, [item], BUCKET, endpoint)  # the OS released the dead process's lock
     assert res.bytes_transferred == item.size - kept  # its start was not fetched again
     assert (tmp_path / item.key).read_bytes() == big
+
+
+# ================================================================================================================
+# a hostile network: the server behind tests/data/faulty_proxy.py (cuts, flipped bytes, stalls, bounded in count)
+
+
+@pytest.fixture
+def quick_retries(monkeypatch):
+    """Backoff in milliseconds, so that a test that exhausts the retries ends at once."""
+    monkeypatch.setattr(fetch, "BACKOFF", 0.001, raising=False)  # raising: the same test runs on older fetches
+    monkeypatch.setattr(fetch, "BACKOFF_MAX", 0.01, raising=False)
+
+
+WHAT = ("design", "stiminfo", "betas", "ncsnr", "rois")
+LABELS = "prefix=nsddata/freesurfer/subj01/label/"  # the listing of the ROI label tables
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [Fault(LABELS, "cut", at=0, times=2), Fault(LABELS, "cut", at=120, times=2), Fault(LABELS, "flip", at=3)],
+    ids=["cut after the headers", "cut mid-reply", "a flipped byte"],
+)
+def test_a_damaged_listing_is_asked_again_and_the_plan_is_whole(server, fault, quick_retries):
+    endpoint, _, _ = server
+    want = [i.key for i in fetch.plan(1, WHAT, bucket=BUCKET, endpoint=endpoint)]
+    with FaultyProxy(endpoint, [fault]) as proxy:
+        got = [i.key for i in fetch.plan(1, WHAT, bucket=BUCKET, endpoint=proxy.endpoint)]
+        assert proxy.fired() == fault.times
+    assert got == want and sum(k.endswith(".mgz.ctab") for k in got) >= 3
+
+
+@pytest.mark.parametrize("at", [0, 120], ids=["after the headers", "mid-reply"])
+def test_a_listing_cut_every_time_fails_naming_the_prefix_not_a_server_error(
+    server, at, quick_retries, capsys
+):
+    endpoint, _, _ = server
+    with FaultyProxy(endpoint, [Fault(LABELS, "cut", at=at, times=None)]) as proxy:
+        with pytest.raises(fetch.FetchError) as e:
+            fetch.plan(1, WHAT, bucket=BUCKET, endpoint=proxy.endpoint)
+        msg = str(e.value)
+        assert "\n" not in msg and "nsddata/freesurfer/subj01/label/: the listing failed" in msg
+        assert f"{fetch.TRIES} failed tries since" in msg and "drops mid-reply" in msg and "500" not in msg
+        assert proxy.fired() == fetch.TRIES
+        code = fetch.main(["--subject", "1", "--root", "unused", "--what", ",".join(WHAT), "--bucket", BUCKET,
+                           "--endpoint", proxy.endpoint])  # fmt: skip
+    assert code == 1 and "the listing failed" in capsys.readouterr().err
+
+
+def test_a_stream_dropped_more_often_than_the_tries_resumes_while_bytes_arrive(
+    server, tmp_path, quick_retries
+):
+    endpoint, up, big = server
+    item = _item(up, "extra/big.bin")
+    drops = 9  # more drops than tries (fetch.TRIES): each brought bytes, so the count started again
+    with FaultyProxy(
+        endpoint, [Fault("GET /nsd-mirror/extra/big.bin", "cut", at=700_000, times=drops)]
+    ) as proxy:
+        res = fetch.fetch(tmp_path, [item], BUCKET, proxy.endpoint)
+        assert proxy.fired() == drops > fetch.TRIES
+    assert res.bytes_transferred == item.size and (tmp_path / item.key).read_bytes() == big
+
+
+def test_a_stream_that_brings_nothing_gives_up_saying_what_is_kept(server, tmp_path, quick_retries):
+    endpoint, up, big = server
+    item = _item(up, "extra/big.bin")
+    faults = [Fault("GET /nsd-mirror/extra/big.bin", "cut", at=3_000_000, times=1),
+              Fault("GET /nsd-mirror/extra/big.bin", "cut", at=0, times=None)]  # fmt: skip
+    with FaultyProxy(endpoint, faults) as proxy:
+        with pytest.raises(fetch.FetchError) as e:
+            fetch.fetch(tmp_path, [item], BUCKET, proxy.endpoint)
+        assert faults[1].hits == fetch.TRIES - 1  # the first cut brought bytes, then failed: one of the tries
+    msg = str(e.value)
+    assert "\n" not in msg and "extra/big.bin" in msg and f"{fetch.TRIES} failed tries since" in msg
+    assert "3000000 of 11534336 bytes kept in .big.bin.partial: a rerun resumes" in msg
+    assert "the connection dropped mid-reply" in msg
+    res = fetch.fetch(tmp_path, [item], BUCKET, endpoint)  # the network is back: the rest only
+    assert res.bytes_transferred == item.size - 3_000_000 and (tmp_path / item.key).read_bytes() == big
+
+
+def test_a_stalled_reply_times_out_and_is_asked_again(server, tmp_path, quick_retries):
+    endpoint, up, _ = server
+    item = _item(up, "extra/small.bin")
+    with FaultyProxy(
+        endpoint, [Fault("GET /nsd-mirror/extra/small.bin", "stall", seconds=3, times=1)]
+    ) as proxy:
+        t0 = time.monotonic()
+        fetch.fetch(tmp_path, [item], BUCKET, cl=fetch.client(proxy.endpoint, read_timeout=0.5))
+        assert proxy.fired("stall") == 1 and time.monotonic() - t0 < 3
+    assert (tmp_path / item.key).read_bytes() == b"x" * 1000
+
+
+def test_every_bad_file_is_named_with_what_happened_and_the_good_ones_land(server, tmp_path, capsys):
+    endpoint, up, big = server
+    items = [
+        _item(up, k)
+        for k in ("extra/small.bin", "extra/big.bin", "nsddata/experiments/nsd/nsd_expdesign.mat")
+    ]
+    faults = [Fault("GET /nsd-mirror/extra/small.bin", "flip", at=10, times=None),
+              Fault("GET /nsd-mirror/extra/big.bin", "flip", at=9_000_000, times=None)]  # fmt: skip
+    with FaultyProxy(endpoint, faults) as proxy:
+        with pytest.raises(fetch.FetchIncomplete) as e:
+            fetch.fetch(tmp_path, items, BUCKET, proxy.endpoint, jobs=1)
+    lines = str(e.value).splitlines()
+    assert lines[0] == "2 of 3 files not fetched:" and len(lines) == 3
+    assert set(e.value.failed) == {"extra/small.bin", "extra/big.bin"}
+    for line in lines[1:]:
+        assert (
+            "does not match the ETag" in line
+            and "the copy was deleted and a rerun fetches the file again" in line
+        )
+    said = capsys.readouterr().err  # each said as it happened, before the fetch ended
+    assert said.count("error: extra/") == 2
+    assert (tmp_path / items[2].key).is_file() and not (tmp_path / items[0].key).exists()
+    assert not any(p.name.endswith(".partial") for p in tmp_path.rglob("*"))
+    fetch.fetch(tmp_path, items, BUCKET, endpoint)  # a clean network: only the two bad ones move
+    assert (tmp_path / "extra/big.bin").read_bytes() == big
+
+
+def test_backoff_doubles_with_jitter_and_starts_again_after_progress(monkeypatch):
+    waits = []
+    monkeypatch.setattr(fetch.random, "uniform", lambda lo, hi: waits.append((lo, hi)) or hi)
+    monkeypatch.setattr(fetch.time, "sleep", lambda s: None)
+    r = fetch._Retry()
+    assert [r.failed() for _ in range(fetch.TRIES)] == [True] * (fetch.TRIES - 1) + [False]
+    assert waits == [(0, min(fetch.BACKOFF_MAX, fetch.BACKOFF * 2**k)) for k in range(fetch.TRIES - 1)]
+    r.progress()
+    waits.clear()
+    assert r.failed() and waits == [(0, fetch.BACKOFF)]
+    monkeypatch.setattr(fetch, "PATIENCE", 0.0)  # bounded in time too: no try once the patience is spent
+    assert not r.failed()
