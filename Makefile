@@ -38,10 +38,11 @@ pipeline: $(STAMP)  ## run the notebooks on another profile: make pipeline PROFI
 report: $(STAMP)  ## rebuild build/PROFILE/report.html and render it in headless chromium to report.png (apt: chromium)
 	$(BIN)/python -m lib.report --profile $(PROFILE) --screenshot
 
-test: $(STAMP)  ## the whole suite: import layers, unit tests, every notebook under nbval on the quick profile, then 02-03 rerun: same metrics
+test: $(STAMP)  ## the whole suite: import layers, unit tests, every notebook under nbval on the quick profile, 01 killed (kill -9) mid-training and rerun, 02-03 rerun: same metrics
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m lib.pipeline --profile quick --prepare-only
 	$(BIN)/python -m pytest tests build/quick/nbval --nbval-lax -p no:cacheprovider --durations=15
+	$(BIN)/python tests/kill_pipeline.py --profile quick --notebook 01
 	$(BIN)/python -m lib.pipeline --profile quick --only 02,03 --expect-same
 
 determinism: $(STAMP)  ## run the quick profile twice: fails unless every metric (timings aside) is the same
@@ -67,7 +68,7 @@ format: $(STAMP)  ## apply ruff's formatting and safe fixes
 	$(BIN)/ruff check --fix lib tests benchmarks notebooks
 	$(BIN)/ruff format lib tests benchmarks notebooks
 
-bench: $(STAMP)  ## benchmarks: NSD-size session read, NSD-scale ridge (vs scikit-learn, himalaya), MLP memory, LOO sweep, fetch, scoring
+bench: $(STAMP)  ## benchmarks: NSD-size session read, NSD-scale ridge (vs scikit-learn, himalaya), MLP memory, LOO sweep, fetch, scoring, NHWC convolutions
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
 	$(BIN)/python benchmarks/bench_nsd_read.py
 	$(BIN)/python benchmarks/bench_ridge.py
@@ -75,6 +76,7 @@ bench: $(STAMP)  ## benchmarks: NSD-size session read, NSD-scale ridge (vs sciki
 	$(BIN)/python benchmarks/bench_mlp_memory.py
 	$(BIN)/python benchmarks/bench_fetch.py
 	$(BIN)/python benchmarks/bench_scoring.py
+	$(BIN)/python benchmarks/bench_nhwc.py
 
 SUBJECT ?= 1
 WHAT ?= design,stiminfo,betas,ncsnr,rois,prf,anat,behaviour

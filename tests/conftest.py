@@ -3,6 +3,7 @@ model, a small linear "world" for the spatial pathway, toy brain data and captio
 several modules (tests/models/, tests/analysis/), and the one-line error check."""
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("LIB_QUIET", "1")
@@ -23,6 +24,27 @@ TINY = SimConfig(
     image_size=16,
     voxel_mm=8.0,
 )
+
+
+#: what the project's own code and its launchers put in the system's temporary folder (pytest's tmp_path aside)
+LEFT_BEHIND = ("torchelastic_*", "lib_launch_*", "tmp*", "papermill*", "*.partial")
+
+
+def _ours_in_tmp() -> set[str]:
+    import glob
+    import tempfile
+
+    return {Path(p).name for pat in LEFT_BEHIND for p in glob.glob(os.path.join(tempfile.gettempdir(), pat))}
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_in_tmp():
+    """Every test leaves the system's temporary folder as it found it (torchrun's torchelastic_* logs included)."""
+    before = _ours_in_tmp()
+    yield
+    left = sorted(_ours_in_tmp() - before)
+    if left:
+        pytest.fail(f"left in the temporary folder: {left[:5]} ({len(left)} entries); expected none")
 
 
 @pytest.fixture(scope="session")

@@ -10,9 +10,11 @@ import base64
 import dataclasses
 import html
 import json
+import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -397,6 +399,47 @@ def screenshot(
         if done.returncode != 0 or not tmp.stat().st_size:
             raise RuntimeError(f"chromium could not render {page}: {done.stderr.strip()[-300:]}")
     return png
+
+
+#: the page that opens a report in a frame and writes what it finds into its own DOM (read back by --dump-dom)
+_INSPECTOR = """<!doctype html><meta charset="utf-8"><body><pre id="found">pending</pre>
+<iframe id="page" src="{src}" style="width:1200px;height:3000px"></iframe>
+<script>
+const frame = document.getElementById("page");
+frame.onload = () => {{
+  const doc = frame.contentDocument;
+  const imgs = [...doc.images].map(i => ({{src: i.getAttribute("src").slice(0, 80), ok: i.complete && i.naturalWidth > 0,
+                                           shown: i.getBoundingClientRect().width > 0}}));
+  const tables = [...doc.querySelectorAll("table")].map(t => ({{rows: t.rows.length,
+                                                               shown: t.getBoundingClientRect().height > 0}}));
+  document.getElementById("found").textContent = JSON.stringify({{imgs, tables}});
+}};
+</script>"""
+
+
+def inspect(page: str | Path, timeout: int = 120) -> dict:
+    """Open ``page`` in headless Chromium and report what it rendered: {"imgs": [{"src", "ok" (loaded, with a
+    width), "shown"}], "tables": [{"rows", "shown"}], "console": [Chromium's console and load errors]}."""
+    exe = browser()
+    if exe is None:
+        raise FileNotFoundError("no chromium on PATH: install Debian's chromium package to check the report")
+    page = Path(page).resolve()
+    if not page.is_file():
+        raise FileNotFoundError(f"{page}: no report to open (python -m lib.report --profile ...)")
+    with tempfile.TemporaryDirectory(prefix="lib_inspect_") as tmp:
+        wrapper = Path(tmp) / "inspect.html"
+        wrapper.write_text(_INSPECTOR.format(src=html.escape(page.as_uri())))
+        cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--allow-file-access-from-files",
+               "--enable-logging=stderr", "--v=0", f"--user-data-dir={tmp}/profile", "--virtual-time-budget=15000",
+               "--dump-dom", wrapper.as_uri()]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    found = re.search(r'<pre id="found">(.*?)</pre>', done.stdout, re.S)
+    if done.returncode != 0 or found is None or found.group(1) == "pending":
+        raise RuntimeError(f"chromium could not open {page}: {done.stderr.strip()[-300:]}")
+    out = json.loads(html.unescape(found.group(1)))
+    out["console"] = [ln.strip() for ln in done.stderr.splitlines()
+                      if ":CONSOLE" in ln or "ERR_FILE_NOT_FOUND" in ln or "Uncaught" in ln]  # fmt: skip
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

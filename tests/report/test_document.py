@@ -127,7 +127,38 @@ def test_the_committed_copy_links_the_figures_beside_it(small_report, tmp_path, 
     assert strip.sub("", built.read_text()) == strip.sub("", (figs / "report.html").read_text())
 
 
-@pytest.mark.skipif(document.browser() is None, reason="no chromium on PATH (Debian package chromium)")
+NO_BROWSER = "no chromium on PATH: apt-get install chromium (Debian's package; .ci/run installs it)"
+
+
+@pytest.mark.skipif(document.browser() is None, reason=NO_BROWSER)
+def test_the_report_opens_in_headless_chromium_every_figure_loaded_every_table_drawn(small_report, tmp_path):
+    tags = _Tags()
+    tags.feed(small_report.read_text())
+    seen = document.inspect(small_report)
+    assert len(seen["imgs"]) == len(tags.imgs) == 2 and all(i["ok"] and i["shown"] for i in seen["imgs"]), (
+        seen
+    )
+    assert len(seen["tables"]) == tags.tables == 3 and all(
+        t["rows"] > 1 and t["shown"] for t in seen["tables"]
+    )
+    assert seen["console"] == []
+    # the committed report links the figures beside it: every one loads, every table is drawn
+    committed = document.inspect(paths.FIGURES_DIR / "report.html")
+    linked = _Tags()
+    linked.feed((paths.FIGURES_DIR / "report.html").read_text())
+    assert len(committed["imgs"]) == len(linked.imgs) >= 10, len(committed["imgs"])
+    assert [i["src"] for i in committed["imgs"] if not i["ok"]] == [] and committed["console"] == []
+    assert len(committed["tables"]) == linked.tables and all(t["rows"] > 1 for t in committed["tables"])
+    # and a figure that is not there is seen as such, with Chromium's own error
+    broken = tmp_path / "broken.html"
+    broken.write_text("<html><body><img src='gone.png'><table><tr><td>1</td></tr></table></body></html>")
+    bad = document.inspect(broken)
+    assert [i["ok"] for i in bad["imgs"]] == [False] and any(
+        "ERR_FILE_NOT_FOUND" in c for c in bad["console"]
+    )
+
+
+@pytest.mark.skipif(document.browser() is None, reason=NO_BROWSER)
 def test_the_report_renders_in_headless_chromium(small_report):
     png = document.screenshot(small_report, small_report.with_suffix(".png"), width=900, height=1200)
     img = plt.imread(png)[..., :3]

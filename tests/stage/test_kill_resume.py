@@ -105,15 +105,71 @@ def test_training_killed_mid_run_and_run_again_equals_an_uninterrupted_run(tmp_p
     print(f"killed after {ran:.1f} s at epoch {kept} of 60")
 
 
-def _epochs(path) -> int:
-    """Epochs a saved MLP state holds (0 while the file is being replaced)."""
+def _epochs(path, counter: str = "epoch") -> int:
+    """Epochs (or steps) a saved training state holds (0 while the file is being replaced)."""
     import torch
 
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - renamed over while reading: try again
         return 0
-    return int(blob.get("epoch", 0)) if isinstance(blob, dict) else 0
+    return int(blob.get(counter, 0)) if isinstance(blob, dict) else 0
+
+
+#: CLIP, DINO and the GAN, each trained from scratch on 16 tiny scenes in a process of its own (saving every step),
+#: then its weights and losses written to an .npz
+TRAINERS = """
+import sys
+import numpy as np
+import torch
+from tests.conftest import _tiny_data
+torch.set_num_threads(1)
+kind, state, out, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+imgs, caps = _tiny_data(16)
+if kind == "clip":
+    from lib.models import contrastive, embedding
+    emb = embedding.create("mini-rn16", 32, "cpu", seed=1)
+    cfg = contrastive.ClipTrainConfig(steps=steps, batch_size=8, lr=1e-3, checkpoint_every=1, eval_every=0)
+    loss = contrastive.train_clip(emb, imgs, caps, cfg, state_dir=state)["loss"]
+    net = emb.model
+elif kind == "dino":
+    from lib.models import dino
+    cfg = dino.DinoConfig(steps=steps, batch_size=4, out_dim=16, n_local=2, global_size=32, local_size=32,
+                          checkpoint_every=1, width=8)
+    _, net, hist = dino.train_dino(dino.normalise(imgs), cfg, state_dir=state, device="cpu")
+    loss = hist["loss"]
+else:
+    from lib.models import embedding, gan
+    emb = embedding.create("mini-rn16", 32, "cpu", seed=0)
+    cfg = gan.GANConfig(steps=steps, z_dim=8, w_dim=16, mapping_layers=2, channel_base=64, channel_max=16,
+                        fts_hidden=16, batch_size=8, save_every=1, itd=1.0, rec=1.0, beta1=0.9, crop_min=0.5)
+    net, _, hist = gan.train_gan(imgs, emb.embed_images(imgs), cfg, emb, "cpu", state_dir=state)
+    loss = hist["loss_g"]
+np.savez(out, loss=np.array(loss), **{k: v.detach().numpy() for k, v in net.state_dict().items()})
+"""
+
+
+@pytest.mark.parametrize(
+    "kind,prefix,steps", [("clip", "clip", 60), ("dino", "dino", 40), ("gan", "gan", 40)]
+)
+def test_a_trainer_killed_mid_run_and_run_again_equals_an_uninterrupted_run(kind, prefix, steps, tmp_path):
+    whole = _start(TRAINERS, kind, tmp_path / "whole", tmp_path / "whole.npz", steps)
+    state = tmp_path / "killed"
+
+    def trained_a_while():
+        files = list(state.glob(f"{prefix}-state-*.pt")) if state.is_dir() else []
+        return bool(files) and _epochs(files[0], "step") >= 3
+
+    _kill_when(_start(TRAINERS, kind, state, tmp_path / "unused.npz", steps), trained_a_while)
+    kept = _epochs(next(state.glob(f"{prefix}-state-*.pt")), "step")
+    assert 3 <= kept < steps and not (tmp_path / "unused.npz").exists(), kept
+    _finish(_start(TRAINERS, kind, state, tmp_path / "resumed.npz", steps))
+    _finish(whole)
+    a, b = np.load(tmp_path / "whole.npz"), np.load(tmp_path / "resumed.npz")
+    assert len(a["loss"]) == steps and a.files == b.files
+    for k in a.files:  # the losses and every weight, bit for bit
+        np.testing.assert_array_equal(a[k], b[k], err_msg=f"{kind}: {k}")
+    print(f"{kind}: killed at step {kept} of {steps}")
 
 
 @pytest.fixture(autouse=True)

@@ -86,7 +86,7 @@ def test_an_interrupted_two_process_run_resumes_to_the_uninterrupted_result(tmp_
 def test_ranks_with_different_row_counts_finish_instead_of_hanging(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(ROOT / "tests" / "util" / "_dist_unequal.py"), str(tmp_path)]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)}  # its logs
     try:
         proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     except subprocess.TimeoutExpired:  # subprocess.run kills the launcher (and so its workers)
