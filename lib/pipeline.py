@@ -27,7 +27,7 @@ import yaml
 
 from lib import fileio, paths
 from lib.fileio import Busy, exclusive, write_json
-from lib.runtime import progress, quiet
+from lib.runtime import die_with_parent, progress, quiet
 from lib.stage import profile as profiles
 
 
@@ -200,9 +200,10 @@ def _execute(
         cmd.append("--no-progress-bar")
     t0 = time.perf_counter()
     env = {**os.environ, paths.NPROC_ENV: str(int(nproc))}
-    proc = subprocess.Popen(
-        cmd, stdout=None if log_output else subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
-    )
+    # papermill dies with this runner, even killed outright (kill -9), and its kernel follows within a second
+    # (ipykernel's parent poller): no orphan goes on writing caches, figures and metrics beside a rerun
+    proc = subprocess.Popen(cmd, stdout=None if log_output else subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=env, preexec_fn=die_with_parent)  # fmt: skip
     try:
         err = proc.stderr.read() if proc.stderr else ""
         _, status, usage = os.wait4(proc.pid, 0)  # resource usage of the child and the kernel it reaped

@@ -54,6 +54,18 @@ def progress_write(line: str) -> None:
     tqdm.write(line, file=sys.stderr)
 
 
+def die_with_parent() -> None:
+    """Ask the OS to SIGKILL this process when the one that started it dies (Linux; elsewhere nothing): for a child
+    that must not outlive a runner killed outright, as a pool worker or the notebook executor."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def pick_device(device: str = "auto") -> str:
     """``"auto"`` -> ``"cuda"`` when a GPU is visible, else ``"cpu"``; any other value is checked and returned."""
     import torch  # lazy: torch: data-only commands start without it

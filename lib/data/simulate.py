@@ -40,7 +40,7 @@ from lib.data import rois as roi_lib
 from lib.data import scenes as sc
 from lib.data.nsd import DESIGN
 from lib.fileio import UMASK, atomic_path, exclusive
-from lib.runtime import progress
+from lib.runtime import die_with_parent, progress
 
 SIM_VERSION = 1
 MARKER = "MINI_NSD.json"
@@ -792,24 +792,13 @@ def _simulate_into(root: Path, cfg: SimConfig, profile: str, n_subjects: int, se
         from concurrent.futures import ProcessPoolExecutor
 
         ctx = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_die_with_parent) as pool:
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=die_with_parent) as pool:
             done = list(pool.map(_subject_job, jobs))
     else:
         done = [_subject_job(job) for job in jobs]
     for s, voxels in enumerate(done, 1):
         summary["voxels"][_subj(s)] = voxels
     return summary
-
-
-def _die_with_parent() -> None:
-    """A simulation worker ends with the process that started it (Linux): a killed simulation leaves no writer."""
-    try:
-        import ctypes
-        import signal
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def _subject_job(job: tuple) -> dict:
