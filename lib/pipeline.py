@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -47,6 +48,10 @@ class _Signal(BaseException):
     def __init__(self, signum: int):
         super().__init__(signum)
         self.signum = signum
+
+
+#: the folder (in build/<profile>/) that holds a running notebook's temporary files
+KERNEL_TMP = ".kernel-tmp"
 
 
 def _raise_signal(signum, frame) -> None:
@@ -199,7 +204,12 @@ def _execute(
     if not log_output:
         cmd.append("--no-progress-bar")
     t0 = time.perf_counter()
-    env = {**os.environ, paths.NPROC_ENV: str(int(nproc))}
+    # the kernel's temporary files (its connection file among them) in a folder of the run, emptied after each
+    # notebook and at the start of the next run: a kernel stopped by a signal leaves nothing in the system's
+    tmp = out.parent / KERNEL_TMP
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    env = {**os.environ, paths.NPROC_ENV: str(int(nproc)), "TMPDIR": str(tmp)}
     # papermill dies with this runner, even killed outright (kill -9), and its kernel follows within a second
     # (ipykernel's parent poller): no orphan goes on writing caches, figures and metrics beside a rerun
     proc = subprocess.Popen(cmd, stdout=None if log_output else subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -212,6 +222,8 @@ def _execute(
         with contextlib.suppress(ChildProcessError):
             os.waitpid(proc.pid, 0)
         raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     proc.returncode = os.waitstatus_to_exitcode(status)
     tail = [line.strip() for line in err.splitlines() if line.strip()][-1:] if proc.returncode else []
     return proc.returncode, time.perf_counter() - t0, usage.ru_maxrss / 1024, tail[0] if tail else ""

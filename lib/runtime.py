@@ -58,8 +58,8 @@ def die_with_parent() -> None:
     """Ask the OS to SIGKILL this process when the one that started it dies (Linux; elsewhere nothing): for a child
     that must not outlive a runner killed outright, as a pool worker or the notebook executor."""
     try:
-        import ctypes
-        import signal
+        import ctypes  # lazy: Linux's prctl, called by child processes only
+        import signal  # lazy: as ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):

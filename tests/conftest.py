@@ -26,6 +26,23 @@ TINY = SimConfig(
 )
 
 
+if os.environ.get(
+    "PYTEST_XDIST_WORKER"
+):  # pytest -n: each worker its own temporary folder, so that the check
+    import tempfile  # below sees only what its own tests leave
+
+    _WORKER_TMP = Path(tempfile.gettempdir()) / f"lib-tests-{os.environ['PYTEST_XDIST_WORKER']}-{os.getpid()}"
+    _WORKER_TMP.mkdir()
+    os.environ["TMPDIR"] = tempfile.tempdir = str(_WORKER_TMP)
+
+
+def pytest_sessionfinish(session):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import shutil
+
+        shutil.rmtree(_WORKER_TMP, ignore_errors=True)
+
+
 #: what the project's own code and its launchers put in the system's temporary folder (pytest's tmp_path aside)
 LEFT_BEHIND = ("torchelastic_*", "lib_launch_*", "tmp*", "papermill*", "*.partial")
 

@@ -788,8 +788,8 @@ def _simulate_into(root: Path, cfg: SimConfig, profile: str, n_subjects: int, se
     ]
     workers = min(len(jobs), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
     if workers > 1:  # one BLAS thread each: the subjects side by side, the same bytes as one after another
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+        import multiprocessing  # lazy: only for several subjects
+        from concurrent.futures import ProcessPoolExecutor  # lazy: only for several subjects
 
         ctx = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=die_with_parent) as pool:

@@ -150,7 +150,7 @@ np.savez(out, loss=np.array(loss), **{k: v.detach().numpy() for k, v in net.stat
 
 
 @pytest.mark.parametrize(
-    "kind,prefix,steps", [("clip", "clip", 60), ("dino", "dino", 40), ("gan", "gan", 40)]
+    "kind,prefix,steps", [("clip", "clip", 24), ("dino", "dino", 16), ("gan", "gan", 16)]
 )
 def test_a_trainer_killed_mid_run_and_run_again_equals_an_uninterrupted_run(kind, prefix, steps, tmp_path):
     whole = _start(TRAINERS, kind, tmp_path / "whole", tmp_path / "whole.npz", steps)
