@@ -330,7 +330,9 @@ def test_a_killed_fetch_resumes_and_a_second_fetch_into_its_folder_is_refused(se
 @pytest.fixture
 def quick_retries(monkeypatch):
     """Backoff in milliseconds, so that a test that exhausts the retries ends at once."""
-    monkeypatch.setattr(fetch, "BACKOFF", 0.001, raising=False)  # raising: the same test runs on older fetches
+    monkeypatch.setattr(
+        fetch, "BACKOFF", 0.001, raising=False
+    )  # raising: the same test runs on older fetches
     monkeypatch.setattr(fetch, "BACKOFF_MAX", 0.01, raising=False)
 
 
