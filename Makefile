@@ -1,6 +1,5 @@
 # The table of contents of what can be run. Every target creates .venv (Python 3.11) and installs the project
-# into it when missing or when pyproject.toml changed (--no-compile: modules compile when first imported, not all at
-# install: 68 s instead of 110 s here).
+# into it when missing or when pyproject.toml changed.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -18,7 +17,7 @@ help:  ## list the targets
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-compile -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
 venv: $(STAMP)  ## create .venv and install the project (editable) with its test tools
@@ -42,7 +41,7 @@ report: $(STAMP)  ## rebuild build/PROFILE/report.html and render it in headless
 test: $(STAMP)  ## the whole suite: import layers, unit tests (two processes of one thread each), every notebook under nbval on the quick profile, 03 killed (kill -9) mid-training, then 02-03 rerun: same metrics
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m lib.pipeline --profile quick --prepare-only
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest tests -n 2 --dist worksteal -p no:cacheprovider --durations=15
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest tests -n 2 -p no:cacheprovider --durations=15
 	$(BIN)/python -m pytest build/quick/nbval --nbval-lax -p no:cacheprovider --durations=5
 	$(BIN)/python tests/kill_pipeline.py --profile quick --notebook 03 --rerun 02,03
 

@@ -204,8 +204,8 @@ def _execute(
     if not log_output:
         cmd.append("--no-progress-bar")
     t0 = time.perf_counter()
-    # the kernel's temporary files (its connection file among them) in a folder of the run, emptied after each
-    # notebook and at the start of the next run: a kernel stopped by a signal leaves nothing in the system's
+    # the kernel's temporary files (its connection file among them) in a folder of the run, emptied before and after
+    # each notebook: a kernel stopped by a signal leaves nothing in the system's temporary folder
     tmp = out.parent / KERNEL_TMP
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -419,7 +419,7 @@ frame.onload = () => {{
 
 def inspect(page: str | Path, timeout: int = 120) -> dict:
     """Open ``page`` in headless Chromium and report what it rendered: {"imgs": [{"src", "ok" (loaded, with a
-    width), "shown"}], "tables": [{"rows", "shown"}], "console": [the page's console messages, uncaught errors among them]}."""
+    width), "shown"}], "tables": [{"rows", "shown"}], "console": [the page's console messages]}."""
     exe = browser()
     if exe is None:
         raise FileNotFoundError("no chromium on PATH: install Debian's chromium package to check the report")
@@ -437,9 +437,8 @@ def inspect(page: str | Path, timeout: int = 120) -> dict:
     if done.returncode != 0 or found is None or found.group(1) == "pending":
         raise RuntimeError(f"chromium could not open {page}: {done.stderr.strip()[-300:]}")
     out = json.loads(html.unescape(found.group(1)))
-    out["console"] = [
-        ln.strip() for ln in done.stderr.splitlines() if ":CONSOLE" in ln
-    ]  # console.*, uncaught errors
+    # Chromium logs each console message (console.*, an uncaught error) as a ":CONSOLE" line
+    out["console"] = [ln.strip() for ln in done.stderr.splitlines() if ":CONSOLE" in ln]
     return out
 
 
