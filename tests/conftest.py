@@ -26,10 +26,9 @@ TINY = SimConfig(
 )
 
 
-if os.environ.get(
-    "PYTEST_XDIST_WORKER"
-):  # pytest -n: each worker its own temporary folder, so that the check
-    import tempfile  # below sees only what its own tests leave
+# pytest -n: each worker gets its own temporary folder, so that the check below sees only what its own tests leave
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import tempfile
 
     _WORKER_TMP = Path(tempfile.gettempdir()) / f"lib-tests-{os.environ['PYTEST_XDIST_WORKER']}-{os.getpid()}"
     _WORKER_TMP.mkdir()
