@@ -42,8 +42,9 @@ def pytest_sessionfinish(session):
         shutil.rmtree(_WORKER_TMP, ignore_errors=True)
 
 
-#: what the project's own code and its launchers put in the system's temporary folder (pytest's tmp_path aside)
-LEFT_BEHIND = ("torchelastic_*", "lib_launch_*", "tmp*", "papermill*", "*.partial")
+#: what the project's own code and its launchers put in the system's temporary folder (pytest's tmp_path aside);
+#: partial downloads are dotfiles, which glob matches only when the pattern starts with a dot
+LEFT_BEHIND = ("torchelastic_*", "lib_launch_*", "tmp*", "papermill*", ".*.partial")
 
 
 def _ours_in_tmp() -> set[str]:
