@@ -12,7 +12,8 @@ before botocore reads it, so a reply cut after its headers is never taken for an
 for a server error; a dropped stream continues where it stopped. Both retry with exponential backoff and full
 jitter, bounded in tries without a new byte (the count starts again whenever bytes arrive) and in time. A fetch
 ends with every planned file present and verified, or fails naming each file that is not, what went wrong and
-what was kept.
+what was kept. A file whose ETag does not match has only its bad parts fetched again when the server keeps a
+checksum per part (S3's composite checksums); without them it is deleted and a rerun fetches it whole.
 
 boto3/botocore is the client: the S3 API's own implementation (ranged and conditional GETs, retries with backoff,
 connection pooling, unsigned requests), maintained by AWS, with no filesystem layer between us and the checks."""
@@ -20,6 +21,7 @@ connection pooling, unsigned requests), maintained by AWS, with no filesystem la
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import csv
 import errno
@@ -31,6 +33,7 @@ import random
 import sys
 import threading
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +58,10 @@ BESIDE = 8 << 20  # objects above this size are hashed in a second thread as the
 #: 2^(try - 1), at most BACKOFF_MAX), given up after TRIES tries in a row that brought no new byte or PATIENCE seconds
 #: without one; a read silent for READ_TIMEOUT seconds counts as a drop
 TRIES = 6
+#: fetches of one part whose checksum came wrong before the fetch gives up on it (keeping every byte)
+PART_TRIES = 3
+#: per-part checksums S3 keeps for objects uploaded with them (CRC64NVME is whole-object only)
+PART_SUMS = ("CRC32", "CRC32C", "SHA1", "SHA256")
 BACKOFF = 0.5
 BACKOFF_MAX = 20.0
 PATIENCE = 600.0
@@ -257,15 +264,76 @@ def _check_pairs(keys: list[tuple[str, str]], bucket: str) -> None:
                          "(.mgz.ctab), which the manifest pairs: rerun; if it stays, the bucket lacks the other")  # fmt: skip
 
 
-def _part_size(cl, bucket: str, item: Item) -> int | None:
-    """The part size of a multipart object: HEAD of part 1 when the server answers it; None for a single-part
-    object or a server without part HEADs."""
+@dataclass(frozen=True)
+class _Parts:
+    """How a multipart object was uploaded: its part ``size`` (None: one part, or a server without part HEADs) and
+    the ``algo`` of the per-part checksums the server keeps beside it (S3's "composite" additional checksums; None:
+    uploaded without them, as any object before 2025, so a bad part cannot be found and the whole file moves)."""
+
+    size: int | None = None
+    algo: str | None = None
+
+    def count(self, item: Item) -> int:
+        return -(-item.size // self.size) if self.size else 1
+
+    def span(self, item: Item, k: int) -> tuple[int, int]:
+        """Bytes [start, stop) of part ``k`` (1-based)."""
+        return (k - 1) * self.size, min(k * self.size, item.size)
+
+
+def _parts(cl, bucket: str, item: Item) -> _Parts:
+    """A HEAD of part 1 with checksums asked for: the part size, and the algorithm of the per-part checksums when
+    the server keeps them (and this machine can compute it)."""
     if "-" not in item.etag:
-        return None
+        return _Parts()
     try:
-        return int(cl.head_object(Bucket=bucket, Key=item.key, PartNumber=1)["ContentLength"])
+        head = cl.head_object(Bucket=bucket, Key=item.key, PartNumber=1, ChecksumMode="ENABLED")
     except Exception:  # noqa: BLE001 - a server without part HEADs: the candidates below
-        return None
+        return _Parts()
+    algos = [a for a in PART_SUMS if f"Checksum{a}" in head]
+    composite = (
+        head.get("ChecksumType", "COMPOSITE") == "COMPOSITE"
+    )  # a full-object checksum says nothing of parts
+    usable = [a for a in algos if _summer(a) is not None]
+    return _Parts(int(head["ContentLength"]), usable[0] if composite and usable else None)
+
+
+def _summer(algo: str):
+    """A fresh ``update(bytes)`` / ``digest() -> bytes`` object for ``algo``; None for CRC32C without a library."""
+    if algo in ("SHA1", "SHA256"):
+        return hashlib.new(algo.lower())
+    if algo == "CRC32":
+        return _Crc(zlib.crc32)
+    try:  # CRC32C: botocore's own optional accelerator, or the crc32c package
+        from awscrt.checksums import crc32c  # lazy: optional
+    except ImportError:
+        try:
+            from crc32c import crc32c  # lazy: optional
+        except ImportError:
+            return None
+    return _Crc(crc32c)
+
+
+class _Crc:
+    def __init__(self, fn):
+        self.fn, self.value = fn, 0
+
+    def update(self, block: bytes) -> None:
+        self.value = self.fn(block, self.value)
+
+    def digest(self) -> bytes:
+        return self.value.to_bytes(4, "big")
+
+
+def _part_sum(path: Path, start: int, stop: int, algo: str) -> str:
+    """``algo``'s checksum of bytes [start, stop) of ``path``, base64 as S3 gives it."""
+    h = _summer(algo)
+    with open(path, "rb") as f:
+        f.seek(start)
+        while start < stop and (block := f.read(min(CHUNK, stop - start))):
+            h.update(block)
+            start += len(block)
+    return base64.b64encode(h.digest()).decode()
 
 
 class _Hasher:
@@ -411,10 +479,52 @@ def _checked(item: Item, part_size: int | None) -> str:
     return f"size and the MD5 of each {part_size or 'usual-size'}-byte part (the multipart ETag)"
 
 
+def _get_range(
+    cl, bucket: str, item: Item, f, start: int, stop: int, on_block, dest: Path, part: Path
+) -> None:
+    """Write bytes [start, stop) of ``item`` at their place in ``f`` (``part`` opened ``r+b``), each block also
+    given to ``on_block``; a dropped stream continues where it stopped (:class:`_Retry`), conditional on the
+    planned ETag. A :class:`FetchError` says what went wrong and what is kept."""
+    retry, at = _Retry(), start
+    while at < stop:
+        try:
+            resp = cl.get_object(Bucket=bucket, Key=item.key, Range=f"bytes={at}-{stop - 1}",
+                                 IfMatch=f'"{item.etag}"')  # fmt: skip
+            f.seek(at)
+            for block in resp["Body"].iter_chunks(CHUNK):
+                f.write(block)
+                at += len(block)
+                on_block(block)
+                retry.progress()
+            if at < stop:  # the stream ended early without an error
+                raise CutReply(f"the reply ended at byte {at} of {stop}")
+        except OSError as e:
+            f.flush()
+            if e.errno == errno.ENOSPC:
+                raise FetchError(f"{dest}: disk full ({part.stat().st_size} of {item.size} bytes kept in "
+                                 f"{part.name}; free space and rerun to resume)") from None  # fmt: skip
+            if not retry.failed():
+                raise _gave_up(dest, part, item, retry, e.strerror or str(e)) from None
+        except Exception as e:  # noqa: BLE001 - botocore's stream and HTTP errors
+            f.flush()
+            err = _error(e, bucket, item.key)
+            if "changed on the server" in str(err):  # another version: its partial copy is useless
+                f.close()
+                part.unlink(missing_ok=True)
+                raise FetchError(f"{err} (its partial copy was removed)") from None
+            if "no such" in str(err):
+                raise err from None
+            if not retry.failed():
+                raise _gave_up(dest, part, item, retry, _cause(e)) from None
+    f.flush()
+
+
 def _download(cl, bucket: str, item: Item, dest: Path, count, position: int) -> str:
     """One object into ``dest`` through its partial copy (resumed when present, its bytes hashed again, not
     fetched again), checked while it streams; a dropped stream continues where it stopped (:class:`_Retry`).
-    Returns how it was checked; a :class:`FetchError` says what went wrong and what is kept."""
+    A copy whose ETag does not match has only its bad parts fetched again when the server keeps per-part
+    checksums (:func:`_repair`); else it is deleted. Returns how it was checked; a :class:`FetchError` says what
+    went wrong and what is kept."""
     part = _partial(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     have = part.stat().st_size if part.exists() else 0
@@ -423,8 +533,13 @@ def _download(cl, bucket: str, item: Item, dest: Path, count, position: int) -> 
         have = 0
     bar = runtime.progress(total=item.size, initial=have, unit="B", unit_scale=True, unit_divisor=1024,
                            desc=Path(item.key).name[:32], position=position, leave=False)  # fmt: skip
-    part_size = _part_size(cl, bucket, item)
-    hasher = _Hasher(part_size)
+
+    def moved(block: bytes) -> None:
+        bar.update(len(block))
+        count(len(block))
+
+    parts = _parts(cl, bucket, item)
+    hasher = _Hasher(parts.size)
     try:
         if have:  # the bytes a previous run got: hashed again, not fetched again
             with open(part, "rb") as f:
@@ -434,50 +549,73 @@ def _download(cl, bucket: str, item: Item, dest: Path, count, position: int) -> 
         # MD5 in another thread beside the network for a large object (hashlib frees the GIL); inline for a small one
         large = item.size - have > BESIDE
         beside = _Background(hasher.update) if large else contextlib.nullcontext(hasher.update)
-        retry = _Retry()
-        with open(part, "ab") as f, beside as hash_later:
-            while (have := part.stat().st_size) < item.size:
-                try:
-                    resp = cl.get_object(Bucket=bucket, Key=item.key, Range=f"bytes={have}-",
-                                         IfMatch=f'"{item.etag}"')  # fmt: skip
-                    for block in resp["Body"].iter_chunks(CHUNK):
-                        f.write(block)
-                        hash_later(block)
-                        bar.update(len(block))
-                        count(len(block))
-                        retry.progress()
-                    f.flush()
-                    if part.stat().st_size < item.size:  # the stream ended early without an error
-                        raise CutReply(f"the reply ended at byte {part.stat().st_size} of {item.size}")
-                except OSError as e:
-                    f.flush()
-                    if e.errno == errno.ENOSPC:
-                        raise FetchError(f"{dest}: disk full ({part.stat().st_size} of {item.size} bytes kept in "
-                                         f"{part.name}; free space and rerun to resume)") from None  # fmt: skip
-                    if not retry.failed():
-                        raise _gave_up(dest, part, item, retry, e.strerror or str(e)) from None
-                except Exception as e:  # noqa: BLE001 - botocore's stream and HTTP errors
-                    f.flush()
-                    err = _error(e, bucket, item.key)
-                    if "changed on the server" in str(err):  # another version: its partial copy is useless
-                        f.close()
-                        part.unlink(missing_ok=True)
-                        raise FetchError(f"{err} (its partial copy was removed)") from None
-                    if "no such" in str(err):
-                        raise err from None
-                    if not retry.failed():
-                        raise _gave_up(dest, part, item, retry, _cause(e)) from None
+        with open(part, "r+b") as f, beside as hash_later:
+            _get_range(cl, bucket, item, f, have, item.size, lambda b: (hash_later(b), moved(b)), dest, part)
+        checked = _checked(item, parts.size)
         try:  # without the server's part size, verify reads the file again for each usual part size
-            verify(part, item, part_size, streamed=hasher.etag())
+            verify(part, item, parts.size, streamed=hasher.etag())
         except FetchError as e:
-            part.unlink(missing_ok=True)  # nothing unverified is kept
-            raise FetchError(f"{e}: bytes changed on the way; the copy was deleted and a rerun fetches the "
-                             "file again") from None  # fmt: skip
+            if not parts.algo:
+                part.unlink(missing_ok=True)  # nothing unverified is kept
+                # a multipart object whose server keeps no per-part checksum: the bad part cannot be found
+                why = (
+                    ", and the server keeps no per-part checksum to find the bad part"
+                    if "-" in item.etag
+                    else ""
+                )
+                raise FetchError(f"{e}: bytes changed on the way{why}; the copy was deleted and a rerun fetches "
+                                 "the file again") from None  # fmt: skip
+            checked += _repair(cl, bucket, item, dest, part, parts, moved, str(e))
         os.chmod(part, 0o666 & ~fileio.UMASK)
         os.replace(part, dest)
-        return _checked(item, part_size)
+        return checked
     finally:
         bar.close()
+
+
+def _repair(cl, bucket: str, item: Item, dest: Path, part: Path, parts: _Parts, moved, mismatch: str) -> str:
+    """``part`` holds every byte of ``item`` but its ETag differs (``mismatch``): compare each part with the
+    checksum the server keeps for it, fetch only the parts that differ again (each checked as it arrives, at most
+    :data:`PART_TRIES` times), then verify the whole again. Returns what was done, for the record."""
+    n, algo = parts.count(item), parts.algo
+    want = []
+    for k in range(1, n + 1):
+        try:
+            head = cl.head_object(Bucket=bucket, Key=item.key, PartNumber=k, ChecksumMode="ENABLED",
+                                  IfMatch=f'"{item.etag}"')  # fmt: skip
+        except Exception as e:  # noqa: BLE001
+            raise FetchError(f"{_error(e, bucket, item.key)} (asking for part {k}'s {algo} after: {mismatch}; "
+                             f"{item.size} bytes kept in {part.name}: a rerun checks its parts again)") from None  # fmt: skip
+        want.append(head.get(f"Checksum{algo}"))
+    bad = [k for k in range(1, n + 1) if _part_sum(part, *parts.span(item, k), algo) != want[k - 1]]
+    if not bad:  # every part as the server has it, yet not the ETag: nothing to repair from
+        part.unlink(missing_ok=True)
+        raise FetchError(f"{mismatch}: every part matches its {algo} yet the whole does not; the copy was deleted "
+                         "and a rerun fetches the file again")  # fmt: skip
+    for k in bad:
+        start, stop = parts.span(item, k)
+        for attempt in range(1, PART_TRIES + 1):
+            h = _summer(algo)
+            with open(part, "r+b") as f:
+                _get_range(
+                    cl, bucket, item, f, start, stop, lambda b, h=h: (h.update(b), moved(b)), dest, part
+                )
+            if base64.b64encode(h.digest()).decode() == want[k - 1]:
+                break
+            if attempt == PART_TRIES:
+                raise FetchError(f"{paths.display(dest)}: part {k} of {n} (bytes {start}-{stop - 1}) came with a "
+                                 f"{algo} other than the server's {PART_TRIES} times; every byte is kept in "
+                                 f"{part.name} and a rerun fetches only the parts that differ")  # fmt: skip
+    try:
+        verify(part, item, parts.size)
+    except FetchError as e:
+        part.unlink(missing_ok=True)
+        raise FetchError(f"{e} after parts {bad} were fetched again; the copy was deleted and a rerun fetches the "
+                         "file again") from None  # fmt: skip
+    said = ", ".join(map(str, bad))
+    runtime.progress_write(f"{paths.display(dest)}: part {said} of {n} differed from the server's {algo}; "
+                           "fetched again, the file is now verified")  # fmt: skip
+    return f"; part {said} of {n} fetched again after its {algo} differed"
 
 
 def _cause(e: Exception) -> str:
@@ -521,14 +659,17 @@ def _fetch(root: Path, items: list[Item], bucket: str, cl, jobs: int) -> Result:
         if record.done(item, dest):
             skipped.append(item.key)
         elif dest.is_file() and dest.stat().st_size == item.size and not _partial(dest).exists():
-            part_size = _part_size(cl, bucket, item)
+            parts = _parts(cl, bucket, item)
             try:  # a copy from elsewhere: checked once, then recorded
-                verify(dest, item, part_size)
+                verify(dest, item, parts.size)
             except FetchError:
-                dest.unlink()  # not the object on the bucket: fetched again
+                if parts.algo:  # not the object on the bucket: its parts that differ are fetched again
+                    os.replace(dest, _partial(dest))
+                else:  # fetched again whole
+                    dest.unlink()
                 todo.append(item)
                 continue
-            record.add(item, _checked(item, part_size))
+            record.add(item, _checked(item, parts.size))
             skipped.append(item.key)
         else:
             todo.append(item)

@@ -4,6 +4,7 @@ fetched copy."""
 
 from __future__ import annotations
 
+import base64
 import errno
 import hashlib
 import json
@@ -24,6 +25,7 @@ boto3 = pytest.importorskip("boto3")
 moto_server = pytest.importorskip("moto.server")
 
 from boto3.s3.transfer import TransferConfig  # noqa: E402
+from botocore.config import Config as BotoConfig  # noqa: E402
 
 from lib.data import fetch  # noqa: E402
 from lib.data.nsd import NSD  # noqa: E402
@@ -57,6 +59,11 @@ def server(tiny_root):
     up.put_object(Bucket=BUCKET, Key="extra/small.bin", Body=b"x" * 1000, **PUBLIC)
     up.create_bucket(Bucket="bare")  # a mirror without COCO's captions
     up.upload_fileobj(BytesIO(big), BUCKET, "extra/big.bin", Config=cfg, ExtraArgs=PUBLIC)
+    # big.bin carries a CRC32 per part (boto3's default since 2025); plain.bin none, as NSD's 2021 uploads
+    old = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test",
+                       aws_secret_access_key="test",
+                       config=BotoConfig(request_checksum_calculation="when_required"))  # fmt: skip
+    old.upload_fileobj(BytesIO(big), BUCKET, "extra/plain.bin", Config=cfg, ExtraArgs=PUBLIC)
     yield endpoint, up, big
     srv.stop()
 
@@ -154,17 +161,45 @@ def test_an_interrupted_multipart_file_resumes_without_fetching_its_start_again(
 
 def test_a_corrupted_copy_is_detected_and_nothing_unverified_keeps_the_name(server, tmp_path):
     endpoint, up, big = server
-    for key, body in (("extra/small.bin", b"x" * 1000), ("extra/big.bin", big)):
+    for key, body in (("extra/small.bin", b"x" * 1000), ("extra/plain.bin", big)):  # nothing tells which part
         item = _item(up, key)
         dest = tmp_path / key
         dest.parent.mkdir(parents=True, exist_ok=True)
         fetch._partial(dest).write_bytes(b"y" * 500)  # a partial copy whose bytes went wrong
         with pytest.raises(fetch.FetchError, match=f"{key}: .*MD5 .* does not match the ETag") as e:
             fetch.fetch(tmp_path, [item], BUCKET, endpoint)
-        assert "\n" not in str(e.value)
+        assert "\n" not in str(e.value) and "the copy was deleted and a rerun fetches the file again" in str(
+            e.value
+        )
         assert not dest.exists() and not fetch._partial(dest).exists()
         fetch.fetch(tmp_path, [item], BUCKET, endpoint)  # the next run starts over and succeeds
         assert dest.read_bytes() == body
+    assert "no per-part checksum" in str(e.value)  # plain.bin: a multipart object uploaded without them
+
+
+def test_a_bad_part_is_fetched_again_on_its_own_when_the_server_keeps_part_checksums(server, tmp_path):
+    endpoint, up, big = server
+    item = _item(up, "extra/big.bin")
+    assert fetch._parts(fetch.client(endpoint), BUCKET, item) == fetch._Parts(MULTIPART, "CRC32")
+    with FaultyProxy(endpoint, [Fault("GET /nsd-mirror/extra/big.bin", "flip", at=7_000_000)]) as proxy:
+        res = fetch.fetch(tmp_path, [item], BUCKET, proxy.endpoint)  # the byte flipped lies in part 2 of 3
+        gets = [r for r in proxy.requests if r.startswith("GET /nsd-mirror/extra/big.bin")]
+        assert proxy.fired("flip") == 1 and len(gets) == 2
+    assert (tmp_path / item.key).read_bytes() == big
+    assert res.bytes_transferred == item.size + MULTIPART  # the file once, then part 2 alone
+    record = json.loads((tmp_path / fetch.RECORD).read_text())["files"][item.key]
+    assert record["checked"].endswith("; part 2 of 3 fetched again after its CRC32 differed")
+    # a partial copy that began wrong: its resumed rest streams, then only its first part moves again
+    dest = tmp_path / "again" / item.key
+    dest.parent.mkdir(parents=True)
+    fetch._partial(dest).write_bytes(b"y" * 500)
+    res = fetch.fetch(tmp_path / "again", [item], BUCKET, endpoint)
+    assert dest.read_bytes() == big and res.bytes_transferred == item.size - 500 + MULTIPART
+    # a wrong copy under the final name (from elsewhere): the same
+    dest.write_bytes(big[:100] + b"z" + big[101:])
+    (tmp_path / "again" / fetch.RECORD).unlink()
+    res = fetch.fetch(tmp_path / "again", [item], BUCKET, endpoint)
+    assert dest.read_bytes() == big and res.bytes_transferred == MULTIPART
 
 
 def test_missing_object_wrong_bucket_and_full_disk_are_one_line_errors(server, tmp_path, monkeypatch):
@@ -194,8 +229,8 @@ def test_missing_object_wrong_bucket_and_full_disk_are_one_line_errors(server, t
             self.n += len(b)
             return self.f.write(b)
 
-        def flush(self):
-            self.f.flush()
+        def __getattr__(self, name):  # seek, flush, close: the file's own
+            return getattr(self.f, name)
 
         def __enter__(self):
             return self
@@ -205,7 +240,7 @@ def test_missing_object_wrong_bucket_and_full_disk_are_one_line_errors(server, t
 
     def opener(path, mode="r", *a, **k):
         f = real_open(path, mode, *a, **k)
-        return Full(f) if mode == "ab" else f
+        return Full(f) if mode in ("ab", "r+b") else f
 
     monkeypatch.setattr("builtins.open", opener)
     with pytest.raises(
@@ -414,31 +449,80 @@ def test_a_stalled_reply_times_out_and_is_asked_again(server, tmp_path, quick_re
     assert (tmp_path / item.key).read_bytes() == b"x" * 1000
 
 
+def _upload_crc32c(up, key: str, body: bytes) -> None:
+    import crc32c
+
+    mp = up.create_multipart_upload(Bucket=BUCKET, Key=key, ChecksumAlgorithm="CRC32C", **PUBLIC)
+    done = []
+    for k, at in enumerate(range(0, len(body), MULTIPART), start=1):
+        chunk = body[at : at + MULTIPART]
+        value = base64.b64encode(crc32c.crc32c(chunk).to_bytes(4, "big")).decode()
+        r = up.upload_part(Bucket=BUCKET, Key=key, UploadId=mp["UploadId"], PartNumber=k, Body=chunk,
+                           ChecksumCRC32C=value)  # fmt: skip
+        done.append({"PartNumber": k, "ETag": r["ETag"], "ChecksumCRC32C": value})
+    up.complete_multipart_upload(
+        Bucket=BUCKET, Key=key, UploadId=mp["UploadId"], MultipartUpload={"Parts": done}
+    )
+
+
+@pytest.mark.parametrize("algo", fetch.PART_SUMS)
+def test_each_parts_checksum_is_the_one_the_server_keeps(server, algo, tmp_path):
+    endpoint, up, big = server
+    if fetch._summer(algo) is None:
+        pytest.skip(f"{algo} needs awscrt or crc32c, neither installed (such parts are fetched whole)")
+    key = f"extra/{algo}.bin"
+    cfg = TransferConfig(multipart_threshold=MULTIPART, multipart_chunksize=MULTIPART)
+    if algo != "CRC32C":
+        up.upload_fileobj(
+            BytesIO(big), BUCKET, key, Config=cfg, ExtraArgs=PUBLIC | {"ChecksumAlgorithm": algo}
+        )
+    else:  # botocore computes CRC32C only with awscrt: the parts go up with their checksum given
+        _upload_crc32c(up, key, big)
+    item = _item(up, key)
+    parts = fetch._parts(fetch.client(endpoint), BUCKET, item)
+    assert parts == fetch._Parts(MULTIPART, algo) and parts.count(item) == 3
+    path = tmp_path / "big.bin"
+    path.write_bytes(big)
+    for k in (1, 2, 3):  # the server's own computation, part by part, against ours
+        head = up.head_object(Bucket=BUCKET, Key=key, PartNumber=k, ChecksumMode="ENABLED")
+        assert fetch._part_sum(path, *parts.span(item, k), algo) == head[f"Checksum{algo}"]
+
+
 def test_every_bad_file_is_named_with_what_happened_and_the_good_ones_land(server, tmp_path, capsys):
     endpoint, up, big = server
-    items = [
-        _item(up, k)
-        for k in ("extra/small.bin", "extra/big.bin", "nsddata/experiments/nsd/nsd_expdesign.mat")
-    ]
+    keys = (
+        "extra/small.bin",
+        "extra/big.bin",
+        "extra/plain.bin",
+        "nsddata/experiments/nsd/nsd_expdesign.mat",
+    )
+    items = [_item(up, k) for k in keys]
     faults = [Fault("GET /nsd-mirror/extra/small.bin", "flip", at=10, times=None),
-              Fault("GET /nsd-mirror/extra/big.bin", "flip", at=9_000_000, times=None)]  # fmt: skip
+              Fault("GET /nsd-mirror/extra/big.bin", "flip", at=1000, times=None),  # part 1's every fetch
+              Fault("GET /nsd-mirror/extra/plain.bin", "flip", at=9_000_000, times=None)]  # fmt: skip
     with FaultyProxy(endpoint, faults) as proxy:
         with pytest.raises(fetch.FetchIncomplete) as e:
             fetch.fetch(tmp_path, items, BUCKET, proxy.endpoint, jobs=1)
+        assert faults[1].hits == 1 + fetch.PART_TRIES  # the file, then part 1 alone, each time wrong
     lines = str(e.value).splitlines()
-    assert lines[0] == "2 of 3 files not fetched:" and len(lines) == 3
-    assert set(e.value.failed) == {"extra/small.bin", "extra/big.bin"}
-    for line in lines[1:]:
-        assert (
-            "does not match the ETag" in line
-            and "the copy was deleted and a rerun fetches the file again" in line
-        )
+    assert lines[0] == "3 of 4 files not fetched:" and len(lines) == 4
+    assert set(e.value.failed) == set(keys[:3])
+    for key in ("extra/small.bin", "extra/plain.bin"):
+        assert "does not match the ETag" in e.value.failed[key]
+        assert "the copy was deleted and a rerun fetches the file again" in e.value.failed[key]
+    assert (
+        f"part 1 of 3 (bytes 0-{MULTIPART - 1}) came with a CRC32 other than the server's {fetch.PART_TRIES} "
+        "times; every byte is kept in .big.bin.partial and a rerun fetches only the parts that differ"
+    ) in e.value.failed["extra/big.bin"]
     said = capsys.readouterr().err  # each said as it happened, before the fetch ended
-    assert said.count("error: extra/") == 2
-    assert (tmp_path / items[2].key).is_file() and not (tmp_path / items[0].key).exists()
-    assert not any(p.name.endswith(".partial") for p in tmp_path.rglob("*"))
-    fetch.fetch(tmp_path, items, BUCKET, endpoint)  # a clean network: only the two bad ones move
-    assert (tmp_path / "extra/big.bin").read_bytes() == big
+    assert said.count("error: ") == 3
+    assert (tmp_path / items[3].key).is_file() and not (tmp_path / items[0].key).exists()
+    assert [p.name for p in tmp_path.rglob("*.partial")] == [".big.bin.partial"]
+    res = fetch.fetch(
+        tmp_path, items, BUCKET, endpoint
+    )  # a clean network: the two deleted ones, big's part 1
+    assert (tmp_path / "extra/big.bin").read_bytes() == big == (tmp_path / "extra/plain.bin").read_bytes()
+    assert res.bytes_transferred == 1000 + len(big) + MULTIPART
 
 
 def test_backoff_doubles_with_jitter_and_starts_again_after_progress(monkeypatch):
