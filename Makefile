@@ -38,12 +38,10 @@ pipeline: $(STAMP)  ## run the notebooks on another profile: make pipeline PROFI
 report: $(STAMP)  ## rebuild build/PROFILE/report.html and render it in headless chromium to report.png (apt: chromium)
 	$(BIN)/python -m lib.report --profile $(PROFILE) --screenshot
 
-test: $(STAMP)  ## the whole suite: import layers, unit tests (two processes of one thread each), every notebook under nbval on the quick profile, 03 killed (kill -9) mid-training, then 02-03 rerun: same metrics
+test: $(STAMP)  ## the whole suite in two processes of one thread each: import layers, unit tests; on one process every notebook under nbval on the quick profile, then 03 killed (kill -9) mid-training and 02-03 rerun: same metrics
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/python -m lib.pipeline --profile quick --prepare-only
-	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest tests -n 2 -p no:cacheprovider --durations=15
-	$(BIN)/python -m pytest build/quick/nbval --nbval-lax -p no:cacheprovider --durations=5
-	$(BIN)/python tests/kill_pipeline.py --profile quick --notebook 03 --rerun 02,03
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest build/quick/nbval tests -n 2 --nbval-lax --kill-pipeline -p no:cacheprovider --durations=15
 
 determinism: $(STAMP)  ## run the quick profile twice: fails unless every metric (timings aside) is the same
 	$(BIN)/python -m lib.pipeline --profile quick

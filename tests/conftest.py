@@ -42,6 +42,66 @@ def pytest_sessionfinish(session):
         shutil.rmtree(_WORKER_TMP, ignore_errors=True)
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--kill-pipeline", action="store_true", help="after the notebooks under nbval (build/<profile>/nbval): "
+        "tests/kill_pipeline.py (kill -9 of the pipeline runner during 03's training, then 02-03 rerun with "
+        "--expect-same), in the notebooks' own pytest-xdist worker")  # fmt: skip
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """``--kill-pipeline`` appends its check right after the notebooks whose metrics it compares with."""
+    if config.getoption("--kill-pipeline"):
+        notebooks = [i for i in items if i.path.suffix == ".ipynb"]
+        if not {"02", "03"} <= {i.path.name[:2] for i in notebooks}:
+            raise pytest.UsageError(
+                "--kill-pipeline: expected notebooks 02 and 03 under nbval (build/<profile>/nbval)"
+            )
+        kill = _KillPipeline.from_parent(session, name="kill_pipeline")
+        kill.profile = notebooks[0].path.parent.parent.name
+        items.insert(items.index(notebooks[-1]) + 1, kill)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """``make test`` runs the unit tests and the notebooks (nbval) in one pytest-xdist session: the notebooks, in
+    order, and ``--kill-pipeline``'s check after them are one unit of work, kept on one worker while the other takes
+    unit tests one by one. (pytest-xdist's own ``xdist_group`` does not group under pytest 9.2: the node id it
+    rewrites is no longer the one pytest reports, pytest-xdist issue 1386.)"""
+    if not (config.getoption("nbval", False) or config.getoption("nbval_lax", False)):
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class NotebooksTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "notebooks" if ".ipynb::" in nodeid or nodeid.endswith("kill_pipeline") else nodeid
+
+    return NotebooksTogether(config, log)
+
+
+class _KillPipeline(pytest.Item):
+    """``tests/kill_pipeline.py`` as a test item: passes when that script exits 0, else shows what it said."""
+
+    profile = "quick"
+
+    def runtest(self):
+        import subprocess
+        import sys
+
+        cmd = [sys.executable, str(Path(__file__).with_name("kill_pipeline.py")), "--profile", self.profile,
+               "--notebook", "03", "--rerun", "02,03"]  # fmt: skip
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        print(r.stdout, r.stderr)
+        if r.returncode:
+            raise AssertionError(f"{' '.join(cmd[1:])}: exit {r.returncode}: {(r.stderr or r.stdout)[-800:]}")
+
+    def reportinfo(self):
+        return (
+            self.path,
+            None,
+            f"kill -9 during 03's training on {self.profile}, then 02-03 rerun: same metrics",
+        )
+
+
 #: what the project's own code and its launchers put in the system's temporary folder (pytest's tmp_path aside);
 #: partial downloads are dotfiles, which glob matches only when the pattern starts with a dot
 LEFT_BEHIND = ("torchelastic_*", "lib_launch_*", "tmp*", "papermill*", ".*.partial")
