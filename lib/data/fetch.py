@@ -291,9 +291,8 @@ def _parts(cl, bucket: str, item: Item) -> _Parts:
     except Exception:  # noqa: BLE001 - a server without part HEADs: the candidates below
         return _Parts()
     algos = [a for a in PART_SUMS if f"Checksum{a}" in head]
-    composite = (
-        head.get("ChecksumType", "COMPOSITE") == "COMPOSITE"
-    )  # a full-object checksum says nothing of parts
+    # a full-object checksum (FULL_OBJECT) says nothing of one part
+    composite = head.get("ChecksumType", "COMPOSITE") == "COMPOSITE"
     usable = [a for a in algos if _summer(a) is not None]
     return _Parts(int(head["ContentLength"]), usable[0] if composite and usable else None)
 
@@ -558,11 +557,7 @@ def _download(cl, bucket: str, item: Item, dest: Path, count, position: int) -> 
             if not parts.algo:
                 part.unlink(missing_ok=True)  # nothing unverified is kept
                 # a multipart object whose server keeps no per-part checksum: the bad part cannot be found
-                why = (
-                    ", and the server keeps no per-part checksum to find the bad part"
-                    if "-" in item.etag
-                    else ""
-                )
+                why = ", and the server keeps no per-part checksum to find the bad part" * ("-" in item.etag)
                 raise FetchError(f"{e}: bytes changed on the way{why}; the copy was deleted and a rerun fetches "
                                  "the file again") from None  # fmt: skip
             checked += _repair(cl, bucket, item, dest, part, parts, moved, str(e))
