@@ -76,6 +76,19 @@ def restore(obj: Any, state: Any) -> None:
         obj.load_state_dict(state)
 
 
+def saved_progress(path: str | Path, counter: str = "step") -> tuple[int, bool]:
+    """How far a saved state got, read from outside its run (a watcher, a kill test): the ``counter`` it holds
+    ("step", or "epoch") and whether it says the run finished (:attr:`Run.done`, or ``history["done"]``); (0, False) while the file is being
+    replaced or cannot be read."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - renamed over while reading: look again
+        return 0, False
+    if not isinstance(blob, dict):
+        return 0, False
+    return int(blob.get(counter, 0)), bool(blob.get("done") or (blob.get("history") or {}).get("done"))
+
+
 class Run:
     """One resumable training run of ``total`` steps.
 

@@ -30,17 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from lib import paths  # noqa: E402
 from lib.pipeline import select  # noqa: E402
-
-
-def _step(path: Path) -> tuple[int, bool]:
-    """(step, finished) of a saved training state; (0, False) while it is being replaced."""
-    import torch
-
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        return int(blob.get("step", 0)), bool((blob.get("history") or {}).get("done"))
-    except Exception:  # noqa: BLE001 - renamed over while reading: look again
-        return 0, False
+from lib.trainer import saved_progress  # noqa: E402
 
 
 def _running(out: Path, text: str) -> bool:
@@ -81,7 +71,7 @@ def kill_during_training(profile: str, notebook: str, state: str | None, cell: s
             if cell and _running(out, cell):
                 seen = f"the cell with {cell!r} running"
             for f in work.glob(state) if state and work.is_dir() else []:
-                step, finished = _step(f)
+                step, finished = saved_progress(f)
                 if step > 0 and not finished:
                     seen = f"{f.name} at step {step}"
             time.sleep(0.01)

@@ -16,6 +16,7 @@ import pytest
 
 from lib import paths
 from lib.data import simulate
+from lib.trainer import saved_progress
 
 ENV = {
     **os.environ,
@@ -90,11 +91,11 @@ def test_training_killed_mid_run_and_run_again_equals_an_uninterrupted_run(tmp_p
 
     def trained_a_while():  # a few epochs saved, and the run not near its end
         files = list(state.glob("mlp-state-*.pt")) if state.is_dir() else []
-        return bool(files) and _epochs(files[0]) >= 3
+        return bool(files) and saved_progress(files[0], "epoch")[0] >= 3
 
     ran = _kill_when(_start(TRAIN, state, tmp_path / "unused.npz"), trained_a_while)
     assert not (tmp_path / "unused.npz").exists()
-    kept = _epochs(next(state.glob("mlp-state-*.pt")))
+    kept = saved_progress(next(state.glob("mlp-state-*.pt")), "epoch")[0]
     assert 3 <= kept < 60, kept
     _finish(_start(TRAIN, state, tmp_path / "resumed.npz"))
     _finish(whole)
@@ -103,17 +104,6 @@ def test_training_killed_mid_run_and_run_again_equals_an_uninterrupted_run(tmp_p
     np.testing.assert_array_equal(a["loss"], b["loss"])
     np.testing.assert_array_equal(a["pred"], b["pred"])
     print(f"killed after {ran:.1f} s at epoch {kept} of 60")
-
-
-def _epochs(path, counter: str = "epoch") -> int:
-    """Epochs (or steps) a saved training state holds (0 while the file is being replaced)."""
-    import torch
-
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - renamed over while reading: try again
-        return 0
-    return int(blob.get(counter, 0)) if isinstance(blob, dict) else 0
 
 
 #: CLIP, DINO and the GAN, each trained from scratch on 16 tiny scenes in a process of its own (saving every step),
@@ -158,10 +148,10 @@ def test_a_trainer_killed_mid_run_and_run_again_equals_an_uninterrupted_run(kind
 
     def trained_a_while():
         files = list(state.glob(f"{prefix}-state-*.pt")) if state.is_dir() else []
-        return bool(files) and _epochs(files[0], "step") >= 3
+        return bool(files) and saved_progress(files[0])[0] >= 3
 
     _kill_when(_start(TRAINERS, kind, state, tmp_path / "unused.npz", steps), trained_a_while)
-    kept = _epochs(next(state.glob(f"{prefix}-state-*.pt")), "step")
+    kept = saved_progress(next(state.glob(f"{prefix}-state-*.pt")))[0]
     assert 3 <= kept < steps and not (tmp_path / "unused.npz").exists(), kept
     _finish(_start(TRAINERS, kind, state, tmp_path / "resumed.npz", steps))
     _finish(whole)

@@ -49,6 +49,20 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert len(list(tmp_path.iterdir())) == 1  # the state file only, no temporary left behind
 
 
+def test_saved_progress_reads_the_step_and_the_end_from_outside_the_run(tmp_path):
+    toy(tmp_path / "half", stop_after=5)
+    toy(tmp_path / "stopped", patience_at=4)
+    (half,), (stopped,) = (list((tmp_path / d).iterdir()) for d in ("half", "stopped"))
+    assert trainer.saved_progress(half) == (5, False)
+    assert trainer.saved_progress(stopped) == (4, True)
+    (tmp_path / "torn.pt").write_bytes(half.read_bytes()[:100])  # what a reader may see mid-replace
+    assert (
+        trainer.saved_progress(tmp_path / "torn.pt")
+        == trainer.saved_progress(tmp_path / "gone.pt")
+        == (0, False)
+    )
+
+
 def test_checkpoints_are_spaced_in_time_but_the_last_step_always_saves(tmp_path, monkeypatch):
     saves = []
     write = trainer.Run.save
