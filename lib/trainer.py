@@ -78,8 +78,8 @@ def restore(obj: Any, state: Any) -> None:
 
 def saved_progress(path: str | Path, counter: str = "step") -> tuple[int, bool]:
     """How far a saved state got, read from outside its run (a watcher, a kill test): the ``counter`` it holds
-    ("step", or "epoch") and whether it says the run finished (:attr:`Run.done`, or ``history["done"]``); (0, False) while the file is being
-    replaced or cannot be read."""
+    ("step", or "epoch") and whether it says the run finished (:attr:`Run.done`, or ``history["done"]``);
+    (0, False) while the file is being replaced or cannot be read."""
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - renamed over while reading: look again

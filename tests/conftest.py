@@ -62,6 +62,7 @@ def pytest_collection_modifyitems(session, config, items):
         items.insert(items.index(notebooks[-1]) + 1, kill)
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: absent with -p no:xdist
 def pytest_xdist_make_scheduler(config, log):
     """``make test`` runs the unit tests and the notebooks (nbval) in one pytest-xdist session: the notebooks, in
     order, and ``--kill-pipeline``'s check after them are one unit of work, kept on one worker while the other takes
@@ -73,7 +74,7 @@ def pytest_xdist_make_scheduler(config, log):
 
     class NotebooksTogether(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            return "notebooks" if ".ipynb::" in nodeid or nodeid.endswith("kill_pipeline") else nodeid
+            return "notebooks" if ".ipynb::" in nodeid or nodeid == "::kill_pipeline" else nodeid
 
     return NotebooksTogether(config, log)
 

@@ -1,5 +1,6 @@
-"""``make test``'s check after the notebooks (``pytest --kill-pipeline``, tests/conftest.py): the pipeline runner killed outright (``kill -9``) during a notebook's training on the
-quick profile, then run again with ``--expect-same``. It passes only if the rerun's metrics equal those of the run
+"""``make test``'s check after the notebooks (``pytest --kill-pipeline``, tests/conftest.py): the pipeline
+runner killed outright (``kill -9``) during a notebook's training on the quick profile, then run again with
+``--expect-same``. It passes only if the rerun's metrics equal those of the run
 before the kill (the suite's nbval run; timings aside), the kernel the runner started did not outlive it, and the
 killed run left no temporary file behind the rerun.
 

@@ -4,8 +4,8 @@ there), then downloads them anonymously from NSD's public S3 bucket (``--endpoin
 mirror) with boto3, several files in parallel, a progress bar per file and overall. Every file is resumable (an
 interrupted one continues from its partial copy with a ranged request, conditional on the same object's ETag),
 verified (size, and the MD5 behind the S3 ETag: of the whole object, or of each part for a multipart upload), atomic
-(the final name appears only once verified; a mismatch deletes the partial copy and names the file and what
-differed) and recorded (``<root>/fetch_record.json``: key, size, ETag, MD5, time); a second run transfers nothing.
+(the final name appears only once verified; a mismatch names the file and what differed, and the partial copy
+is repaired part by part or deleted: below) and recorded (``<root>/fetch_record.json``: key, size, ETag, MD5, time); a second run transfers nothing.
 
 On a faulty network: every reply that is not streamed (listings, errors) is checked to be whole and well-formed
 before botocore reads it, so a reply cut after its headers is never taken for an empty listing, nor a damaged one
@@ -286,15 +286,22 @@ def _parts(cl, bucket: str, item: Item) -> _Parts:
     the server keeps them (and this machine can compute it)."""
     if "-" not in item.etag:
         return _Parts()
-    try:
-        head = cl.head_object(Bucket=bucket, Key=item.key, PartNumber=1, ChecksumMode="ENABLED")
-    except Exception:  # noqa: BLE001 - a server without part HEADs: the candidates below
+    head = None
+    for ask in ({"ChecksumMode": "ENABLED"}, {}):  # a server that refuses the checksum header: the size alone
+        try:
+            head = cl.head_object(Bucket=bucket, Key=item.key, PartNumber=1, **ask)
+            break
+        except Exception:  # noqa: BLE001 - a server without part HEADs: the candidates below
+            continue
+    if head is None:
         return _Parts()
-    algos = [a for a in PART_SUMS if f"Checksum{a}" in head]
-    # a full-object checksum (FULL_OBJECT) says nothing of one part
+    size = int(head["ContentLength"])
+    algos = [a for a in PART_SUMS if f"Checksum{a}" in head and "-" not in head[f"Checksum{a}"]]
+    # a full-object checksum (FULL_OBJECT) says nothing of one part; nor do equal parts of another count
     composite = head.get("ChecksumType", "COMPOSITE") == "COMPOSITE"
+    same_count = size > 0 and -(-item.size // size) == int(item.etag.rsplit("-", 1)[1])
     usable = [a for a in algos if _summer(a) is not None]
-    return _Parts(int(head["ContentLength"]), usable[0] if composite and usable else None)
+    return _Parts(size, usable[0] if composite and same_count and usable else None)
 
 
 def _summer(algo: str):
@@ -491,10 +498,13 @@ def _get_range(
                                  IfMatch=f'"{item.etag}"')  # fmt: skip
             f.seek(at)
             for block in resp["Body"].iter_chunks(CHUNK):
+                block = block[: stop - at]  # a server that ignores Range: never past the part
                 f.write(block)
                 at += len(block)
                 on_block(block)
                 retry.progress()
+                if at == stop:
+                    break
             if at < stop:  # the stream ended early without an error
                 raise CutReply(f"the reply ended at byte {at} of {stop}")
         except OSError as e:
@@ -582,6 +592,10 @@ def _repair(cl, bucket: str, item: Item, dest: Path, part: Path, parts: _Parts, 
             raise FetchError(f"{_error(e, bucket, item.key)} (asking for part {k}'s {algo} after: {mismatch}; "
                              f"{item.size} bytes kept in {part.name}: a rerun checks its parts again)") from None  # fmt: skip
         want.append(head.get(f"Checksum{algo}"))
+    if None in want:  # a part without its own checksum: nothing to tell a bad part by
+        part.unlink(missing_ok=True)
+        raise FetchError(f"{mismatch}: bytes changed on the way, and the server keeps no per-part {algo} for part "
+                         f"{want.index(None) + 1}; the copy was deleted and a rerun fetches the file again")  # fmt: skip
     bad = [k for k in range(1, n + 1) if _part_sum(part, *parts.span(item, k), algo) != want[k - 1]]
     if not bad:  # every part as the server has it, yet not the ETag: nothing to repair from
         part.unlink(missing_ok=True)

@@ -488,6 +488,27 @@ def test_each_parts_checksum_is_the_one_the_server_keeps(server, algo, tmp_path)
         assert fetch._part_sum(path, *parts.span(item, k), algo) == head[f"Checksum{algo}"]
 
 
+def test_parts_are_trusted_only_when_their_checksums_can_tell_a_bad_part():
+    class Server:  # HEAD of part 1 as a server may answer it
+        def __init__(self, head, refuse_checksums=False):
+            self.head, self.refuse = head, refuse_checksums
+
+        def head_object(self, **kw):
+            if self.refuse and "ChecksumMode" in kw:
+                raise RuntimeError("400 Bad Request")
+            return self.head
+
+    item = fetch.Item("k", 11 << 20, "0" * 32 + "-3", "test")
+    part = {"ContentLength": MULTIPART, "ChecksumCRC32": "AAAAAA==", "ChecksumType": "COMPOSITE"}
+    assert fetch._parts(Server(part), "b", item) == fetch._Parts(MULTIPART, "CRC32")
+    no_sums = {"ContentLength": MULTIPART}
+    assert fetch._parts(Server(no_sums, refuse_checksums=True), "b", item) == fetch._Parts(MULTIPART, None)
+    assert fetch._parts(Server(part | {"ChecksumType": "FULL_OBJECT"}), "b", item).algo is None
+    assert fetch._parts(Server(part | {"ChecksumCRC32": "AAAAAA==-3"}), "b", item).algo is None  # the whole's
+    uneven = fetch.Item("k", 11 << 20, "0" * 32 + "-4", "test")  # 4 parts, yet part 1 says 3 of its size
+    assert fetch._parts(Server(part), "b", uneven) == fetch._Parts(MULTIPART, None)
+
+
 def test_every_bad_file_is_named_with_what_happened_and_the_good_ones_land(server, tmp_path, capsys):
     endpoint, up, big = server
     keys = (
