@@ -306,9 +306,8 @@ def launch(fn, nproc: int, kwargs: dict, timeout: float | None = None, log: str 
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(nproc)}",
                "-m", "lib.distributed", str(folder)]  # fmt: skip
         root = Path(__file__).resolve().parents[1]
-        (
-            folder / "tmp"
-        ).mkdir()  # the launcher's temporary files (torchrun's torchelastic_* logs) go with the folder
+        # the launcher's temporary files (torchrun's torchelastic_* logs) go with the folder
+        (folder / "tmp").mkdir()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
                "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "TMPDIR": str(folder / "tmp")}  # fmt: skip
         proc = subprocess.run(cmd, env=env, cwd=root, capture_output=True, text=True, timeout=timeout)

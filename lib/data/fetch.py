@@ -5,7 +5,8 @@ mirror) with boto3, several files in parallel, a progress bar per file and overa
 interrupted one continues from its partial copy with a ranged request, conditional on the same object's ETag),
 verified (size, and the MD5 behind the S3 ETag: of the whole object, or of each part for a multipart upload), atomic
 (the final name appears only once verified; a mismatch names the file and what differed, and the partial copy
-is repaired part by part or deleted: below) and recorded (``<root>/fetch_record.json``: key, size, ETag, MD5, time); a second run transfers nothing.
+is repaired part by part or deleted: below) and recorded (``<root>/fetch_record.json``: key, size, ETag, MD5,
+time); a second run transfers nothing.
 
 On a faulty network: every reply that is not streamed (listings, errors) is checked to be whole and well-formed
 before botocore reads it, so a reply cut after its headers is never taken for an empty listing, nor a damaged one
@@ -299,7 +300,7 @@ def _parts(cl, bucket: str, item: Item) -> _Parts:
     algos = [a for a in PART_SUMS if f"Checksum{a}" in head and "-" not in head[f"Checksum{a}"]]
     # a full-object checksum (FULL_OBJECT) says nothing of one part; nor do equal parts of another count
     composite = head.get("ChecksumType", "COMPOSITE") == "COMPOSITE"
-    same_count = size > 0 and -(-item.size // size) == int(item.etag.rsplit("-", 1)[1])
+    same_count = size > 0 and _Parts(size).count(item) == int(item.etag.rsplit("-", 1)[1])
     usable = [a for a in algos if _summer(a) is not None]
     return _Parts(size, usable[0] if composite and same_count and usable else None)
 
@@ -339,6 +340,11 @@ def _part_sum(path: Path, start: int, stop: int, algo: str) -> str:
         while start < stop and (block := f.read(min(CHUNK, stop - start))):
             h.update(block)
             start += len(block)
+    return _encoded(h)
+
+
+def _encoded(h) -> str:
+    """A checksum as S3 gives it: the digest in base64."""
     return base64.b64encode(h.digest()).decode()
 
 
@@ -609,7 +615,7 @@ def _repair(cl, bucket: str, item: Item, dest: Path, part: Path, parts: _Parts, 
                 _get_range(
                     cl, bucket, item, f, start, stop, lambda b, h=h: (h.update(b), moved(b)), dest, part
                 )
-            if base64.b64encode(h.digest()).decode() == want[k - 1]:
+            if _encoded(h) == want[k - 1]:
                 break
             if attempt == PART_TRIES:
                 raise FetchError(f"{paths.display(dest)}: part {k} of {n} (bytes {start}-{stop - 1}) came with a "

@@ -382,16 +382,23 @@ def browser() -> str | None:
     return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 
 
+def _chromium(page: str | Path, doing: str) -> tuple[str, Path]:
+    """Chromium's path and ``page`` resolved, or a one-line error saying what is missing."""
+    exe = browser()
+    if exe is None:
+        raise FileNotFoundError("no chromium on PATH: install Debian's chromium package to check the report")
+    page = Path(page).resolve()
+    if not page.is_file():
+        raise FileNotFoundError(f"{page}: no report to {doing} (python -m lib.report --profile ...)")
+    return exe, page
+
+
 def screenshot(
     page: str | Path, png: str | Path, width: int = 1200, height: int = 3000, timeout: int = 120
 ) -> Path:
     """Render ``page`` in headless Chromium and save a screenshot of the top ``height`` pixels to ``png``."""
-    exe = browser()
-    if exe is None:
-        raise FileNotFoundError("no chromium on PATH: install Debian's chromium package to check the report")
-    page, png = Path(page).resolve(), Path(png)
-    if not page.is_file():
-        raise FileNotFoundError(f"{page}: no report to render (python -m lib.report --profile ...)")
+    exe, page = _chromium(page, "render")
+    png = Path(png)
     with atomic_path(png, ".png") as tmp:
         cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--screenshot={tmp}",
                f"--window-size={width},{height}", page.as_uri()]  # fmt: skip
@@ -420,12 +427,7 @@ frame.onload = () => {{
 def inspect(page: str | Path, timeout: int = 120) -> dict:
     """Open ``page`` in headless Chromium and report what it rendered: {"imgs": [{"src", "ok" (loaded, with a
     width), "shown"}], "tables": [{"rows", "shown"}], "console": [the page's console messages]}."""
-    exe = browser()
-    if exe is None:
-        raise FileNotFoundError("no chromium on PATH: install Debian's chromium package to check the report")
-    page = Path(page).resolve()
-    if not page.is_file():
-        raise FileNotFoundError(f"{page}: no report to open (python -m lib.report --profile ...)")
+    exe, page = _chromium(page, "open")
     with tempfile.TemporaryDirectory(prefix="lib_inspect_") as tmp:
         wrapper = Path(tmp) / "inspect.html"
         wrapper.write_text(_INSPECTOR.format(src=html.escape(page.as_uri())))
